@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.core import services
+from apps.core.choices import ProjectRole
+from apps.core.forms import APITokenForm, MembershipForm, ProjectForm
+from apps.core.models import APIToken, AuditEntry, Membership, Project
+from apps.core.permissions import has_project_role, require_project_role
+
+PAGE_SIZE = 25
+
+
+def form_errors_from(exc: ValidationError, form: object) -> None:
+    for field, errors in exc.message_dict.items():
+        form.add_error(field if field in form.fields else None, errors)
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any database failure means "not ready"
+        return JsonResponse({"status": "unavailable", "database": str(exc)}, status=503)
+    return JsonResponse({"status": "ok", "database": "ok"})
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    projects = Project.objects.for_user(request.user).prefetch_related("memberships")
+    recent = AuditEntry.objects.filter(project__in=projects).select_related("project")[:10]
+    return render(request, "core/home.html", {"projects": projects, "recent": recent})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_list(request: HttpRequest) -> HttpResponse:
+    form = ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            project = services.project_create(owner=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form_errors_from(exc, form)
+        else:
+            messages.success(request, f"Project {project.name} created. You are its owner.")
+            return redirect(project)
+    query = request.GET.get("q", "").strip()
+    projects = Project.objects.for_user(request.user)
+    if query:
+        projects = projects.filter(name__icontains=query)
+    page = Paginator(projects, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "core/project_list.html", {"page": page, "form": form, "q": query})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
+    role = require_project_role(request.user, project, ProjectRole.VIEWER)
+    form = MembershipForm(request.POST or None)
+    if request.method == "POST":
+        require_project_role(request.user, project, ProjectRole.OWNER)
+        if form.is_valid():
+            user = get_user_model().objects.filter(username=form.cleaned_data["username"], is_active=True).first()
+            if user is None:
+                form.add_error("username", "No active user with that name.")
+            else:
+                try:
+                    services.membership_set(project=project, user=user, role=form.cleaned_data["role"], actor=request.user)
+                except ValidationError as exc:
+                    form_errors_from(exc, form)
+                else:
+                    messages.success(request, f"{user.username} is now {form.cleaned_data['role']}.")
+                    return redirect(project)
+    members = project.memberships.select_related("user").order_by("user__username")
+    audit = project.audit.all()[:15]
+    return render(
+        request,
+        "core/project_detail.html",
+        {
+            "project": project,
+            "role": role,
+            "members": members,
+            "audit": audit,
+            "form": form,
+            "can_manage": has_project_role(request.user, project, ProjectRole.OWNER),
+        },
+    )
+
+
+@login_required
+@require_POST
+def membership_remove(request: HttpRequest, slug: str, membership_id: int) -> HttpResponse:
+    project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
+    require_project_role(request.user, project, ProjectRole.OWNER)
+    membership = get_object_or_404(Membership, pk=membership_id, project=project)
+    try:
+        services.membership_remove(membership=membership, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{membership.user.username} removed from {project.name}.")
+    return redirect(project)
+
+
+@login_required
+@require_GET
+def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
+    entries = project.audit.all()
+    action = request.GET.get("action", "").strip()
+    if action:
+        entries = entries.filter(action__startswith=action)
+    page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "core/audit_log.html", {"project": project, "page": page, "action": action})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def token_list(request: HttpRequest) -> HttpResponse:
+    form = APITokenForm(request.POST or None)
+    new_key = None
+    if request.method == "POST" and form.is_valid():
+        _, new_key = services.api_token_create(user=request.user, name=form.cleaned_data["name"])
+        form = APITokenForm()
+    tokens = APIToken.objects.filter(user=request.user)
+    return render(request, "core/token_list.html", {"tokens": tokens, "form": form, "new_key": new_key})
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = get_object_or_404(APIToken, pk=token_id, user=request.user)
+    services.api_token_revoke(token=token, actor=request.user)
+    messages.success(request, f"Token {token.name} revoked.")
+    return redirect("core:token-list")
