@@ -73,12 +73,18 @@ class MembershipWriteSerializer(serializers.Serializer):
         return user
 
 
-class ProjectViewSet(viewsets.ModelViewSet):
+class ProjectViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
     """Projects (workspaces) you belong to. Any signed-in user may create one and becomes its owner."""
 
     serializer_class = ProjectSerializer
     lookup_field = "slug"
-    http_method_names = ["get", "post", "patch", "head", "options"]
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self) -> QuerySet[Project]:
         return Project.objects.for_user(self.request.user).prefetch_related("memberships")
@@ -148,6 +154,7 @@ class APITokenViewSet(
     """Your personal API tokens. DELETE revokes a token; it stays listed as revoked."""
 
     serializer_class = APITokenSerializer
+    queryset = APIToken.objects.none()
 
     def get_queryset(self) -> QuerySet[APIToken]:
         return APIToken.objects.filter(user=self.request.user)
@@ -187,6 +194,7 @@ class AuditEntryViewSet(ProjectScopedViewSetMixin, viewsets.ReadOnlyModelViewSet
     """The audit log of your projects. Filter with `?project=<slug>`, `?object_type=` and `?object_id=`."""
 
     serializer_class = AuditEntrySerializer
+    queryset = AuditEntry.objects.none()
 
     def get_queryset(self) -> QuerySet[AuditEntry]:
         queryset = self.scope(AuditEntry.objects.select_related("project"))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -35,3 +36,13 @@ class APITokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+class APITokenScheme(OpenApiAuthenticationExtension):
+    """Describes token authentication in the OpenAPI schema."""
+
+    target_class = "apps.core.authentication.APITokenAuthentication"
+    name = "apiToken"
+
+    def get_security_definition(self, auto_schema: object) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "description": "A personal API token: `Bearer mlc_…`."}

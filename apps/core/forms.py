@@ -1,19 +1,39 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from apps.core.choices import ProjectRole
 
 
-class ProjectForm(forms.Form):
+class StyledForm(forms.Form):
+    """Gives every widget the design's CSS classes, so templates render fields with `{{ field }}`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            widget = field.widget
+            if isinstance(widget, forms.CheckboxInput):
+                css = "form-check-input"
+            elif isinstance(widget, forms.Select):
+                css = "form-select form-select-sm"
+            else:
+                css = "form-control form-control-sm"
+            if name in self.errors:
+                css += " is-invalid"
+            widget.attrs["class"] = f"{widget.attrs.get('class', '')} {css}".strip()
+
+
+class ProjectForm(StyledForm):
     name = forms.CharField(max_length=100)
-    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
 
-class MembershipForm(forms.Form):
+class MembershipForm(StyledForm):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField(choices=ProjectRole.choices)
 
 
-class APITokenForm(forms.Form):
+class APITokenForm(StyledForm):
     name = forms.CharField(max_length=100, help_text="What the token is for, such as 'CI pipeline'.")

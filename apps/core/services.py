@@ -65,9 +65,7 @@ def project_create(*, name: str, description: str = "", owner: AbstractBaseUser)
     name_key = normalize_name(name)
     if Project.objects.filter(Q(slug=slug) | Q(name_key=name_key)).exists():
         raise ValidationError({"name": f"A project named {name!r}, or one that differs only in case or form, exists."})
-    project = Project.objects.create(
-        name=name, name_key=name_key, slug=slug, description=description, created_by=owner
-    )
+    project = Project.objects.create(name=name, name_key=name_key, slug=slug, description=description, created_by=owner)
     Membership.objects.create(project=project, user=owner, role=ProjectRole.OWNER)
     audit_record(actor=owner, action="project.created", obj=project, project=project, after={"name": name})
     return project

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -27,11 +26,10 @@ class HashingUploadHandler(TemporaryFileUploadHandler):
     def handle_raw_input(self, input_data: Any, META: Any, content_length: int, boundary: Any, encoding: Any = None):  # noqa: N803 (Django's signature)
         if content_length and content_length > settings.MAX_UPLOAD_BYTES + 64 * 1024:
             raise UploadTooLarge(settings.MAX_UPLOAD_BYTES)
-        return None
+        return
 
     def new_file(self, *args: Any, **kwargs: Any) -> None:
         super().new_file(*args, **kwargs)
-        Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
         self._digest = hashlib.sha256()
         self.file = HashedUploadedFile(self.file_name, self.content_type, 0, self.charset, self.content_type_extra)
 

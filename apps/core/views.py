@@ -80,7 +80,9 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
                 form.add_error("username", "No active user with that name.")
             else:
                 try:
-                    services.membership_set(project=project, user=user, role=form.cleaned_data["role"], actor=request.user)
+                    services.membership_set(
+                        project=project, user=user, role=form.cleaned_data["role"], actor=request.user
+                    )
                 except ValidationError as exc:
                     form_errors_from(exc, form)
                 else:

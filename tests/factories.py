@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+
+from apps.core.choices import ProjectRole
+from apps.core.models import Membership, Project
+from apps.core.services import normalize_name
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    password = factory.django.Password("correct horse battery staple")
+
+
+class ProjectFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Project
+
+    name = factory.Sequence(lambda n: f"Project {n}")
+    name_key = factory.LazyAttribute(lambda p: normalize_name(p.name))
+    slug = factory.Sequence(lambda n: f"project-{n}")
+    description = "A project for tests."
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    project = factory.SubFactory(ProjectFactory)
+    user = factory.SubFactory(UserFactory)
+    role = ProjectRole.VIEWER
