@@ -154,7 +154,7 @@ class _XGBoostBackend:
 
     def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         # Margins work for every classification objective (softprob, softmax, logistic), probabilities don't.
-        margin = np.asarray(self._booster.inplace_predict(self._transform(columns), output_margin=True), np.float64)
+        margin = np.asarray(self._booster.inplace_predict(self._transform(columns), predict_type="margin"), np.float64)
         if self._multiclass:
             return _softmax(margin.reshape(len(margin), -1))
         positive = 1.0 / (1.0 + np.exp(-margin.reshape(-1)))

@@ -51,7 +51,8 @@ def json_scalar(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------- inference
 
 
-def _column_type(series: pd.Series) -> str:
+def column_type(series: pd.Series) -> str:
+    """The signature type of a column: integer, number, boolean, categorical, text or datetime."""
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return "boolean"
@@ -79,7 +80,7 @@ def infer_signature(df: pd.DataFrame, *, target_kind: str, classes: list | None)
     if target_kind not in TASKS:
         raise ValueError(f"target_kind must be one of {', '.join(TASKS)}, not {target_kind!r}")
     inputs = [
-        {"name": str(name), "type": _column_type(df[name]), "nullable": bool(df[name].isna().any())}
+        {"name": str(name), "type": column_type(df[name]), "nullable": bool(df[name].isna().any())}
         for name in df.columns
     ]
     if target_kind == "classification":
