@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.bundle import BundleError, manifest_from_zip, open_zip, read_members
+from serving.bundle import BundleError, import_skops, manifest_from_zip, open_zip, read_members
 from serving.fastpath import compile_transform
 from serving.signature import coerce_columns
 
@@ -45,8 +45,7 @@ def is_trusted_type(name: str) -> bool:
 
 def load_skops(data: bytes, *, what: str) -> Any:
     """Load skops bytes, allowing only types from the trusted modules; BundleError names any other type."""
-    import skops.io as sio
-
+    sio = import_skops()
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # skops raises many kinds of errors on malformed input
