@@ -107,6 +107,18 @@ class LoadedVersion:
         classes = predictor.classes if predictor.task == "classification" else None
         self.classes = np.asarray(classes) if classes else None
         self.output_datatype = _v2_datatype(self.classes) if self.classes is not None else "FP64"
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        # The first call of a model pays for lazy imports and allocations (tens of ms for scikit-learn):
+        # pay it now, before the worker accepts traffic, with the bundle's own input example.
+        example = getattr(self.predictor, "manifest", {}).get("input_example") or []
+        if not example:
+            return
+        try:
+            self.predict({name: [row.get(name) for row in example[:1]] for name in self.names})
+        except Exception as exc:  # a model that fails on its own example still serves; requests will tell
+            logger.warning("version %s failed on its input example: %s", self.id, exc)
 
     def predict(self, columns: Mapping[str, list]) -> tuple[list, list | None]:
         """Labels (or values) and, for classifiers, class probabilities: one vectorised call either way."""

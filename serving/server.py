@@ -158,5 +158,7 @@ def gunicorn_options(
         "preload_app": False,
         "backlog": 2048,
         "max_requests": 0,
+        # gunicorn's control socket lives at one path per user; several model servers on a host would collide.
+        "control_socket_disable": True,
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
