@@ -426,6 +426,8 @@ class ModelServer:
             try:
                 columns = payload_to_columns(payload, columns=version.names)
                 rows = max((len(values) for values in columns.values()), default=0)
+                if rows == 0:
+                    raise InputError("rows", "the input has no rows")
                 if rows > self.spec.max_rows:
                     raise InputError("rows", f"{rows} rows exceed the limit of {self.spec.max_rows}")
                 predictions, probabilities = version.predict(columns)

@@ -140,6 +140,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("the condition was not met in time")
+
+
 # ------------------------------------------------------------------------------------------ event sink
 
 
