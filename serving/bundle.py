@@ -9,12 +9,16 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import importlib
+import importlib.abc
 import io
 import json
 import lzma
 import os
 import platform
+import sys
 import tempfile
+import types
 import zipfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -56,6 +60,35 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class _RefuseImport(importlib.abc.MetaPathFinder):
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.partition(".")[0] in self.names:
+            raise ImportError(f"{fullname} is not imported while skops loads")
+
+
+def import_skops() -> types.ModuleType:
+    """`skops.io`, imported without dragging torch in.
+
+    On import, skops lists every scikit-learn estimator by walking all sklearn modules, and that walk
+    imports sklearn's vendored array-api shim for torch, i.e. torch itself: seconds and hundreds of MB
+    in a server that only serves a scikit-learn model. The walk skips modules that fail to import, so
+    torch is refused for the duration of that first import (torch imports normally afterwards).
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    blocker = None if "torch" in sys.modules else _RefuseImport(frozenset({"torch"}))
+    if blocker is not None:
+        sys.meta_path.insert(0, blocker)
+    try:
+        return importlib.import_module("skops.io")
+    finally:
+        if blocker is not None:
+            sys.meta_path.remove(blocker)
+
+
 def _package_versions(flavor: str) -> dict[str, str]:
     packages = ["numpy", "pandas", "scikit-learn", "skops"]
     packages += {"xgboost": ["xgboost"], "pytorch": ["torch", "safetensors"], "custom": []}.get(flavor, [])
@@ -91,7 +124,7 @@ def _serialize_members(
     torch_arch: Mapping | None,
     custom_model: Any,
 ) -> dict[str, bytes]:
-    import skops.io as sio  # only writers and readers of skops members pay for the import
+    sio = import_skops()
 
     if flavor == "sklearn":
         if pipeline is None:

@@ -26,7 +26,10 @@ def _imputer(step: Any) -> Step | None:
     if step.add_indicator or not (isinstance(step.missing_values, float) and np.isnan(step.missing_values)):
         return None
     statistics = step.statistics_
-    if statistics.dtype.kind == "f":
+    if statistics.dtype.kind == "O" and all(isinstance(v, int | float) and not isinstance(v, bool) for v in statistics):
+        # The "constant" strategy keeps a numeric fill value in an object array.
+        statistics = statistics.astype(np.float64)
+    if statistics.dtype.kind in "fiu":
         if np.isnan(statistics).any():
             return None  # sklearn drops all-missing columns here; leave that rule to sklearn
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.bundle import BundleError, manifest_from_zip, open_zip, read_members
+from serving.bundle import BundleError, import_skops, manifest_from_zip, open_zip, read_members
 from serving.fastpath import compile_transform
 from serving.signature import coerce_columns
 
@@ -45,8 +45,7 @@ def is_trusted_type(name: str) -> bool:
 
 def load_skops(data: bytes, *, what: str) -> Any:
     """Load skops bytes, allowing only types from the trusted modules; BundleError names any other type."""
-    import skops.io as sio
-
+    sio = import_skops()
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # skops raises many kinds of errors on malformed input
@@ -154,7 +153,7 @@ class _XGBoostBackend:
 
     def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         # Margins work for every classification objective (softprob, softmax, logistic), probabilities don't.
-        margin = np.asarray(self._booster.inplace_predict(self._transform(columns), output_margin=True), np.float64)
+        margin = np.asarray(self._booster.inplace_predict(self._transform(columns), predict_type="margin"), np.float64)
         if self._multiclass:
             return _softmax(margin.reshape(len(margin), -1))
         positive = 1.0 / (1.0 + np.exp(-margin.reshape(-1)))

@@ -51,7 +51,8 @@ def json_scalar(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------- inference
 
 
-def _column_type(series: pd.Series) -> str:
+def column_type(series: pd.Series) -> str:
+    """The signature type of a column: integer, number, boolean, categorical, text or datetime."""
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return "boolean"
@@ -79,7 +80,7 @@ def infer_signature(df: pd.DataFrame, *, target_kind: str, classes: list | None)
     if target_kind not in TASKS:
         raise ValueError(f"target_kind must be one of {', '.join(TASKS)}, not {target_kind!r}")
     inputs = [
-        {"name": str(name), "type": _column_type(df[name]), "nullable": bool(df[name].isna().any())}
+        {"name": str(name), "type": column_type(df[name]), "nullable": bool(df[name].isna().any())}
         for name in df.columns
     ]
     if target_kind == "classification":
@@ -203,7 +204,7 @@ def _coerce(spec: Mapping, values: np.ndarray | list) -> np.ndarray:
             fractional = np.flatnonzero(finite != np.round(finite))
             if len(fractional):
                 row = int(np.flatnonzero(~np.isnan(array))[fractional[0]])
-                raise InputError(name, f"row {row}: {array[row]!r} is not an integer")
+                raise InputError(name, f"row {row}: {float(array[row])!r} is not an integer")
             if len(finite) == len(array):
                 array = array.astype(np.int64)
     elif kind == "boolean":
@@ -237,10 +238,12 @@ def _raw_columns(data: Any, names: list[str]) -> tuple[dict[str, Any], int]:
             raise InputError("payload", f"columns have different lengths: {sorted(lengths)}")
         return columns, lengths.pop() if lengths else 0
     if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        if not data:
+            raise InputError("rows", "the input has no rows")
         for row, record in enumerate(data):
             if not isinstance(record, Mapping):
                 raise InputError("payload", f"row {row} is not an object of column values")
-        present = set().union(*(record.keys() for record in data)) if data else set()
+        present = set().union(*(record.keys() for record in data))
         missing = [n for n in names if n not in present]
         if missing:
             raise InputError(missing[0], f"missing column (missing: {', '.join(missing)})")
