@@ -1,0 +1,164 @@
+"""Running the model server under gunicorn: pre-forked worker processes sharing one listening socket.
+
+The master process never loads a model (forking after numpy/xgboost start their thread pools is unsafe,
+and a master that stays small restarts workers quickly). Each worker reads the spec file and loads every
+model before it accepts a connection, so a worker that answers is ready.
+
+Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `ModelServerArbiter`:
+- the new spec is first loaded in full by a separate check process; when it fails, the master logs why
+  and keeps the current workers instead of replacing them with workers that cannot boot;
+- old workers are stopped only once every new worker has loaded its models (gunicorn would stop them at
+  once and leave requests waiting in the socket backlog for as long as loading takes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+logger = logging.getLogger(__name__)
+
+# How long the master waits for new workers to load their models before stopping the old ones anyway.
+READY_TIMEOUT_SECONDS = 120.0
+CHECK_TIMEOUT_SECONDS = 300.0
+READY_POLL_SECONDS = 0.05
+
+
+def ready_marker(run_dir: Path, pid: int) -> Path:
+    return run_dir / "ready" / str(pid)
+
+
+def check_spec_in_subprocess(spec_path: str) -> str | None:
+    """Load every model of the spec in a fresh process; None when it works, else the reason it does not."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "serving", "--check", "--spec", spec_path],
+            capture_output=True,
+            text=True,
+            timeout=CHECK_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"loading the spec's models took more than {CHECK_TIMEOUT_SECONDS:.0f} s"
+    if result.returncode == 0:
+        return None
+    lines = (result.stderr or result.stdout).strip().splitlines()
+    return lines[-1] if lines else f"the check exited with code {result.returncode}"
+
+
+class ModelServerArbiter(Arbiter):
+    def reload(self) -> None:
+        error = check_spec_in_subprocess(self.app.spec_path)
+        if error is not None:
+            self.log.error("Not reloading: the new spec cannot be served (%s); the current workers keep serving", error)
+            return
+        self.log.info("Reloading: the new spec loads; starting new workers")
+        super().reload()
+
+    def manage_workers(self) -> None:
+        if len(self.WORKERS) > self.num_workers:
+            self._wait_for_newest_workers()
+        super().manage_workers()
+
+    def _wait_for_newest_workers(self) -> None:
+        newest = [pid for pid, _ in sorted(self.WORKERS.items(), key=lambda item: item[1].age)[-self.num_workers :]]
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if all(ready_marker(self.app.run_dir, pid).exists() for pid in newest):
+                return
+            # A new worker that dies while booting is reaped here (gunicorn then halts, as at first start).
+            self.reap_workers()
+            if any(pid not in self.WORKERS for pid in newest):
+                return
+            time.sleep(READY_POLL_SECONDS)
+        self.log.warning("New workers were not ready after %.0f s; stopping the old ones anyway", READY_TIMEOUT_SECONDS)
+
+
+def _post_worker_init(worker: Any) -> None:
+    # Called after the worker built the app (loaded every model) and just before it starts accepting.
+    marker = ready_marker(worker.app.run_dir, worker.pid)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    ready_marker(worker.app.run_dir, worker.pid).unlink(missing_ok=True)
+    app = getattr(worker, "wsgi", None)
+    close = getattr(app, "close", None)
+    if close is not None:
+        close()
+
+
+def _on_exit(server: Any) -> None:
+    shutil.rmtree(server.app.run_dir, ignore_errors=True)
+
+
+class ModelServerApplication(BaseApplication):
+    """A gunicorn application whose workers each build a `ModelServer` from the spec file."""
+
+    def __init__(self, spec_path: str, run_dir: Path, options: dict[str, Any]) -> None:
+        self.spec_path = spec_path
+        self.run_dir = run_dir
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+        self.cfg.set("post_worker_init", _post_worker_init)
+        self.cfg.set("worker_exit", _worker_exit)
+        self.cfg.set("on_exit", _on_exit)
+
+    def load(self) -> Any:
+        # Imported here, in the worker: the master must not load numpy, pandas or model libraries.
+        from serving.app import create_app
+
+        return create_app(self.spec_path, metrics_dir=self.run_dir / "metrics")
+
+    def run(self) -> None:
+        ModelServerArbiter(self).run()
+
+
+def gunicorn_options(
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    pid_file: str | None,
+    timeout: int,
+    log_level: str,
+    proc_name: str,
+) -> dict[str, Any]:
+    return {
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "workers": workers,
+        # Sync workers (one request at a time, no keep-alive) are the fastest for CPU-bound predictions and
+        # drop no kept-alive connection during a reload; threads only help when models release the GIL.
+        "worker_class": "gthread" if threads > 1 else "sync",
+        "threads": threads,
+        "timeout": timeout,
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "pidfile": pid_file,
+        # Every prediction is already an event for the console; an access log line per request is waste.
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": log_level,
+        "proc_name": proc_name,
+        "preload_app": False,
+        "backlog": 2048,
+        "max_requests": 0,
+        # gunicorn's control socket lives at one path per user; several model servers on a host would collide.
+        "control_socket_disable": True,
+        "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+    }
