@@ -42,6 +42,7 @@ class Command(BaseCommand):
         }
         (settings.VAR_DIR / "broker" / "out").mkdir(parents=True, exist_ok=True)
         (settings.VAR_DIR / "broker" / "processed").mkdir(parents=True, exist_ok=True)
+        (settings.VAR_DIR / "broker" / "control").mkdir(parents=True, exist_ok=True)
         children = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(f"MLOps console running at http://{bind}/  (Ctrl-C stops it)"))
         stopping = False
