@@ -88,7 +88,7 @@ def test_patch_refuses_malformed_rules(dataset: Dataset, member: object) -> None
     assert response.status_code == 400
     assert response.json() == {
         "rules": ["columns.age.maximum: unknown rule; use allowed, blocking, max, max_null_rate, min"]
-    }  # noqa: E501
+    }
     assert client_for(member).put(f"/api/v1/datasets/{dataset.pk}/", {}, format="json").status_code == 405
 
 
@@ -132,7 +132,7 @@ def test_list_query_count_does_not_grow_with_datasets(
 @pytest.mark.parametrize(("role", "status"), [("owner", 201), ("member", 201), ("viewer", 403), ("outsider", 404)])
 def test_upload(
     request: pytest.FixtureRequest, dataset: Dataset, role: str, status: int, django_capture_on_commit_callbacks: object
-) -> None:  # noqa: E501
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         response = upload(as_user(request, role), dataset, SMALL_CLASSIFICATION_CSV, "flowers.csv")
     assert response.status_code == status
@@ -157,7 +157,7 @@ def test_identical_upload_answers_200_with_the_same_version(dataset: Dataset, me
 @pytest.mark.parametrize(("role", "status"), [("owner", 200), ("member", 200), ("viewer", 200), ("outsider", 404)])
 def test_version_reads(
     request: pytest.FixtureRequest, ready_dataset_version: DatasetVersion, role: str, status: int
-) -> None:  # noqa: E501
+) -> None:
     client = as_user(request, role)
     version = ready_dataset_version
     listing = client.get(f"/api/v1/datasets/{version.dataset_id}/versions/")
@@ -180,7 +180,7 @@ def test_version_reads(
 @pytest.mark.parametrize(("role", "status"), [("owner", 201), ("member", 201), ("viewer", 403), ("outsider", 404)])
 def test_make_a_split(
     request: pytest.FixtureRequest, ready_dataset_version: DatasetVersion, role: str, status: int
-) -> None:  # noqa: E501
+) -> None:
     url = f"/api/v1/dataset-versions/{ready_dataset_version.pk}/splits/"
     payload = {"test_size": 0.25, "seed": 7, "stratify": "species"}
     response = as_user(request, role).post(url, payload, format="json")
@@ -205,7 +205,7 @@ def test_split_errors_name_the_field(ready_dataset_version: DatasetVersion, memb
 @pytest.mark.parametrize(("role", "status"), [("owner", 202), ("member", 202), ("viewer", 403), ("outsider", 404)])
 def test_revalidate(
     request: pytest.FixtureRequest, ready_dataset_version: DatasetVersion, role: str, status: int
-) -> None:  # noqa: E501
+) -> None:
     response = as_user(request, role).post(f"/api/v1/dataset-versions/{ready_dataset_version.pk}/revalidate/")
     assert response.status_code == status
     ready_dataset_version.refresh_from_db()
@@ -214,7 +214,7 @@ def test_revalidate(
 
 def test_download_of_a_tampered_file_is_refused_and_audited(
     ready_dataset_version: DatasetVersion, viewer: object
-) -> None:  # noqa: E501
+) -> None:
     tamper(ready_dataset_version.sha256)
     response = client_for(viewer).get(f"/api/v1/dataset-versions/{ready_dataset_version.pk}/download/")
     assert response.status_code == 409

@@ -85,7 +85,7 @@ def test_pending_version_polls_and_reloads_when_done(
 
 def test_create_dataset_with_a_first_version(
     project: object, member: object, django_capture_on_commit_callbacks: object
-) -> None:  # noqa: E501
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         response = login(member).post(
             "/datasets/new/",
@@ -231,4 +231,4 @@ def test_navigation_links_to_datasets(member: object) -> None:
     page = login(member).get("/datasets/").content.decode()
     assert re.search(
         r'<a class="nav-link active" href="/datasets/" aria-current="page"><i class="bi bi-table"></i> Datasets', page
-    )  # noqa: E501
+    )
