@@ -14,7 +14,7 @@ import pytest
 from worker.datasets.demo import DEMO_DATASETS, demo_csv_bytes, demo_frame
 from worker.datasets.formats import CSV, PARQUET, FileFormatError, format_for_name, inspect_file, read_table
 from worker.datasets.pipeline import profile_file
-from worker.datasets.profile import describe_table
+from worker.datasets.profile import describe_table, histogram
 from worker.datasets.splits import SplitError, indices_from_bytes, indices_to_bytes, split_indices
 from worker.datasets.validation import RulesError, parse_rules, validate
 
@@ -402,3 +402,15 @@ def test_demo_datasets_have_a_target_and_stable_bytes(name: str) -> None:
         assert frame["target"].map(type).eq(str).all()
     if name == "iris":
         assert set(frame["target"]) == {"setosa", "versicolor", "virginica"}
+
+
+@pytest.mark.parametrize(("low", "high"), [(20, 69), (0, 1000), (-7, 7), (5, 5)])
+def test_integer_bins_hold_equally_many_values(low: int, high: int) -> None:
+    values = np.arange(low, high + 1, dtype=float)
+    result = histogram(values, integer=True)
+    edges, counts = np.array(result["edges"]), result["counts"]
+    assert len(counts) <= 30 and sum(counts) == values.size
+    assert edges[0] == low - 0.5 and edges[-1] >= high + 0.5
+    widths = np.diff(edges)
+    assert np.all(widths == widths[0]) and widths[0] == int(widths[0]), "whole numbers of values per bin"
+    assert all(count == widths[0] for count in counts[:-1]), "each full bin holds the same number of values"

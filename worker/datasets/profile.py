@@ -57,12 +57,18 @@ def numeric_values(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def histogram(values: np.ndarray, *, integer: bool) -> dict[str, list[float] | list[int]]:
-    """About HISTOGRAM_BINS equal-width bins; integers with a small range get one bin per value."""
+    """At most HISTOGRAM_BINS equal-width bins.
+
+    Integer bins are whole numbers of values wide and centred on them, so every bin holds the same
+    number of possible values (30 bins over 20..69 would alternately hold one value and two).
+    """
     if values.size == 0:
         return {"edges": [], "counts": []}
     low, high = float(values.min()), float(values.max())
-    if integer and high - low + 1 <= HISTOGRAM_BINS:
-        edges = np.arange(low - 0.5, high + 1.5, 1.0)
+    if integer:
+        width = max(1.0, math.ceil((high - low + 1) / HISTOGRAM_BINS))
+        edges = np.arange(low - 0.5, high + 0.5 + width, width)
+        edges = edges[: int(np.searchsorted(edges, high + 0.5, side="left")) + 1]
     elif low == high:
         edges = np.array([low - 0.5, high + 0.5])
     else:
