@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from django.contrib import messages
@@ -150,7 +151,7 @@ def dataset_create(request: HttpRequest) -> HttpResponse:
 def _add_version(dataset: Dataset, upload: Any, actor: object) -> tuple[DatasetVersion, bool]:
     return services.dataset_version_create(
         dataset=dataset,
-        path=upload.temporary_file_path(),
+        path=Path(upload.temporary_file_path()),
         file_name=upload.name,
         sha256=getattr(upload, "sha256", None) or None,
         size=upload.size,
