@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
+    "apps.datasets",
 ]
 
 MIDDLEWARE = [
@@ -170,7 +171,10 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 3600
 CELERY_TASK_TIME_LIMIT = 3900
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Dataset versions whose profiling message was lost, or whose worker died, are queued again.
+    "datasets-requeue-stale-versions": {"task": "datasets.requeue_stale_versions", "schedule": 300.0},
+}
 
 LOGGING = {
     "version": 1,

@@ -22,6 +22,7 @@ class NavItem:
 
 NAV_ITEMS = [
     NavItem("Projects", "core:project-list", "bi-folder2", "core"),
+    NavItem("Datasets", "datasets:dataset-list", "bi-table", "datasets"),
 ]
 
 
