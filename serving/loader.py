@@ -1,0 +1,287 @@
+"""The one uniform model loader: verify a bundle, load only trusted content, and predict through `Predictor`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.bundle import BundleError, import_skops, manifest_from_zip, open_zip, read_members
+from serving.fastpath import compile_transform
+from serving.signature import coerce_columns
+
+# skops may construct only types from these modules (plus skops' own defaults: builtins, basic numpy).
+TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.", "serving.transforms.")
+# ...except these corners of them, which can read files, fetch data or compile code when called.
+DENIED_MODULE_PREFIXES = (
+    "numpy.f2py.",
+    "numpy.distutils.",
+    "numpy.testing.",
+    "numpy.ctypeslib.",
+    "numpy.lib.format.",
+    "numpy.load",
+    "numpy.save",
+    "numpy.fromfile",
+    "numpy.memmap",
+    "numpy.lib._npyio_impl.",
+    "sklearn.datasets.",
+    "sklearn.externals.",
+    "sklearn.utils._testing.",
+    "sklearn.utils._joblib.",
+)
+
+ColumnsTransform = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def is_trusted_type(name: str) -> bool:
+    return name.startswith(TRUSTED_MODULE_PREFIXES) and not name.startswith(DENIED_MODULE_PREFIXES)
+
+
+def load_skops(data: bytes, *, what: str) -> Any:
+    """Load skops bytes, allowing only types from the trusted modules; BundleError names any other type."""
+    sio = import_skops()
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # skops raises many kinds of errors on malformed input
+        raise BundleError(f"{what} is not a readable skops file: {exc}") from exc
+    refused = [name for name in untrusted if not is_trusted_type(name)]
+    if refused:
+        raise BundleError(f"{what} contains untrusted type(s): {', '.join(refused)}")
+    try:
+        return sio.load(io.BytesIO(data), trusted=untrusted)
+    except Exception as exc:  # a skops file that passes the audit can still fail to construct
+        raise BundleError(f"{what} could not be loaded: {exc}") from exc
+
+
+def _frame_transform(preprocessor: Any) -> ColumnsTransform:
+    def transform(columns: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(preprocessor.transform(pd.DataFrame(columns, copy=False)), dtype=np.float64)
+
+    return transform
+
+
+def _compiled_transform(preprocessor: Any, manifest: Mapping) -> ColumnsTransform | None:
+    """The numpy version of `preprocessor`, kept only if it matches sklearn on the bundle's input example."""
+    signature = manifest["signature"]
+    compiled = compile_transform(preprocessor, [spec["name"] for spec in signature["inputs"]])
+    example = manifest.get("input_example") or []
+    if compiled is None or not example:
+        return compiled
+    try:
+        columns = coerce_columns(example, signature)
+        expected = np.asarray(preprocessor.transform(pd.DataFrame(columns, copy=False)), dtype=np.float64)
+        matches = np.allclose(compiled(columns), expected, equal_nan=True)
+    except (ValueError, TypeError):
+        return None
+    return compiled if matches else None
+
+
+def _columns_transform(preprocessor: Any | None, manifest: Mapping) -> ColumnsTransform:
+    """Columns -> model matrix; a bundle without a preprocessor takes its signature's columns in order."""
+    if preprocessor is None:
+        names = [spec["name"] for spec in manifest["signature"]["inputs"]]
+        return lambda columns: np.column_stack([columns[name].astype(np.float64) for name in names])
+    return _compiled_transform(preprocessor, manifest) or _frame_transform(preprocessor)
+
+
+def _softmax(margin: np.ndarray) -> np.ndarray:
+    shifted = np.exp(margin - margin.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class _SklearnBackend:
+    def __init__(self, pipeline: Any, manifest: Mapping) -> None:
+        from sklearn.pipeline import Pipeline
+
+        self._pipeline = pipeline
+        # Run our compiled preprocessor and the final estimator when the pipeline is preprocessor + model:
+        # sklearn's per-call validation costs milliseconds on a 1-row frame.
+        compiled = None
+        if isinstance(pipeline, Pipeline) and len(pipeline.steps) == 2:
+            compiled = _compiled_transform(pipeline.steps[0][1], manifest)
+        self._transform = compiled
+        self._estimator = pipeline.steps[-1][1] if compiled is not None else None
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        if self._transform is not None:
+            return self._estimator.predict(self._transform(columns))
+        return self._pipeline.predict(pd.DataFrame(columns, copy=False))
+
+    def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        if self._transform is not None:
+            return self._estimator.predict_proba(self._transform(columns))
+        return self._pipeline.predict_proba(pd.DataFrame(columns, copy=False))
+
+
+class _CustomBackend:
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._model.predict(pd.DataFrame(columns, copy=False)))
+
+    def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        if not hasattr(self._model, "predict_proba"):
+            raise ValueError("this custom model has no predict_proba")
+        return np.asarray(self._model.predict_proba(pd.DataFrame(columns, copy=False)))
+
+
+class _LabelMapping:
+    """Class index -> original label, for flavors that train on encoded labels."""
+
+    def __init__(self, classes: list | None) -> None:
+        self._labels = np.asarray(classes) if classes else None
+
+    def labels(self, proba: np.ndarray) -> np.ndarray:
+        return self._labels[np.argmax(proba, axis=1)]
+
+
+class _XGBoostBackend:
+    def __init__(self, booster: Any, transform: ColumnsTransform, task: str, classes: list | None) -> None:
+        self._booster = booster
+        self._transform = transform
+        self._task = task
+        self._mapping = _LabelMapping(classes)
+        objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+        self._multiclass = objective.startswith("multi:")
+
+    def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        # Margins work for every classification objective (softprob, softmax, logistic), probabilities don't.
+        margin = np.asarray(self._booster.inplace_predict(self._transform(columns), predict_type="margin"), np.float64)
+        if self._multiclass:
+            return _softmax(margin.reshape(len(margin), -1))
+        positive = 1.0 / (1.0 + np.exp(-margin.reshape(-1)))
+        return np.column_stack([1.0 - positive, positive])
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        if self._task == "classification":
+            return self._mapping.labels(self.predict_proba(columns))
+        return np.asarray(self._booster.inplace_predict(self._transform(columns)), dtype=np.float64)
+
+
+class _TorchBackend:
+    def __init__(
+        self, module: Any, transform: ColumnsTransform, arch: Mapping, task: str, classes: list | None
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self._module = module.eval()
+        self._transform = transform
+        self._task = task
+        self._mapping = _LabelMapping(classes)
+        self._mean = float(arch.get("target_mean", 0.0))
+        self._std = float(arch.get("target_std", 1.0))
+
+    def _forward(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        features = np.ascontiguousarray(self._transform(columns), dtype=np.float32)
+        with self._torch.inference_mode():
+            return self._module(self._torch.from_numpy(features)).numpy().astype(np.float64)
+
+    def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        return _softmax(self._forward(columns))
+
+    def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        if self._task == "classification":
+            return self._mapping.labels(self.predict_proba(columns))
+        return self._forward(columns)[:, 0] * self._std + self._mean
+
+
+class Predictor:
+    """A loaded model with one interface whatever its flavor; inputs are validated against its signature."""
+
+    def __init__(self, *, manifest: dict, sha256: str, backend: Any) -> None:
+        self.manifest = manifest
+        self.sha256 = sha256
+        self.flavor: str = manifest["flavor"]
+        self.task: str = manifest["task"]
+        self.classes: list | None = manifest.get("classes")
+        self.signature: dict = manifest["signature"]
+        self._backend = backend
+
+    def __repr__(self) -> str:
+        return f"<Predictor {self.flavor} {self.task} {self.sha256[:12]}>"
+
+    def predict(self, data: Any) -> np.ndarray:
+        """Labels (original class values) or values for a DataFrame, a list of row dicts or a dict of columns."""
+        return self._backend.predict(coerce_columns(data, self.signature))
+
+    def predict_proba(self, data: Any) -> np.ndarray:
+        """Class probabilities, columns in the order of `classes`; ValueError for regression models."""
+        if self.task != "classification":
+            raise ValueError("predict_proba is only defined for classification models")
+        return self._backend.predict_proba(coerce_columns(data, self.signature))
+
+
+def _load_booster(data: bytes) -> Any:
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(data))
+    except xgb.core.XGBoostError as exc:
+        raise BundleError(f"model.ubj is not a loadable XGBoost model: {exc}") from exc
+    return booster
+
+
+def _load_torch(members: dict[str, bytes]) -> tuple[Any, dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    from serving.mlp import build_mlp
+
+    try:
+        arch = json.loads(members["architecture.json"])
+        module = build_mlp(arch)
+        module.load_state_dict(load_safetensors(members["model.safetensors"]), strict=True)
+    except (ValueError, RuntimeError, SafetensorError, AttributeError) as exc:
+        raise BundleError(f"the PyTorch model could not be rebuilt: {exc}") from exc
+    return module, arch
+
+
+def load_predictor(path: str | Path, *, expected_sha256: str | None = None, trust_pickle: bool = False) -> Predictor:
+    """Load a bundle after checking its sha256 (when given) and every member's hash from the manifest."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle: {exc}") from exc
+    # Hash the same bytes that get parsed, so the file cannot change between check and use.
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256.lower():
+        raise BundleError(f"bundle hash mismatch: expected {expected_sha256}, got {sha256}")
+    with open_zip(data) as archive:
+        manifest = manifest_from_zip(archive)
+        members = read_members(archive, manifest)
+    flavor, task, classes = manifest["flavor"], manifest["task"], manifest.get("classes")
+    if task == "classification" and not classes:
+        raise BundleError("a classification bundle must list its classes")
+    backend: Any
+    if flavor == "sklearn":
+        backend = _SklearnBackend(load_skops(members["model.skops"], what="model.skops"), manifest)
+    elif flavor == "xgboost":
+        preprocessor = None
+        if "preprocessor.skops" in members:
+            preprocessor = load_skops(members["preprocessor.skops"], what="preprocessor.skops")
+        transform = _columns_transform(preprocessor, manifest)
+        backend = _XGBoostBackend(_load_booster(members["model.ubj"]), transform, task, classes)
+    elif flavor == "pytorch":
+        preprocessor = load_skops(members["preprocessor.skops"], what="preprocessor.skops")
+        module, arch = _load_torch(members)
+        backend = _TorchBackend(module, _columns_transform(preprocessor, manifest), arch, task, classes)
+    else:
+        if not trust_pickle:
+            raise BundleError("this bundle holds a pickle (custom flavor); pickle is refused unless trusted")
+        import pickle
+
+        try:
+            model = pickle.loads(members["model.pkl"])
+        except Exception as exc:  # any failure of a trusted unpickle means a bad bundle
+            raise BundleError(f"model.pkl could not be unpickled: {exc}") from exc
+        backend = _CustomBackend(model)
+    return Predictor(manifest=manifest, sha256=sha256, backend=backend)

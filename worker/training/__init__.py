@@ -1,0 +1,1 @@
+"""Django-free trainers: feature engineering, algorithms, evaluation and model bundles."""
