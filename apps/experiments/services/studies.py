@@ -307,7 +307,7 @@ def study_finalize(*, study_id: int) -> None:
     importances = hpo.param_importances(loaded)
     complete = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     with transaction.atomic():
-        study = Study.objects.select_for_update().select_related("pipeline_run", "parent_run").get(pk=study_id)
+        study = Study.objects.select_for_update(of=("self",)).select_related("pipeline_run").get(pk=study_id)
         if study.status != StudyStatus.RUNNING:
             return
         pipeline_run = study.pipeline_run
