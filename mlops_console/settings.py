@@ -156,6 +156,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetVersionStatusEnum": "apps.datasets.choices.DatasetVersionStatus",
+        "RunStatusEnum": "apps.experiments.choices.RunStatus",
+        "RunEndStatusEnum": "apps.experiments.choices.RUN_END_CHOICES",
+        "PipelineRunStatusEnum": "apps.experiments.choices.PipelineRunStatus",
+        "PipelineStageStatusEnum": "apps.experiments.choices.PipelineStageStatus",
+        "StudyStatusEnum": "apps.experiments.choices.StudyStatus",
+    },
 }
 
 CELERY_BROKER_TRANSPORT_OPTIONS = (
