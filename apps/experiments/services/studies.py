@@ -83,7 +83,7 @@ def study_start(*, stage: PipelineStage, runtime: StageRuntime) -> Study | None:
             sampler=search["sampler"],
             pruner=search["pruner"],
             n_trials=search["n_trials"],
-            timeout_seconds=int(search["timeout"]) if search["timeout"] else None,
+            timeout_seconds=search["timeout"],
             search=search,
             started_at=timezone.now(),
         )
