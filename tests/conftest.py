@@ -20,8 +20,9 @@ from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 
 @pytest.fixture(autouse=True)
-def artifact_root(settings: object, tmp_path: Path) -> Path:
-    root = tmp_path / "artifacts"
+def artifact_root(settings: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Beside the test's tmp_path rather than in it, so tests that inspect tmp_path see only their own files.
+    root = tmp_path_factory.mktemp("artifacts")
     (root / "tmp").mkdir(parents=True)
     settings.ARTIFACT_ROOT = root
     settings.FILE_UPLOAD_TEMP_DIR = str(root / "tmp")
