@@ -21,6 +21,8 @@ try:
     MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
     CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
     CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+    # The queue tasks go to, including the follow-up tasks a worker queues (the next pipeline stage).
+    CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
     SECURE_BEHIND_PROXY = env_bool("SECURE_BEHIND_PROXY", False)
