@@ -15,7 +15,8 @@ def _stage_or_trial_revoked(sender: Any = None, request: Any = None, terminated:
     """A task killed by `revoke(terminate=True)` cannot record its end itself; the worker does it here."""
     if request is None or not terminated:
         return
-    name = getattr(request, "name", None) or getattr(request, "task_name", None)
+    # `sender` is the task; `request` its context (id and args).
+    name = getattr(sender, "name", None)
     args = list(getattr(request, "args", None) or [])
     task_id = str(getattr(request, "id", ""))
     if name == STAGE_TASK_NAME and args:

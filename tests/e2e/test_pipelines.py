@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -49,11 +50,11 @@ model_config:
       max_depth: {type: int, low: 2, high: 5}
       learning_rate: {type: float, low: 0.05, high: 0.3, log: true}
 """
-# Trains for several seconds: 2000 boosting rounds of a 10-class model on digits.
+# Trains for several seconds: 100 boosting rounds of a 10-class model on digits.
 SLOW = """
 experiment_id: slow
 data_config: {dataset: digits}
-model_config: {algorithm: xgboost, n_estimators: 2000, max_depth: 6, task: classification}
+model_config: {algorithm: xgboost, n_estimators: 100, max_depth: 6, task: classification}
 """
 # The documented bound: takeover after 10 s of silence, plus the redelivery (visibility timeout here),
 # plus the retried training itself.
@@ -162,8 +163,14 @@ def start_worker(celery_worker: CeleryWorker, tmp_path: Path) -> Iterator[Callab
         command += ["--concurrency", "1", "-Q", celery_worker.queue, "-n", f"{name}@%h", "-l", "info"]
         command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         with open(log_path, "wb") as log:
+            # A session of its own, so that killing its process group kills the pool with it (a lost machine).
             process = subprocess.Popen(
-                command, cwd=ROOT, env={**celery_worker.env, **env}, stdout=log, stderr=subprocess.STDOUT
+                command,
+                cwd=ROOT,
+                env={**celery_worker.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         process.log_path = log_path
         started.append(process)
@@ -182,7 +189,7 @@ def start_worker(celery_worker: CeleryWorker, tmp_path: Path) -> Iterator[Callab
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
     app.control.add_consumer(celery_worker.queue, destination=session_worker, reply=True, timeout=10)
 
@@ -206,14 +213,11 @@ def test_a_worker_killed_mid_training_leaves_no_run_stuck(
     pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=SLOW)
     stage = wait_for(lambda: _train_running(pipeline_run), timeout=90, what="the train stage to start")
     time.sleep(1.5)
-    # Kill the process that is training, then the whole worker and its pool: nothing is left to finish it.
+    # Kill the process that is training, then the whole worker with its pool: nothing is left to finish it.
     _pool_child(first).send_signal(signal.SIGKILL)
     time.sleep(0.5)
-    pool = psutil.Process(first.pid).children(recursive=True)
-    first.send_signal(signal.SIGKILL)
+    os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    for child in pool:
-        child.kill()
     killed_at = time.monotonic()
     start_worker(CELERY_VISIBILITY_TIMEOUT="5")
 
