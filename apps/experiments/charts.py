@@ -111,7 +111,7 @@ def _axis(label: str, values: list[Any]) -> dict[str, Any]:
 
 
 def parallel_coordinates(
-    rows: Iterable[tuple[Mapping[str, Any], float | None]], params: Sequence[str], metric: str, *, title: str = ""
+    rows: Iterable[tuple[Mapping[str, Any], float | None]], params: Sequence[str], metric: str
 ) -> SafeString | None:
     """Parameters against a metric, one line per run (or trial) coloured by the metric."""
     rows = [(p, value) for p, value in rows if value is not None]
@@ -126,9 +126,10 @@ def parallel_coordinates(
             line={"color": values, "colorscale": scale, "showscale": True, "colorbar": {"title": {"text": metric}}},
             dimensions=dimensions,
         ),
-        layout=_layout(title or f"Parameters against {metric}", height=360, legend=False),
+        # No title: the card names the figure, and a title would collide with the axis labels.
+        layout=_layout("", height=380, legend=False),
     )
-    figure.update_layout(margin={"l": 60, "r": 60, "t": 60, "b": 30})
+    figure.update_layout(margin={"l": 70, "r": 70, "t": 50, "b": 30})
     return figure_json(figure)
 
 

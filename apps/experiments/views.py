@@ -183,10 +183,13 @@ def run_compare(request: HttpRequest) -> HttpResponse:
     series = selectors.metric_series([run.pk for run in runs])
     curve_names = sorted({name for by_name in series.values() for name, pts in by_name.items() if len(pts) > 1})
     curve_metric = request.GET.get("curve") or (curve_names[0] if curve_names else "")
+    # Parameters that are the same in every run say nothing about the differences: list them apart.
+    shown = differing if len(runs) > 1 else params
+    same = [name for name in params if name not in shown]
     rows = [
         (
             run,
-            [(name, run.params.get(name)) for name in params],
+            [(name, run.params.get(name)) for name in shown],
             [
                 (name, run.metrics.get(name), best.get(name) == run.metrics.get(name) and name in best)
                 for name in metrics
@@ -200,9 +203,9 @@ def run_compare(request: HttpRequest) -> HttpResponse:
         {
             "runs": runs,
             "rows": rows,
-            "params": params,
+            "params": shown,
+            "same_params": [(name, runs[0].params.get(name)) for name in same],
             "metrics": metrics,
-            "differing": differing,
             "metric": chosen,
             "curve_metric": curve_metric,
             "curve_names": curve_names,
@@ -347,11 +350,11 @@ def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
         study.direction,
         study.metric,
     )
-    params = sorted({name for t in trials for name in (t.params or {}) if name != "algorithm"})
-    varying = [name for name in params if len({str(t.params.get(name)) for t in trials}) > 1]
-    if any(t.algorithm != study.search.get("algorithms", [""])[0] for t in trials):
-        varying = ["algorithm", *varying]
     succeeded = [t for t in trials if t.status == RunStatus.SUCCEEDED]
+    params = sorted({name for t in succeeded for name in t.params if name != "algorithm"})
+    varying = [name for name in params if len({str(t.params.get(name)) for t in succeeded}) > 1]
+    if len({t.algorithm for t in succeeded}) > 1:
+        varying = ["algorithm", *varying]
     return render(
         request,
         "experiments/study_detail.html",
@@ -366,7 +369,6 @@ def study_detail(request: HttpRequest, pk: int) -> HttpResponse:
                 [({**t.params, "algorithm": t.algorithm}, t.metrics.get(study.metric)) for t in succeeded],
                 varying[:10],
                 study.metric,
-                title="Trials: parameters against " + study.metric,
             ),
             "live_poll": LIVE_POLL_SECONDS,
         },

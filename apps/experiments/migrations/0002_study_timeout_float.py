@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('experiments', '0001_initial'),
+        ("experiments", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='study',
-            name='timeout_seconds',
-            field=models.FloatField(blank=True, help_text='The time budget; later trials are not run.', null=True),
+            model_name="study",
+            name="timeout_seconds",
+            field=models.FloatField(blank=True, help_text="The time budget; later trials are not run.", null=True),
         ),
     ]

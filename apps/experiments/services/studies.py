@@ -223,6 +223,8 @@ def study_trial_execute(*, study_id: int, slot: int, task_id: str) -> None:
         algorithm, sampled = hpo.sample_params(trial, study.search, task)
         base = pipeline_run.config["train"]
         params = {**base["params"], **sampled} if algorithm == base["algorithm"] else sampled
+        # Recorded now, so a pruned or failed trial still shows what it tried.
+        Run.objects.filter(pk=run.pk).update(params={**params, "algorithm": algorithm}, algorithm=algorithm)
         runtime.log(f"trial {trial.number}: {algorithm} {params}")
         config = train_config_for(pipeline_run, algorithm=algorithm, params=params)
         result = train_into_run(
