@@ -50,11 +50,11 @@ model_config:
       max_depth: {type: int, low: 2, high: 5}
       learning_rate: {type: float, low: 0.05, high: 0.3, log: true}
 """
-# Trains for several seconds: 100 boosting rounds of a 10-class model on digits.
+# Trains for several seconds (5 to 20 on two cores): 300 boosting rounds of a 10-class model on digits.
 SLOW = """
 experiment_id: slow
 data_config: {dataset: digits}
-model_config: {algorithm: xgboost, n_estimators: 100, max_depth: 6, task: classification}
+model_config: {algorithm: xgboost, n_estimators: 300, max_depth: 6, task: classification}
 """
 # The documented bound: takeover after 10 s of silence, plus the redelivery (visibility timeout here),
 # plus the retried training itself.
@@ -255,9 +255,11 @@ def test_a_stage_over_its_soft_time_limit_fails(
     transactional_db: None, start_worker: Callable[..., subprocess.Popen], project: object, member: object
 ) -> None:
     add_version(project, "digits")
-    start_worker(EXPERIMENTS_STAGE_SOFT_TIME_LIMIT="3")
-    pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=SLOW)
+    start_worker(EXPERIMENTS_STAGE_SOFT_TIME_LIMIT="2")
+    # Far longer than the limit on any machine: the limit stops it after 2 s.
+    config = SLOW.replace("n_estimators: 300", "n_estimators: 5000")
+    pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=config)
     wait_for(lambda: _finished(pipeline_run), timeout=90, what="the time limit")
     assert pipeline_run.status == "failed"
     train = pipeline_run.stages.get(name="train")
-    assert train.error == "the train stage exceeded its time limit of 3 s and was stopped"
+    assert train.error == "the train stage exceeded its time limit of 2 s and was stopped"
