@@ -173,7 +173,7 @@ def run_compare(request: HttpRequest) -> HttpResponse:
     best = {}
     for name in metrics:
         values = [run.metrics[name] for run in runs if isinstance(run.metrics.get(name), int | float)]
-        if values and len(runs) > 1:
+        if len(set(values)) > 1:
             best[name] = min(values) if charts.lower_is_better(name) else max(values)
     differing = [name for name in params if len({str(run.params.get(name)) for run in runs}) > 1]
     chosen = request.GET.get("metric") or next(
