@@ -21,6 +21,8 @@ try:
     MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
     CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
     CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+    # The queue tasks go to, including the follow-up tasks a worker queues (the next pipeline stage).
+    CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
     SECURE_BEHIND_PROXY = env_bool("SECURE_BEHIND_PROXY", False)
@@ -35,6 +37,11 @@ try:
     EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
     DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "mlops-console@localhost")
     LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+    # Redis redelivers a message nobody acknowledged after this many seconds (tasks are acks_late).
+    CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
+    # Soft time limits of pipeline stage and HPO trial tasks; the hard limit is 2 minutes later.
+    EXPERIMENTS_STAGE_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_STAGE_SOFT_TIME_LIMIT", 2 * 3600, minimum=1)
+    EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT", 3600, minimum=1)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -52,6 +59,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "apps.core",
     "apps.datasets",
+    "apps.experiments",
 ]
 
 MIDDLEWARE = [
@@ -150,6 +158,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetVersionStatusEnum": "apps.datasets.choices.DatasetVersionStatus",
+        "RunStatusEnum": "apps.experiments.choices.RunStatus",
+        "RunEndStatusEnum": "apps.experiments.choices.RUN_END_CHOICES",
+        "PipelineRunStatusEnum": "apps.experiments.choices.PipelineRunStatus",
+        "PipelineStageStatusEnum": "apps.experiments.choices.PipelineStageStatus",
+        "StudyStatusEnum": "apps.experiments.choices.StudyStatus",
+    },
 }
 
 CELERY_BROKER_TRANSPORT_OPTIONS = (
@@ -161,7 +177,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
-    else {"visibility_timeout": 3600}
+    else {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 )
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -174,6 +190,8 @@ CELERY_TASK_TIME_LIMIT = 3900
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     # Dataset versions whose profiling message was lost, or whose worker died, are queued again.
     "datasets-requeue-stale-versions": {"task": "datasets.requeue_stale_versions", "schedule": 300.0},
+    # Fails pipeline stages and HPO trials whose worker died (see docs/experiments.md, "Reliability").
+    "experiments-reap-stale": {"task": "experiments.reap_stale", "schedule": 30.0},
 }
 
 LOGGING = {

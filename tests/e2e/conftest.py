@@ -136,6 +136,8 @@ def celery_worker(
         "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": broker,
         "CELERY_TASK_ALWAYS_EAGER": "0",
+        # Tasks the worker itself queues (the next pipeline stage, HPO trials) stay on the private queue.
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
         "ARTIFACT_ROOT": str(e2e_artifact_root),
         "VAR_DIR": str(var_dir),
         "DJANGO_SETTINGS_MODULE": "mlops_console.settings",
