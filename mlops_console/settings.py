@@ -35,6 +35,14 @@ try:
     EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
     DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "mlops-console@localhost")
     LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+    # Registry: absolute links in emails and webhook payloads; pickle trust; how long a promotion request stays open.
+    CONSOLE_BASE_URL = env_str("CONSOLE_BASE_URL", "http://localhost:8000").rstrip("/")
+    REGISTRY_TRUST_PICKLE = env_bool("REGISTRY_TRUST_PICKLE", False)
+    REGISTRY_REQUEST_TTL_HOURS = env_int("REGISTRY_REQUEST_TTL_HOURS", 72, minimum=1)
+    # Webhooks never reach loopback, link-local or private addresses unless allowed (tests, closed networks).
+    WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+    WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
+    WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -52,6 +60,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "apps.core",
     "apps.datasets",
+    "apps.registry",
 ]
 
 MIDDLEWARE = [
@@ -170,7 +179,10 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 3600
 CELERY_TASK_TIME_LIMIT = 3900
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "registry-expire-requests": {"task": "registry.promotion_requests_expire", "schedule": 300.0},
+    "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
+}
 
 LOGGING = {
     "version": 1,
