@@ -91,6 +91,12 @@ class ModelVersion(models.Model):
     )
     validation_passed = models.BooleanField(null=True, blank=True, help_text="Empty when no thresholds were set.")
     source = models.CharField(max_length=16, choices=ModelVersionSource.choices)
+    run = models.ForeignKey(
+        "experiments.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
+    )
+    pipeline_run = models.ForeignKey(
+        "experiments.PipelineRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
+    )
     dataset_version = models.ForeignKey(
         "datasets.DatasetVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
     )
