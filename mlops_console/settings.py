@@ -160,6 +160,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetVersionStatusEnum": "apps.datasets.choices.DatasetVersionStatus",
+        "ModelVersionStageEnum": "apps.registry.choices.ModelVersionStage",
+        "PromotionRequestStatusEnum": "apps.registry.choices.PromotionRequestStatus",
+        "WebhookDeliveryStatusEnum": "apps.registry.choices.WebhookDeliveryStatus",
+        "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
+    },
 }
 
 CELERY_BROKER_TRANSPORT_OPTIONS = (

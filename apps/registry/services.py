@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.core.artifacts import ArtifactError, ArtifactIntegrityError, get_artifact_store
+from apps.core.artifacts import ArtifactError, ArtifactIntegrityError, StoredArtifact, get_artifact_store, hash_file
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, require_project_role
@@ -365,8 +365,10 @@ def model_version_register(
         lineage["pipeline_run"] = pipeline_run
 
     store = get_artifact_store()
-    stored = store.put_file(bundle_path)
-    existed_before = ModelVersion.objects.filter(sha256=stored.sha256).exists()
+    sha256, size = hash_file(bundle_path)
+    # The bytes may already be stored (a run's bundle, the same file registered twice): never delete those.
+    file_existed = store.exists(sha256)
+    stored = StoredArtifact(sha256=sha256, size=size) if file_existed else store.put_file(bundle_path)
     try:
         return _create_version(
             project=project,
@@ -389,9 +391,77 @@ def model_version_register(
         )
     except BaseException:
         # Nothing registered: take back the file unless another version already used the same bytes.
-        if not existed_before and not ModelVersion.objects.filter(sha256=stored.sha256).exists():
+        if not file_existed and not ModelVersion.objects.filter(sha256=stored.sha256).exists():
             store.delete(stored.sha256)
         raise
+
+
+def _run_thresholds(run: Any) -> dict[str, Any]:
+    """The thresholds a run was held to, from its pipeline's config when it has one."""
+    config = run.pipeline_run.config if run.pipeline_run_id else {}
+    for section in (config, config.get("train") or {}, config.get("evaluate") or {}):
+        if isinstance(section, dict) and isinstance(section.get("thresholds"), dict):
+            return section["thresholds"]
+    thresholds = (run.params or {}).get("thresholds")
+    return thresholds if isinstance(thresholds, dict) else {}
+
+
+def model_version_register_from_run(
+    *,
+    run: Any,
+    actor: AbstractBaseUser | None,
+    model_name: str = "",
+    label: str = "",
+    description: str = "",
+    tags: dict | None = None,
+    pipeline_run: Any = None,
+    source: str = ModelVersionSource.RUN,
+) -> ModelVersion:
+    """Register a succeeded run's model bundle, with its metrics, validation results and lineage."""
+    from apps.experiments.choices import RunArtifactKind, RunStatus
+
+    project = run.experiment.project
+    if actor is not None:
+        require_project_role(actor, project, ProjectRole.EDITOR)
+    if run.status != RunStatus.SUCCEEDED:
+        raise ValidationError({"run": f"Run {run.pk} is {run.status}; only a succeeded run can be registered."})
+    artifact = run.artifacts.filter(kind=RunArtifactKind.MODEL).order_by("-created_at", "-pk").first()
+    if artifact is None:
+        raise ValidationError({"run": f"Run {run.pk} has no model bundle to register."})
+    try:
+        path = artifact_verified_path(sha256=artifact.sha256, project=project, obj=run, actor=actor)
+    except ArtifactIntegrityError as exc:
+        raise ModelLoadError(f"The model bundle of run {run.pk} failed hash verification.", integrity=True) from exc
+    except ArtifactError as exc:
+        raise ModelLoadError(f"The model bundle of run {run.pk} is missing from the artifact store.") from exc
+    thresholds = _run_thresholds(run)
+    validation = {
+        "thresholds": thresholds,
+        "passed": run.passes_thresholds,
+        "failures": list(run.threshold_failures or []),
+    }
+    return model_version_register(
+        project=project,
+        model_name=model_name or run.experiment.name,
+        bundle_path=path,
+        actor=actor,
+        source=source,
+        label=label,
+        validation=validation,
+        metrics={
+            name: value
+            for name, value in (run.metrics or {}).items()
+            if value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+        },
+        params=dict(run.params or {}),
+        dataset_version=run.dataset_version,
+        dataset_split=run.dataset_split,
+        run=run,
+        pipeline_run=pipeline_run or run.pipeline_run,
+        code_version=run.code_version,
+        tags=tags if tags is not None else dict(run.tags or {}),
+        description=description,
+    )
 
 
 def _upload_task(signature: dict) -> tuple[str, list | None]:
@@ -577,7 +647,7 @@ def model_version_metadata(version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def model_version_export(*, version: ModelVersion, actor: AbstractBaseUser | None, target: Path) -> Path:
+def model_version_export(*, version: ModelVersion, actor: AbstractBaseUser | None, target: BinaryIO | Path) -> None:
     """Write a downloadable zip: the verified bundle as model.zip, signature.json and metadata.json."""
     project = version.model.project
     try:
@@ -595,7 +665,6 @@ def model_version_export(*, version: ModelVersion, actor: AbstractBaseUser | Non
         archive.writestr("signature.json", json.dumps(version.signature, indent=2, sort_keys=True))
         archive.writestr("metadata.json", json.dumps(model_version_metadata(version), indent=2, sort_keys=True))
     audit_record(actor=actor, action="model_version.exported", obj=version, project=project)
-    return target
 
 
 # Promotion requests
@@ -632,11 +701,8 @@ def promotion_request_create(
     version = ModelVersion.objects.select_for_update().select_related("model__project").get(pk=version.pk)
     if target_stage:
         if target_stage not in ModelVersionStage.values:
-            raise ValidationError(
-                {
-                    "target_stage": f"Unknown stage {target_stage!r}; choose one of {', '.join(ModelVersionStage.values)}."
-                }
-            )
+            choices = ", ".join(ModelVersionStage.values)
+            raise ValidationError({"target_stage": f"Unknown stage {target_stage!r}; choose one of {choices}."})
         if version.stage == target_stage:
             raise ValidationError({"target_stage": f"{version} is already in {target_stage}."})
         if version.stage == ModelVersionStage.ARCHIVED and target_stage in (
