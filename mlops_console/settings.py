@@ -35,6 +35,11 @@ try:
     EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
     DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "mlops-console@localhost")
     LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+    # Redis redelivers a message nobody acknowledged after this many seconds (tasks are acks_late).
+    CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
+    # Soft time limits of pipeline stage and HPO trial tasks; the hard limit is 2 minutes later.
+    EXPERIMENTS_STAGE_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_STAGE_SOFT_TIME_LIMIT", 2 * 3600, minimum=1)
+    EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT", 3600, minimum=1)
     # Registry: absolute links in emails and webhook payloads; pickle trust; how long a promotion request stays open.
     CONSOLE_BASE_URL = env_str("CONSOLE_BASE_URL", "http://localhost:8000").rstrip("/")
     REGISTRY_TRUST_PICKLE = env_bool("REGISTRY_TRUST_PICKLE", False)
@@ -177,7 +182,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
-    else {"visibility_timeout": 3600}
+    else {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 )
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -188,6 +193,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 3600
 CELERY_TASK_TIME_LIMIT = 3900
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Fails pipeline stages and HPO trials whose worker died (see docs/experiments.md, "Reliability").
+    "experiments-reap-stale": {"task": "experiments.reap_stale", "schedule": 30.0},
     "registry-expire-requests": {"task": "registry.promotion_requests_expire", "schedule": 300.0},
     "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
 }
