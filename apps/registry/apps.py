@@ -17,3 +17,11 @@ class RegistryConfig(AppConfig):
         events.register_event_handler("inapp", inapp.handle_event)
         events.register_event_handler("email", email.handle_event)
         events.register_event_handler("webhook", webhook.handle_event)
+
+        from django.apps import apps
+
+        if apps.is_installed("apps.experiments"):
+            from apps.experiments.stages import register_stage_handler
+            from apps.registry.stages import model_version_register_stage
+
+            register_stage_handler("register", model_version_register_stage)

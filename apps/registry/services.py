@@ -399,7 +399,7 @@ def model_version_register(
 def _run_thresholds(run: Any) -> dict[str, Any]:
     """The thresholds a run was held to, from its pipeline's config when it has one."""
     config = run.pipeline_run.config if run.pipeline_run_id else {}
-    for section in (config, config.get("train") or {}, config.get("evaluate") or {}):
+    for section in (config.get("train") or {}, config.get("model_config") or {}, config):
         if isinstance(section, dict) and isinstance(section.get("thresholds"), dict):
             return section["thresholds"]
     thresholds = (run.params or {}).get("thresholds")
@@ -423,7 +423,11 @@ def model_version_register_from_run(
     project = run.experiment.project
     if actor is not None:
         require_project_role(actor, project, ProjectRole.EDITOR)
-    if run.status != RunStatus.SUCCEEDED:
+    # Inside its pipeline the run is still running (it ends with the pipeline), its model already trained.
+    allowed = (
+        {RunStatus.SUCCEEDED, RunStatus.RUNNING} if source == ModelVersionSource.PIPELINE else {RunStatus.SUCCEEDED}
+    )
+    if run.status not in allowed:
         raise ValidationError({"run": f"Run {run.pk} is {run.status}; only a succeeded run can be registered."})
     artifact = run.artifacts.filter(kind=RunArtifactKind.MODEL).order_by("-created_at", "-pk").first()
     if artifact is None:
