@@ -505,7 +505,7 @@ class PromotionRequestViewSet(
         )
         if params.get("inbox") in ("1", "true"):
             requests = requests.filter(pk__in=selectors.pending_approvals(self.request.user).values("pk"))
-        return requests.prefetch_related("approvals__approver")
+        return requests.prefetch_related("approvals__approver").order_by("-created_at", "-id")
 
     @extend_schema(request=PromotionRequestCreateSerializer, responses={201: PromotionRequestSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:

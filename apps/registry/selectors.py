@@ -42,12 +42,16 @@ def model_list(*, user: object, project: str = "", search: str = "") -> QuerySet
         key = normalize_name(search)
         models = models.filter(Q(name_key__contains=key) | Q(description__icontains=search.strip()))
     production = ModelVersion.objects.filter(stage=ModelVersionStage.PRODUCTION).only("id", "model_id", "number")
-    return models.annotate(version_count=Count("versions", distinct=True)).prefetch_related(
-        Prefetch("versions", queryset=production, to_attr="production_versions"),
-        Prefetch(
-            "aliases",
-            queryset=ModelAlias.objects.select_related("version").only("id", "name", "model_id", "version__number"),
-        ),
+    return (
+        models.annotate(version_count=Count("versions", distinct=True))
+        .order_by("project__name", "name", "pk")
+        .prefetch_related(
+            Prefetch("versions", queryset=production, to_attr="production_versions"),
+            Prefetch(
+                "aliases",
+                queryset=ModelAlias.objects.select_related("version").only("id", "name", "model_id", "version__number"),
+            ),
+        )
     )
 
 
