@@ -115,7 +115,8 @@ def request_list(*, user: object, status: str = "", project: str = "", model: in
         requests = requests.filter(model__project__slug=project)
     if model:
         requests = requests.filter(model_id=model)
-    return requests.annotate(approval_count=Count("approvals", filter=Q(approvals__decision="approve"), distinct=True))
+    approvals = Count("approvals", filter=Q(approvals__decision="approve"), distinct=True)
+    return requests.annotate(approval_count=approvals).order_by("-created_at", "-id")
 
 
 # Gate checks
