@@ -162,7 +162,8 @@ def promotion_gate_checks(*, version: ModelVersion, target_stage: str = "") -> l
         checks.append(_check("validation", GateCheckStatus.WARN, "No validation thresholds were recorded."))
     elif version.validation_passed:
         count = len(version.validation.get("thresholds") or {})
-        checks.append(_check("validation", GateCheckStatus.PASS, f"All {count} validation thresholds passed."))
+        message = "The validation threshold passed." if count == 1 else f"All {count} validation thresholds passed."
+        checks.append(_check("validation", GateCheckStatus.PASS, message))
     else:
         message = "Validation thresholds not met: " + "; ".join(failures or ["(no details recorded)"])
         checks.append(_check("validation", GateCheckStatus.FAIL, message, failures=failures))

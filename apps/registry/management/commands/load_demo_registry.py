@@ -10,6 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from apps.core.models import Project
 from apps.core.services import normalize_name
+from apps.datasets.models import DatasetVersion
 from apps.registry import services
 from apps.registry.choices import ModelVersionStage, PromotionRequestStatus
 from apps.registry.models import PromotionRequest, RegisteredModel
@@ -46,6 +47,12 @@ class Command(BaseCommand):
             raise CommandError("The demo users alice (editor) and bob (approver) are missing; run seed_demo first.")
         model = RegisteredModel.objects.filter(project=target, name_key=normalize_name(MODEL_NAME)).first()
         existing = {v.label: v for v in model.versions.all()} if model else {}
+        # Lineage: the demo iris dataset's latest version, when load_demo_datasets loaded it.
+        dataset_version = (
+            DatasetVersion.objects.filter(dataset__project=target, dataset__name_key=normalize_name("iris"))
+            .order_by("-number")
+            .first()
+        )
         frame = demo_frame("iris")
         train_df, test_df = train_test_split(frame, test_size=0.3, random_state=0, stratify=frame["target"])
         versions = []
@@ -70,6 +77,7 @@ class Command(BaseCommand):
                         validation={"thresholds": THRESHOLDS},
                         description=f"Random forest on iris ({', '.join(f'{k}={v}' for k, v in params.items())}).",
                         tags={"demo": "true"},
+                        dataset_version=dataset_version,
                     )
                 )
             self.stdout.write(f"registered {versions[-1]} ({label})")
