@@ -9,7 +9,8 @@ import pytest
 from django.test import Client
 
 from apps.registry.models import PromotionRequest
-from tests.registry.conftest import model_files, register  # noqa: F401 (fixtures)
+from apps.registry import services
+from tests.registry.registry_helpers import sklearn_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -63,8 +64,15 @@ def signed_in_page(browser: object, live_server: object, user: object, errors: l
     return page
 
 
-def test_request_then_approve_by_a_second_user(browser, live_server, register, member, approver) -> None:
-    version = register()
+@pytest.fixture
+def version(project: object, member: object, tmp_path: object) -> object:
+    bundle = sklearn_bundle(tmp_path / "model.zip")
+    return services.model_version_register(
+        project=project, model_name="iris-classifier", bundle_path=bundle, actor=member
+    )
+
+
+def test_request_then_approve_by_a_second_user(browser, live_server, version, member, approver) -> None:
     errors: list[str] = []
 
     editor_page = signed_in_page(browser, live_server, member, errors)
