@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from django.test import Client
 
-from apps.registry.models import PromotionRequest
 from apps.registry import services
+from apps.registry.models import PromotionRequest
 from tests.registry.registry_helpers import sklearn_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
