@@ -20,8 +20,9 @@ from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 
 @pytest.fixture(autouse=True)
-def artifact_root(settings: object, tmp_path: Path) -> Path:
-    root = tmp_path / "artifacts"
+def artifact_root(settings: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Beside the test's tmp_path rather than in it, so tests that inspect tmp_path see only their own files.
+    root = tmp_path_factory.mktemp("artifacts")
     (root / "tmp").mkdir(parents=True)
     settings.ARTIFACT_ROOT = root
     settings.FILE_UPLOAD_TEMP_DIR = str(root / "tmp")
@@ -75,7 +76,51 @@ def client_for(user: object) -> APIClient:
     return client
 
 
+# Datasets: versions made through the real upload service, profiled eagerly when asked.
+
+SMALL_CLASSIFICATION_CSV = b"sepal_length,sepal_width,species\n" + b"".join(
+    f"{4 + i % 7 * 0.5},{2 + i % 5 * 0.3},{['setosa', 'versicolor', 'virginica'][i % 3]}\n".encode() for i in range(60)
+)
+
+
+@pytest.fixture
+def dataset(project: object, owner: object) -> object:
+    from tests.factories import DatasetFactory
+
+    return DatasetFactory(project=project, created_by=owner)
+
+
+@pytest.fixture
+def make_dataset_version(tmp_path: Path, django_capture_on_commit_callbacks: object) -> object:
+    """`make(dataset, content, file_name="data.csv", actor=None, profile=True)` -> a DatasetVersion.
+
+    The file goes through `dataset_version_create` like an upload; with profile=True the queued
+    profiling task runs (eagerly) before the version is returned, so it is ready or failed.
+    """
+    from apps.datasets.services import dataset_version_create
+
+    counter = iter(range(1_000_000))
+
+    def make(
+        dataset: object, content: bytes, *, file_name: str = "data.csv", actor: object = None, profile: bool = True
+    ) -> object:
+        path = tmp_path / f"upload-{next(counter)}"
+        path.write_bytes(content)
+        with django_capture_on_commit_callbacks(execute=profile):
+            version, _ = dataset_version_create(dataset=dataset, path=path, file_name=file_name, actor=actor)
+        version.refresh_from_db()
+        return version
+
+    return make
+
+
+@pytest.fixture
+def ready_dataset_version(dataset: object, owner: object, make_dataset_version: object) -> object:
+    """A profiled version of a small three-class dataset whose target column is `species`."""
+    return make_dataset_version(dataset, SMALL_CLASSIFICATION_CSV, file_name="flowers.csv", actor=owner)
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings: object) -> None:
-    """Users are made in nearly every test; the production hasher's deliberate slowness (~0.3 s) adds up."""
+    """Tests make many users; the production hasher's deliberate slowness (0.3 s a user) buys nothing here."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
