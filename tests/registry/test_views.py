@@ -143,3 +143,14 @@ def test_upload_form_registers_and_refuses_with_the_reason(project, member, mode
             reverse("registry:model-register"), {"project": project.pk, "model_name": "bad", "file": handle}
         )
     assert response.status_code == 400 and b"refused" in response.content
+
+
+def test_navigation_badges_cost_one_query(approver, member, two_versions, rf, django_assert_num_queries) -> None:
+    from apps.core.navigation import navigation_items
+
+    services.promotion_request_create(version=two_versions[0], actor=member, target_stage="production")
+    request = rf.get("/models/")
+    request.user = approver
+    with django_assert_num_queries(1):
+        badges = {item["label"]: item["badge"] for item in navigation_items(request)}
+    assert badges["Approvals"] == 1 and badges["Notifications"] == 0
