@@ -42,6 +42,14 @@ try:
     # Soft time limits of pipeline stage and HPO trial tasks; the hard limit is 2 minutes later.
     EXPERIMENTS_STAGE_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_STAGE_SOFT_TIME_LIMIT", 2 * 3600, minimum=1)
     EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT", 3600, minimum=1)
+    # Registry: absolute links in emails and webhook payloads; pickle trust; how long a promotion request stays open.
+    CONSOLE_BASE_URL = env_str("CONSOLE_BASE_URL", "http://localhost:8000").rstrip("/")
+    REGISTRY_TRUST_PICKLE = env_bool("REGISTRY_TRUST_PICKLE", False)
+    REGISTRY_REQUEST_TTL_HOURS = env_int("REGISTRY_REQUEST_TTL_HOURS", 72, minimum=1)
+    # Webhooks never reach loopback, link-local or private addresses unless allowed (tests, closed networks).
+    WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+    WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
+    WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -60,6 +68,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.datasets",
     "apps.experiments",
+    "apps.registry",
 ]
 
 MIDDLEWARE = [
@@ -165,6 +174,10 @@ SPECTACULAR_SETTINGS = {
         "PipelineRunStatusEnum": "apps.experiments.choices.PipelineRunStatus",
         "PipelineStageStatusEnum": "apps.experiments.choices.PipelineStageStatus",
         "StudyStatusEnum": "apps.experiments.choices.StudyStatus",
+        "ModelVersionStageEnum": "apps.registry.choices.ModelVersionStage",
+        "PromotionRequestStatusEnum": "apps.registry.choices.PromotionRequestStatus",
+        "WebhookDeliveryStatusEnum": "apps.registry.choices.WebhookDeliveryStatus",
+        "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
     },
 }
 
@@ -192,6 +205,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "datasets-requeue-stale-versions": {"task": "datasets.requeue_stale_versions", "schedule": 300.0},
     # Fails pipeline stages and HPO trials whose worker died (see docs/experiments.md, "Reliability").
     "experiments-reap-stale": {"task": "experiments.reap_stale", "schedule": 30.0},
+    "registry-expire-requests": {"task": "registry.promotion_requests_expire", "schedule": 300.0},
+    "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
 }
 
 LOGGING = {

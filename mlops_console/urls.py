@@ -9,11 +9,13 @@ from apps.core import views as core_views
 from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
 from apps.experiments.api import router as experiments_router
+from apps.registry.api import router as registry_router
 
 api_urlpatterns = [
     *core_router.urls,
     *datasets_router.urls,
     *experiments_router.urls,
+    *registry_router.urls,
 ]
 
 urlpatterns = [
@@ -28,5 +30,6 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("datasets/", include("apps.datasets.urls")),
     path("experiments/", include("apps.experiments.urls")),
+    path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]
