@@ -227,6 +227,11 @@ def _raw_columns(data: Any, names: list[str]) -> tuple[dict[str, Any], int]:
         missing = [n for n in names if n not in data.columns]
         if missing:
             raise InputError(missing[0], f"missing column (missing: {', '.join(missing)})")
+        dtypes = set(data.dtypes)
+        if len(dtypes) == 1 and data.columns.is_unique and isinstance(next(iter(dtypes)), np.dtype):
+            # One numpy dtype: one to_numpy() call instead of a pandas lookup per column (~10 us each).
+            matrix = data.to_numpy()
+            return {n: matrix[:, i] for n, i in zip(names, data.columns.get_indexer(names), strict=True)}, len(data)
         return {n: data[n].to_numpy() for n in names}, len(data)
     if isinstance(data, Mapping):
         missing = [n for n in names if n not in data]
@@ -268,7 +273,8 @@ def coerce_columns(data: Any, signature: Mapping, *, max_rows: int | None = None
 
 def validate_input(df: Any, signature: Mapping, *, max_rows: int | None = None) -> pd.DataFrame:
     """Coerce `df` to the signature: exactly its columns, in order, with checked types. Extra columns are dropped."""
-    return pd.DataFrame(coerce_columns(df, signature, max_rows=max_rows), copy=False)
+    # Copied, so that the returned frame never shares memory with the caller's frame.
+    return pd.DataFrame(coerce_columns(df, signature, max_rows=max_rows))
 
 
 # ------------------------------------------------------------------------------------------- comparison

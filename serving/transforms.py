@@ -12,6 +12,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 DATETIME_PARTS = ("year", "month", "day", "weekday", "hour")
+# Feature name -> pandas accessor attribute.
+_ACCESSORS = {"year": "year", "month": "month", "day": "day", "weekday": "day_of_week", "hour": "hour"}
 
 
 def _feature_names(transformer: Any, input_features: Any) -> list[str]:
@@ -52,7 +54,7 @@ class DatetimeFeatures(TransformerMixin, BaseEstimator):
             values = pd.to_datetime(frame.iloc[:, position], errors="coerce")
             accessor = values.dt
             for part in DATETIME_PARTS:
-                parts.append(getattr(accessor, part).to_numpy(dtype=np.float64, na_value=np.nan))
+                parts.append(getattr(accessor, _ACCESSORS[part]).to_numpy(dtype=np.float64, na_value=np.nan))
         return np.column_stack(parts) if parts else np.empty((len(frame), 0))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

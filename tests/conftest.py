@@ -20,9 +20,9 @@ from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 
 @pytest.fixture(autouse=True)
-def artifact_root(settings: object, tmp_path: Path) -> Path:
-    root = tmp_path / "artifacts"
-    (root / "tmp").mkdir(parents=True)
+def artifact_root(settings: object, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    (root / "tmp").mkdir()
     settings.ARTIFACT_ROOT = root
     settings.FILE_UPLOAD_TEMP_DIR = str(root / "tmp")
     return root

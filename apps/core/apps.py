@@ -15,3 +15,4 @@ class CoreConfig(AppConfig):
         # Uploads are written here before they are renamed into the store, so it must exist
         # and sit on the same filesystem as ARTIFACT_ROOT.
         Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+        Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)

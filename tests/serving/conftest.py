@@ -17,16 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sklearn.compose import ColumnTransformer  # noqa: E402
+from serving_helpers import SPECIES, make_preprocessor  # noqa: E402
 from sklearn.datasets import load_iris  # noqa: E402
-from sklearn.impute import SimpleImputer  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
-from sklearn.preprocessing import OneHotEncoder, StandardScaler  # noqa: E402
 
 from serving.bundle import save_bundle  # noqa: E402
 from serving.signature import infer_signature, validate_input  # noqa: E402
-
-SPECIES = np.array(["setosa", "versicolor", "virginica"])
 
 
 @pytest.fixture(scope="session")
@@ -43,20 +39,6 @@ def iris() -> tuple[pd.DataFrame, np.ndarray]:
 def iris_signature(iris: tuple[pd.DataFrame, np.ndarray]) -> dict:
     frame, labels = iris
     return infer_signature(frame, target_kind="classification", classes=sorted(set(labels)))
-
-
-def make_preprocessor() -> ColumnTransformer:
-    numeric = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-    categorical = Pipeline(
-        [("impute", SimpleImputer(strategy="most_frequent")), ("encode", OneHotEncoder(handle_unknown="ignore"))]
-    )
-    return ColumnTransformer(
-        [
-            ("numeric", Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())]), numeric),
-            ("categorical", categorical, ["size"]),
-        ],
-        sparse_threshold=0.0,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SPECIES, make_preprocessor
+from serving_helpers import ROOT, SPECIES, make_preprocessor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 

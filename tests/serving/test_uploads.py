@@ -9,7 +9,7 @@ import cloudpickle
 import joblib
 import numpy as np
 import pytest
-from conftest import SPECIES, make_preprocessor
+from serving_helpers import SPECIES, make_preprocessor
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from test_bundle import MarkerPayload

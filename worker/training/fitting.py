@@ -7,7 +7,6 @@ preprocessor sees in training exactly the dtypes it will see in serving.
 from __future__ import annotations
 
 import copy
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -155,10 +154,6 @@ def fit_xgboost(
         raise monitor.stop_reason
     hooks.check_stop()
     return {"preprocessor": preprocessor, "booster": booster}
-
-
-def booster_objective(booster: Any) -> str:
-    return json.loads(booster.save_config())["learner"]["objective"]["name"]
 
 
 # --------------------------------------------------------------------------------------------- pytorch
