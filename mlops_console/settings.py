@@ -35,6 +35,19 @@ try:
     EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
     DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "mlops-console@localhost")
     LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+    # Redis redelivers a message nobody acknowledged after this many seconds (tasks are acks_late).
+    CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
+    # Soft time limits of pipeline stage and HPO trial tasks; the hard limit is 2 minutes later.
+    EXPERIMENTS_STAGE_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_STAGE_SOFT_TIME_LIMIT", 2 * 3600, minimum=1)
+    EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT = env_int("EXPERIMENTS_TRIAL_SOFT_TIME_LIMIT", 3600, minimum=1)
+    # Registry: absolute links in emails and webhook payloads; pickle trust; how long a promotion request stays open.
+    CONSOLE_BASE_URL = env_str("CONSOLE_BASE_URL", "http://localhost:8000").rstrip("/")
+    REGISTRY_TRUST_PICKLE = env_bool("REGISTRY_TRUST_PICKLE", False)
+    REGISTRY_REQUEST_TTL_HOURS = env_int("REGISTRY_REQUEST_TTL_HOURS", 72, minimum=1)
+    # Webhooks never reach loopback, link-local or private addresses unless allowed (tests, closed networks).
+    WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+    WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
+    WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -51,6 +64,9 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
+    "apps.datasets",
+    "apps.experiments",
+    "apps.registry",
 ]
 
 MIDDLEWARE = [
@@ -149,6 +165,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetVersionStatusEnum": "apps.datasets.choices.DatasetVersionStatus",
+        "ModelVersionStageEnum": "apps.registry.choices.ModelVersionStage",
+        "PromotionRequestStatusEnum": "apps.registry.choices.PromotionRequestStatus",
+        "WebhookDeliveryStatusEnum": "apps.registry.choices.WebhookDeliveryStatus",
+        "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
+    },
 }
 
 CELERY_BROKER_TRANSPORT_OPTIONS = (
@@ -159,7 +182,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
-    else {"visibility_timeout": 3600}
+    else {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 )
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -169,7 +192,12 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 3600
 CELERY_TASK_TIME_LIMIT = 3900
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Fails pipeline stages and HPO trials whose worker died (see docs/experiments.md, "Reliability").
+    "experiments-reap-stale": {"task": "experiments.reap_stale", "schedule": 30.0},
+    "registry-expire-requests": {"task": "registry.promotion_requests_expire", "schedule": 300.0},
+    "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
+}
 
 LOGGING = {
     "version": 1,

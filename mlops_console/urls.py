@@ -7,9 +7,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from apps.core import views as core_views
 from apps.core.api import router as core_router
+from apps.datasets.api import router as datasets_router
+from apps.registry.api import router as registry_router
 
 api_urlpatterns = [
     *core_router.urls,
+    *datasets_router.urls,
+    *registry_router.urls,
 ]
 
 urlpatterns = [
@@ -22,5 +26,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    path("datasets/", include("apps.datasets.urls")),
+    path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]

@@ -73,3 +73,9 @@ def client_for(user: object) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
     return client
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: object) -> None:
+    """Users are made in nearly every test; the production hasher's deliberate slowness (~0.3 s) adds up."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -35,3 +35,32 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     project = factory.SubFactory(ProjectFactory)
     user = factory.SubFactory(UserFactory)
     role = ProjectRole.VIEWER
+
+
+class RegisteredModelFactory(factory.django.DjangoModelFactory):
+    """A registered model; versions made with ModelVersionFactory have no stored artifact (use the service)."""
+
+    class Meta:
+        model = "registry.RegisteredModel"
+
+    project = factory.SubFactory(ProjectFactory)
+    name = factory.Sequence(lambda n: f"model-{n}")
+    name_key = factory.LazyAttribute(lambda m: normalize_name(m.name))
+
+
+class ModelVersionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "registry.ModelVersion"
+
+    model = factory.SubFactory(RegisteredModelFactory)
+    number = factory.Sequence(lambda n: n + 1)
+    sha256 = factory.Sequence(lambda n: f"{n:064x}")
+    flavor = "sklearn"
+    task = "classification"
+    source = "upload"
+    signature = factory.LazyFunction(
+        lambda: {
+            "inputs": [{"name": "x", "type": "number", "nullable": False}],
+            "outputs": {"type": "classes", "classes": ["a", "b"]},
+        }
+    )
