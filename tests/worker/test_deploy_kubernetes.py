@@ -241,8 +241,7 @@ def test_observe_reads_pods_of_the_deployment() -> None:
     assert observed.detail == "1 of 3 ready"
     pods_call = client.calls[-1]
     assert (
-        "labelSelector=app.kubernetes.io/name%3Dmodel-server%2Capp.kubernetes.io/instance%3Dchurn"
-        in pods_call["url"]
+        "labelSelector=app.kubernetes.io/name%3Dmodel-server%2Capp.kubernetes.io/instance%3Dchurn" in pods_call["url"]
     )
 
 
