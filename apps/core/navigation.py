@@ -28,6 +28,7 @@ NAV_ITEMS = [
     NavItem("Projects", "core:project-list", "bi-folder2", "core"),
     NavItem("Datasets", "datasets:dataset-list", "bi-table", "datasets"),
     NavItem("Models", "registry:model-list", "bi-box-seam", "registry"),
+    NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
     NavItem(
         "Approvals",
         "registry:approval-inbox",

@@ -33,9 +33,9 @@ def registry_event_handler(event: Any) -> None:
         return
     if request.target_stage != ModelVersionStage.PRODUCTION or event.version_id is None:
         return
-    followers = Deployment.objects.filter(
-        registered_model_id=event.model_id, auto_deploy_on_approval=True
-    ).exclude(status=DeploymentStatus.STOPPED)
+    followers = Deployment.objects.filter(registered_model_id=event.model_id, auto_deploy_on_approval=True).exclude(
+        status=DeploymentStatus.STOPPED
+    )
     for deployment_id in followers.values_list("pk", flat=True):
         version_id = event.version_id
         transaction.on_commit(lambda d=deployment_id, v=version_id: deployment_rollout_approved_task.delay(d, v))
@@ -54,9 +54,7 @@ def deployment_rollout_approved(*, deployment_id: int, model_version_id: int) ->
         )
         return "busy"
     strategy = deployment.strategy if deployment.strategy != DeploymentStrategy.SHADOW else DeploymentStrategy.CANARY
-    services.deployment_rollout(
-        deployment=deployment, model_version=model_version_id, strategy=strategy, actor=None
-    )
+    services.deployment_rollout(deployment=deployment, model_version=model_version_id, strategy=strategy, actor=None)
     return "started"
 
 
@@ -67,7 +65,9 @@ def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict
     config = context.get("config") or {}
     unknown = sorted(set(config) - set(STAGE_CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"deployment_config: unknown keys {', '.join(unknown)}; allowed: {', '.join(STAGE_CONFIG_KEYS)}")
+        raise ValueError(
+            f"deployment_config: unknown keys {', '.join(unknown)}; allowed: {', '.join(STAGE_CONFIG_KEYS)}"
+        )
     registered = (context.get("outputs") or {}).get("register") or {}
     if not registered.get("model_version_id"):
         raise StageSkipped("no model version was registered, so there is nothing to deploy")
@@ -105,5 +105,3 @@ def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict
     context["log"](f"started a {strategy} rollout of {version} on {deployment.name}")
     phase = Deployment.objects.values_list("phase", flat=True).get(pk=deployment.pk)
     return {"deployment_id": deployment.pk, "deployment": deployment.name, "strategy": strategy, "phase": phase}
-
-

@@ -43,7 +43,9 @@ class Deployment(models.Model):
     name = models.CharField(
         max_length=40,
         unique=True,
-        validators=[RegexValidator(NAME_PATTERN, "Lower-case letters, digits and '-', starting with a letter or digit.")],
+        validators=[
+            RegexValidator(NAME_PATTERN, "Lower-case letters, digits and '-', starting with a letter or digit.")
+        ],
         help_text="The model name in the server's URLs (/v2/models/<name>) and the Kubernetes object name.",
     )
     registered_model = models.ForeignKey(
@@ -52,7 +54,9 @@ class Deployment(models.Model):
     environment = models.CharField(
         max_length=16, choices=DeploymentEnvironment.choices, default=DeploymentEnvironment.STAGING
     )
-    backend = models.CharField(max_length=16, choices=DeploymentBackendKind.choices, default=DeploymentBackendKind.LOCAL)
+    backend = models.CharField(
+        max_length=16, choices=DeploymentBackendKind.choices, default=DeploymentBackendKind.LOCAL
+    )
     strategy = models.CharField(
         max_length=16,
         choices=DeploymentStrategy.choices,
@@ -145,9 +149,7 @@ class DeploymentTarget(models.Model):
         ordering = ["deployment", "shadow", "position"]
         constraints = [
             models.UniqueConstraint(fields=["deployment", "model_version"], name="deployments_target_unique"),
-            models.UniqueConstraint(
-                fields=["deployment"], condition=Q(shadow=True), name="deployments_one_shadow"
-            ),
+            models.UniqueConstraint(fields=["deployment"], condition=Q(shadow=True), name="deployments_one_shadow"),
             models.CheckConstraint(condition=Q(weight__lte=100), name="deployments_target_weight_range"),
         ]
 
@@ -167,7 +169,9 @@ class DeploymentEvent(models.Model):
     message = models.TextField()
     data = models.JSONField(default=dict, blank=True)
     generation = models.PositiveIntegerField(default=0)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -206,7 +210,9 @@ class PredictionLog(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["deployment", "request_id", "shadow"], name="deployments_log_request_unique")
+            models.UniqueConstraint(
+                fields=["deployment", "request_id", "shadow"], name="deployments_log_request_unique"
+            )
         ]
         indexes = [
             models.Index(fields=["deployment", "created_at"], name="deployments_log_window_idx"),

@@ -85,9 +85,7 @@ def shadow_comparison(*, deployment: Deployment, shadow_version_id: int, since: 
         .order_by("-created_at")
         .values_list("request_id", "outputs")[:SHADOW_PAIR_LIMIT]
     )
-    live_rows = dict(
-        logs.filter(shadow=False, request_id__in=list(shadow_rows)).values_list("request_id", "outputs")
-    )
+    live_rows = dict(logs.filter(shadow=False, request_id__in=list(shadow_rows)).values_list("request_id", "outputs"))
     pairs = [(live_rows.get(request_id), outputs) for request_id, outputs in shadow_rows.items()]
     task = deployment.registered_model.versions.filter(pk=shadow_version_id).values_list("task", flat=True).first()
     result = shadow_compare(pairs, task=task or "classification")

@@ -423,9 +423,11 @@ def deployment_set_traffic(
     for version, weight in live:
         if weight:
             deployment_gate_check(environment=deployment.environment, version=version)
-    shadow = _version_of(deployment.registered_model, shadow_model_version, "shadow_model_version") if (
-        shadow_model_version is not None
-    ) else None
+    shadow = (
+        _version_of(deployment.registered_model, shadow_model_version, "shadow_model_version")
+        if (shadow_model_version is not None)
+        else None
+    )
     if shadow is not None and shadow.pk in {v.pk for v, _ in live}:
         raise ValidationError({"shadow_model_version": "The shadow must not also take live traffic."})
     deployment.rollback_spec = _snapshot(deployment)
@@ -545,7 +547,11 @@ def deployment_scale(
     deployment = _lock(deployment)
     _require_editor(actor, deployment.project)
     _check_generation(deployment, expected_generation)
-    before = {"replicas": deployment.replicas, "autoscale_min": deployment.autoscale_min, "autoscale_max": deployment.autoscale_max}
+    before = {
+        "replicas": deployment.replicas,
+        "autoscale_min": deployment.autoscale_min,
+        "autoscale_max": deployment.autoscale_max,
+    }
     if autoscale:
         _validate_autoscale(deployment.backend, autoscale_min, autoscale_max)
         deployment.autoscale_min, deployment.autoscale_max = autoscale_min, autoscale_max
@@ -557,14 +563,24 @@ def deployment_scale(
         deployment.replicas = replicas
         if autoscale is False or deployment.autoscaled:
             deployment.autoscale_min = deployment.autoscale_max = None
-    after = {"replicas": deployment.replicas, "autoscale_min": deployment.autoscale_min, "autoscale_max": deployment.autoscale_max}
+    after = {
+        "replicas": deployment.replicas,
+        "autoscale_min": deployment.autoscale_min,
+        "autoscale_max": deployment.autoscale_max,
+    }
     _save_desired(deployment, ["replicas", "autoscale_min", "autoscale_max"])
     text = (
         f"autoscaling between {deployment.autoscale_min} and {deployment.autoscale_max} replicas"
         if deployment.autoscaled
         else f"{deployment.replicas} replicas"
     )
-    _event(deployment, DeploymentEventKind.SCALED, f"Scaled to {text}.", data={"before": before, "after": after}, actor=actor)
+    _event(
+        deployment,
+        DeploymentEventKind.SCALED,
+        f"Scaled to {text}.",
+        data={"before": before, "after": after},
+        actor=actor,
+    )
     return deployment
 
 
@@ -600,11 +616,13 @@ def deployment_spec(deployment: Deployment, *, verify: bool = True) -> Deploymen
         version = target.model_version
         path = known.get(version.sha256)
         if path is None:
-            if deployment.backend == DeploymentBackendKind.KUBERNETES:
+            if deployment.backend == DeploymentBackendKind.KUBERNETES or not verify:
                 path = version.sha256  # fetched by the pod's init container
             else:
                 path = str(artifact_verified_path(sha256=version.sha256, project=deployment.project, obj=version))
-        return VersionSpec(version.pk, f"v{version.number}", path, version.sha256, 0 if target.shadow else target.weight)
+        return VersionSpec(
+            version.pk, f"v{version.number}", path, version.sha256, 0 if target.shadow else target.weight
+        )
 
     return DeploymentSpec(
         deployment_id=deployment.pk,
@@ -623,6 +641,20 @@ def deployment_spec(deployment: Deployment, *, verify: bool = True) -> Deploymen
         artifact_base_url=artifact_base_url() if deployment.backend == DeploymentBackendKind.KUBERNETES else "",
         labels={"mlops-console/project": deployment.project.slug},
     )
+
+
+def deployment_manifests(deployment: Deployment) -> str:
+    """Kubernetes manifests of the desired state as multi-document YAML, for GitOps (no Secret: the ingest
+    token is created out of band). Artifacts are fetched from the console, whatever backend runs it now."""
+    from dataclasses import replace
+
+    from apps.deployments.backends import kubernetes_options
+    from worker.deployments.kube import export_yaml, render_manifests
+
+    spec = deployment_spec(deployment, verify=False)
+    autoscale = {"autoscale_min": deployment.autoscale_min, "autoscale_max": deployment.autoscale_max}
+    spec = replace(spec, artifact_base_url=artifact_base_url(), **autoscale)
+    return export_yaml(render_manifests(spec, kubernetes_options(), include_secret=False))
 
 
 def deployment_reconcile(*, deployment_id: int) -> str:
@@ -680,7 +712,9 @@ def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
     return ("failed" if error else "progressing"), False
 
 
-def _status_for(deployment: Deployment, spec: DeploymentSpec | None, observed: ObservedState | None, error: str | None) -> str:
+def _status_for(
+    deployment: Deployment, spec: DeploymentSpec | None, observed: ObservedState | None, error: str | None
+) -> str:
     ready = observed.ready_replicas if observed else 0
     if error:
         return DeploymentStatus.DEGRADED if ready else DeploymentStatus.FAILED
@@ -747,8 +781,8 @@ def _record(
 @transaction.atomic
 def _advance_strategy(deployment_id: int, generation: int) -> bool:
     """Move the rollout on once the backend serves its current step. True when the desired state changed."""
-    deployment = Deployment.objects.select_for_update().select_related("project", "registered_model").get(
-        pk=deployment_id
+    deployment = (
+        Deployment.objects.select_for_update().select_related("project", "registered_model").get(pk=deployment_id)
     )
     if deployment.generation != generation:
         return True  # someone changed it meanwhile; apply that first

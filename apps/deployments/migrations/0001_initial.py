@@ -7,138 +7,332 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('core', '0001_initial'),
-        ('registry', '0002_lineage_runs'),
+        ("core", "0001_initial"),
+        ("registry", "0002_lineage_runs"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Deployment',
+            name="Deployment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text="The model name in the server's URLs (/v2/models/<name>) and the Kubernetes object name.", max_length=40, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$', "Lower-case letters, digits and '-', starting with a letter or digit.")])),
-                ('environment', models.CharField(choices=[('staging', 'Staging'), ('production', 'Production')], default='staging', max_length=16)),
-                ('backend', models.CharField(choices=[('local', 'Local processes'), ('docker', 'Docker'), ('kubernetes', 'Kubernetes')], default='local', max_length=16)),
-                ('strategy', models.CharField(choices=[('direct', 'Direct'), ('blue_green', 'Blue-green'), ('canary', 'Canary'), ('shadow', 'Shadow')], default='direct', help_text='The strategy of the current (or last) rollout.', max_length=16)),
-                ('phase', models.CharField(choices=[('starting', 'Bringing up the new version'), ('switching', 'Switching traffic'), ('analysing', 'Analysing'), ('mirroring', 'Mirroring'), ('done', 'Done'), ('rolled_back', 'Rolled back')], default='done', max_length=16)),
-                ('strategy_state', models.JSONField(blank=True, default=dict, help_text="The rollout's progress: steps, step, analysis window, failures.")),
-                ('rollback_spec', models.JSONField(blank=True, help_text='The healthy desired state before the current rollout: traffic and shadow.', null=True)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('progressing', 'Progressing'), ('healthy', 'Healthy'), ('degraded', 'Degraded'), ('paused', 'Paused'), ('failed', 'Failed'), ('stopped', 'Stopped')], db_index=True, default='pending', max_length=16)),
-                ('status_message', models.TextField(blank=True)),
-                ('replicas', models.PositiveSmallIntegerField(default=1, validators=[django.core.validators.MaxValueValidator(100)])),
-                ('autoscale_min', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('autoscale_max', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('auto_deploy_on_approval', models.BooleanField(default=False, help_text="Roll out a version of the model with this deployment's strategy once approved.")),
-                ('ingest_token_salt', models.CharField(editable=False, max_length=32)),
-                ('ingest_token_hash', models.CharField(editable=False, max_length=64, unique=True)),
-                ('generation', models.PositiveIntegerField(default=1, help_text='Grows with every change of the desired state.')),
-                ('applied_generation', models.PositiveIntegerField(default=0)),
-                ('applied_spec', models.JSONField(blank=True, help_text='The last spec given to the backend.', null=True)),
-                ('observed', models.JSONField(blank=True, default=dict, help_text='What the backend reported last.')),
-                ('observed_at', models.DateTimeField(blank=True, null=True)),
-                ('reconcile_lease_until', models.DateTimeField(blank=True, null=True)),
-                ('last_scaled_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deployments', to='core.project')),
-                ('registered_model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='registry.registeredmodel')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "name",
+                    models.CharField(
+                        help_text="The model name in the server's URLs (/v2/models/<name>) and the Kubernetes object name.",
+                        max_length=40,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$",
+                                "Lower-case letters, digits and '-', starting with a letter or digit.",
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "environment",
+                    models.CharField(
+                        choices=[("staging", "Staging"), ("production", "Production")], default="staging", max_length=16
+                    ),
+                ),
+                (
+                    "backend",
+                    models.CharField(
+                        choices=[("local", "Local processes"), ("docker", "Docker"), ("kubernetes", "Kubernetes")],
+                        default="local",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "strategy",
+                    models.CharField(
+                        choices=[
+                            ("direct", "Direct"),
+                            ("blue_green", "Blue-green"),
+                            ("canary", "Canary"),
+                            ("shadow", "Shadow"),
+                        ],
+                        default="direct",
+                        help_text="The strategy of the current (or last) rollout.",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "phase",
+                    models.CharField(
+                        choices=[
+                            ("starting", "Bringing up the new version"),
+                            ("switching", "Switching traffic"),
+                            ("analysing", "Analysing"),
+                            ("mirroring", "Mirroring"),
+                            ("done", "Done"),
+                            ("rolled_back", "Rolled back"),
+                        ],
+                        default="done",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "strategy_state",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text="The rollout's progress: steps, step, analysis window, failures.",
+                    ),
+                ),
+                (
+                    "rollback_spec",
+                    models.JSONField(
+                        blank=True,
+                        help_text="The healthy desired state before the current rollout: traffic and shadow.",
+                        null=True,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("progressing", "Progressing"),
+                            ("healthy", "Healthy"),
+                            ("degraded", "Degraded"),
+                            ("paused", "Paused"),
+                            ("failed", "Failed"),
+                            ("stopped", "Stopped"),
+                        ],
+                        db_index=True,
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("status_message", models.TextField(blank=True)),
+                (
+                    "replicas",
+                    models.PositiveSmallIntegerField(
+                        default=1, validators=[django.core.validators.MaxValueValidator(100)]
+                    ),
+                ),
+                ("autoscale_min", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("autoscale_max", models.PositiveSmallIntegerField(blank=True, null=True)),
+                (
+                    "auto_deploy_on_approval",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Roll out a version of the model with this deployment's strategy once approved.",
+                    ),
+                ),
+                ("ingest_token_salt", models.CharField(editable=False, max_length=32)),
+                ("ingest_token_hash", models.CharField(editable=False, max_length=64, unique=True)),
+                (
+                    "generation",
+                    models.PositiveIntegerField(default=1, help_text="Grows with every change of the desired state."),
+                ),
+                ("applied_generation", models.PositiveIntegerField(default=0)),
+                (
+                    "applied_spec",
+                    models.JSONField(blank=True, help_text="The last spec given to the backend.", null=True),
+                ),
+                ("observed", models.JSONField(blank=True, default=dict, help_text="What the backend reported last.")),
+                ("observed_at", models.DateTimeField(blank=True, null=True)),
+                ("reconcile_lease_until", models.DateTimeField(blank=True, null=True)),
+                ("last_scaled_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="deployments", to="core.project"
+                    ),
+                ),
+                (
+                    "registered_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="deployments",
+                        to="registry.registeredmodel",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['project__name', 'name'],
+                "ordering": ["project__name", "name"],
             },
         ),
         migrations.CreateModel(
-            name='DeploymentEvent',
+            name="DeploymentEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('created', 'Created'), ('rollout_started', 'Rollout started'), ('traffic_changed', 'Traffic changed'), ('canary_decision', 'Canary decision'), ('promoted', 'Promoted'), ('rolled_back', 'Rolled back'), ('scaled', 'Scaled'), ('autoscaled', 'Autoscaled'), ('reconciled', 'Applied'), ('replica_died', 'Replica died'), ('health_changed', 'Health changed'), ('error', 'Error'), ('stopped', 'Stopped')], max_length=32)),
-                ('message', models.TextField()),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('generation', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("created", "Created"),
+                            ("rollout_started", "Rollout started"),
+                            ("traffic_changed", "Traffic changed"),
+                            ("canary_decision", "Canary decision"),
+                            ("promoted", "Promoted"),
+                            ("rolled_back", "Rolled back"),
+                            ("scaled", "Scaled"),
+                            ("autoscaled", "Autoscaled"),
+                            ("reconciled", "Applied"),
+                            ("replica_died", "Replica died"),
+                            ("health_changed", "Health changed"),
+                            ("error", "Error"),
+                            ("stopped", "Stopped"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("message", models.TextField()),
+                ("data", models.JSONField(blank=True, default=dict)),
+                ("generation", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="events", to="deployments.deployment"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='DeploymentTarget',
+            name="DeploymentTarget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('weight', models.PositiveSmallIntegerField(default=0, validators=[django.core.validators.MaxValueValidator(100)])),
-                ('shadow', models.BooleanField(default=False)),
-                ('position', models.PositiveSmallIntegerField(default=0)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='targets', to='deployments.deployment')),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployment_targets', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "weight",
+                    models.PositiveSmallIntegerField(
+                        default=0, validators=[django.core.validators.MaxValueValidator(100)]
+                    ),
+                ),
+                ("shadow", models.BooleanField(default=False)),
+                ("position", models.PositiveSmallIntegerField(default=0)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="targets", to="deployments.deployment"
+                    ),
+                ),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="deployment_targets",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['deployment', 'shadow', 'position'],
+                "ordering": ["deployment", "shadow", "position"],
             },
         ),
         migrations.CreateModel(
-            name='PredictionLog',
+            name="PredictionLog",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model_version_id', models.BigIntegerField(blank=True, null=True)),
-                ('request_id', models.CharField(max_length=64)),
-                ('shadow', models.BooleanField(default=False)),
-                ('inputs', models.JSONField(blank=True, null=True)),
-                ('outputs', models.JSONField(blank=True, null=True)),
-                ('probabilities', models.JSONField(blank=True, null=True)),
-                ('latency_ms', models.FloatField(blank=True, null=True)),
-                ('status', models.PositiveSmallIntegerField()),
-                ('error', models.TextField(blank=True)),
-                ('request_key', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(help_text="When the server answered (the event's timestamp).")),
-                ('received_at', models.DateTimeField(auto_now_add=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='deployments.deployment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("model_version_id", models.BigIntegerField(blank=True, null=True)),
+                ("request_id", models.CharField(max_length=64)),
+                ("shadow", models.BooleanField(default=False)),
+                ("inputs", models.JSONField(blank=True, null=True)),
+                ("outputs", models.JSONField(blank=True, null=True)),
+                ("probabilities", models.JSONField(blank=True, null=True)),
+                ("latency_ms", models.FloatField(blank=True, null=True)),
+                ("status", models.PositiveSmallIntegerField()),
+                ("error", models.TextField(blank=True)),
+                ("request_key", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(help_text="When the server answered (the event's timestamp).")),
+                ("received_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="deployments.deployment"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddConstraint(
-            model_name='deployment',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('autoscale_max__isnull', True), ('autoscale_min__isnull', True)), models.Q(('autoscale_max__gte', models.F('autoscale_min')), ('autoscale_min__gte', 1)), _connector='OR'), name='deployments_autoscale_bounds'),
+            model_name="deployment",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("autoscale_max__isnull", True), ("autoscale_min__isnull", True)),
+                    models.Q(("autoscale_max__gte", models.F("autoscale_min")), ("autoscale_min__gte", 1)),
+                    _connector="OR",
+                ),
+                name="deployments_autoscale_bounds",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='deployment',
-            constraint=models.CheckConstraint(condition=models.Q(('replicas__lte', 100)), name='deployments_replicas_at_most_100'),
+            model_name="deployment",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("replicas__lte", 100)), name="deployments_replicas_at_most_100"
+            ),
         ),
         migrations.AddIndex(
-            model_name='deploymentevent',
-            index=models.Index(fields=['deployment', '-created_at'], name='deployments_event_recent_idx'),
+            model_name="deploymentevent",
+            index=models.Index(fields=["deployment", "-created_at"], name="deployments_event_recent_idx"),
         ),
         migrations.AddConstraint(
-            model_name='deploymenttarget',
-            constraint=models.UniqueConstraint(fields=('deployment', 'model_version'), name='deployments_target_unique'),
+            model_name="deploymenttarget",
+            constraint=models.UniqueConstraint(
+                fields=("deployment", "model_version"), name="deployments_target_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='deploymenttarget',
-            constraint=models.UniqueConstraint(condition=models.Q(('shadow', True)), fields=('deployment',), name='deployments_one_shadow'),
+            model_name="deploymenttarget",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("shadow", True)), fields=("deployment",), name="deployments_one_shadow"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='deploymenttarget',
-            constraint=models.CheckConstraint(condition=models.Q(('weight__lte', 100)), name='deployments_target_weight_range'),
+            model_name="deploymenttarget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("weight__lte", 100)), name="deployments_target_weight_range"
+            ),
         ),
         migrations.AddIndex(
-            model_name='predictionlog',
-            index=models.Index(fields=['deployment', 'created_at'], name='deployments_log_window_idx'),
+            model_name="predictionlog",
+            index=models.Index(fields=["deployment", "created_at"], name="deployments_log_window_idx"),
         ),
         migrations.AddIndex(
-            model_name='predictionlog',
-            index=models.Index(fields=['deployment', 'model_version_id', 'created_at'], name='deployments_log_version_idx'),
+            model_name="predictionlog",
+            index=models.Index(
+                fields=["deployment", "model_version_id", "created_at"], name="deployments_log_version_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='predictionlog',
-            constraint=models.UniqueConstraint(fields=('deployment', 'request_id', 'shadow'), name='deployments_log_request_unique'),
+            model_name="predictionlog",
+            constraint=models.UniqueConstraint(
+                fields=("deployment", "request_id", "shadow"), name="deployments_log_request_unique"
+            ),
         ),
     ]
