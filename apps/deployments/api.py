@@ -14,14 +14,16 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import authentication, exceptions, mixins, permissions, routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api import ProjectField, ProjectScopedViewSetMixin
+from apps.core.api import ProjectScopedViewSetMixin
 from apps.core.api_errors import Conflict
 from apps.core.artifacts import get_artifact_store
 from apps.core.choices import ProjectRole
@@ -29,6 +31,7 @@ from apps.core.permissions import require_project_role
 from apps.deployments import selectors, services
 from apps.deployments.choices import DeploymentBackendKind, DeploymentEnvironment, DeploymentStrategy
 from apps.deployments.models import Deployment, DeploymentEvent
+from apps.registry.api import ProjectSlugField
 from apps.registry.models import ModelVersion
 
 
@@ -60,6 +63,7 @@ def expected_generation(request: Request) -> int:
         ) from None
 
 
+@extend_schema_field(OpenApiTypes.INT)
 class ModelVersionField(serializers.PrimaryKeyRelatedField):
     def get_queryset(self) -> QuerySet[ModelVersion]:
         return ModelVersion.objects.for_user(self.context["request"].user)
@@ -114,7 +118,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 
 class DeploymentCreateSerializer(serializers.Serializer):
-    project = ProjectField()
+    project = ProjectSlugField()
     name = serializers.CharField(max_length=40)
     model_version = ModelVersionField(required=False, help_text="Serve this version (100%).")
     traffic = TrafficEntrySerializer(many=True, required=False, help_text="Or an explicit split summing to 100.")
@@ -364,6 +368,14 @@ class DeploymentTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return "Bearer"
+
+
+class DeploymentTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "apps.deployments.api.DeploymentTokenAuthentication"
+    name = "deploymentToken"
+
+    def get_security_definition(self, auto_schema: object) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "description": "A deployment's ingest token: `Bearer mld_…`."}
 
 
 class HasDeploymentToken(permissions.BasePermission):
