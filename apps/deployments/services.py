@@ -787,22 +787,18 @@ def _advance_strategy(deployment_id: int, generation: int) -> bool:
     if deployment.generation != generation:
         return True  # someone changed it meanwhile; apply that first
     state = dict(deployment.strategy_state)
-    if deployment.phase == RolloutPhase.STARTING:
-        _set_targets(deployment, [(int(state["from_version"]), 0), (int(state["to_version"]), 100)])
-        deployment.phase = RolloutPhase.SWITCHING
-        _save_desired(deployment, ["phase"])
-        _event(
-            deployment,
-            DeploymentEventKind.TRAFFIC_CHANGED,
-            "Blue-green: the new version is up on every replica; switching all traffic to it.",
-            data={"traffic": _snapshot(deployment)},
-        )
-        return True
-    if deployment.phase == RolloutPhase.SWITCHING:
+    if deployment.phase in {RolloutPhase.STARTING, RolloutPhase.SWITCHING}:
+        # Green is loaded and ready on every replica: switch all traffic and unload blue in one graceful
+        # reload (the servers swap workers only once the new ones are ready, so no request fails).
         _set_targets(deployment, [(int(state["to_version"]), 100)])
         deployment.phase = RolloutPhase.DONE
         _save_desired(deployment, ["phase"])
-        _event(deployment, DeploymentEventKind.PROMOTED, "Blue-green switch done; the old version is unloaded.")
+        _event(
+            deployment,
+            DeploymentEventKind.PROMOTED,
+            "Blue-green: the new version was up on every replica; all traffic switched to it, the old one unloaded.",
+            data={"traffic": _snapshot(deployment)},
+        )
         return True
     if deployment.phase == RolloutPhase.ANALYSING:
         return _canary_analyse(deployment, state)
