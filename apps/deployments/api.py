@@ -59,7 +59,7 @@ def expected_generation(request: Request) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise exceptions.ValidationError(
-            {"generation": "Send the generation you read (a `generation` field or an If-Match header)."}
+            {"generation": ["Send the generation you read (a `generation` field or an If-Match header)."]}
         ) from None
 
 

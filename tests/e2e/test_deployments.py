@@ -84,7 +84,7 @@ def console(live_server: Any, settings: LazySettings, tmp_path: Path) -> Iterato
     """The console's ingest endpoint is the live server; model servers keep their state under tmp_path."""
     settings.CONSOLE_INTERNAL_URL = live_server.url
     settings.DEPLOYMENTS_STATE_DIR = tmp_path / "deployments"
-    settings.DEPLOYMENTS_SERVER_WORKERS = 2
+    settings.DEPLOYMENTS_SERVER_WORKERS = 1
     yield live_server.url
     backend = get_backend("local")
     for name in backend.names():
