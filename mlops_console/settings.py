@@ -200,6 +200,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_in": str(VAR_DIR / "broker" / "out"),
         "data_folder_out": str(VAR_DIR / "broker" / "out"),
         "processed_folder": str(VAR_DIR / "broker" / "processed"),
+        "control_folder": str(VAR_DIR / "broker" / "control"),
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
@@ -220,6 +221,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
     # Makes every deployment's backend match its desired state; notices dead model servers.
     "deployments-reconcile": {"task": "deployments.reconcile_all", "schedule": float(DEPLOYMENTS_RECONCILE_SECONDS)},
+    # Dataset versions whose profiling message was lost, or whose worker died, are queued again.
+    "datasets-requeue-stale-versions": {"task": "datasets.requeue_stale_versions", "schedule": 300.0},
 }
 
 LOGGING = {

@@ -75,7 +75,60 @@ def client_for(user: object) -> APIClient:
     return client
 
 
+# Datasets: versions made through the real upload service, profiled eagerly when asked.
+
+SMALL_CLASSIFICATION_CSV = b"sepal_length,sepal_width,species\n" + b"".join(
+    f"{4 + i % 7 * 0.5},{2 + i % 5 * 0.3},{['setosa', 'versicolor', 'virginica'][i % 3]}\n".encode() for i in range(60)
+)
+
+
+@pytest.fixture
+def dataset(project: object, owner: object) -> object:
+    from tests.factories import DatasetFactory
+
+    return DatasetFactory(project=project, created_by=owner)
+
+
+@pytest.fixture
+def make_dataset_version(tmp_path: Path, django_capture_on_commit_callbacks: object) -> object:
+    """`make(dataset, content, file_name="data.csv", actor=None, profile=True)` -> a DatasetVersion.
+
+    The file goes through `dataset_version_create` like an upload. With profile=True the version is
+    profiled (by the service the Celery task calls) before it is returned, so it is ready or failed.
+    """
+    import time
+
+    from apps.datasets.models import DatasetVersion
+    from apps.datasets.services import dataset_version_create, dataset_version_profile
+
+    counter = iter(range(1_000_000))
+
+    def make(
+        dataset: object, content: bytes, *, file_name: str = "data.csv", actor: object = None, profile: bool = True
+    ) -> object:
+        path = tmp_path / f"upload-{next(counter)}"
+        path.write_bytes(content)
+        with django_capture_on_commit_callbacks(execute=False):
+            version, _ = dataset_version_create(dataset=dataset, path=path, file_name=file_name, actor=actor)
+        if profile:
+            dataset_version_profile(version_id=version.pk)
+            # With a live worker (e2e tests commit, so the task was sent) the worker may have claimed it first.
+            deadline = time.monotonic() + 60
+            while not DatasetVersion.objects.get(pk=version.pk).is_settled and time.monotonic() < deadline:
+                time.sleep(0.1)
+        version.refresh_from_db()
+        return version
+
+    return make
+
+
+@pytest.fixture
+def ready_dataset_version(dataset: object, owner: object, make_dataset_version: object) -> object:
+    """A profiled version of a small three-class dataset whose target column is `species`."""
+    return make_dataset_version(dataset, SMALL_CLASSIFICATION_CSV, file_name="flowers.csv", actor=owner)
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings: object) -> None:
-    """Users are made in nearly every test; the production hasher's deliberate slowness (~0.3 s) adds up."""
+    """Tests make many users; the production hasher's deliberate slowness (0.3 s a user) buys nothing here."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

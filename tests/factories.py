@@ -6,6 +6,7 @@ from django.contrib.auth import get_user_model
 from apps.core.choices import ProjectRole
 from apps.core.models import Membership, Project
 from apps.core.services import normalize_name
+from apps.datasets.models import Dataset
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -64,3 +65,13 @@ class ModelVersionFactory(factory.django.DjangoModelFactory):
             "outputs": {"type": "classes", "classes": ["a", "b"]},
         }
     )
+
+
+class DatasetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Dataset
+
+    project = factory.SubFactory(ProjectFactory)
+    name = factory.Sequence(lambda n: f"dataset-{n}")
+    name_key = factory.LazyAttribute(lambda d: normalize_name(d.name))
+    description = "A dataset for tests."

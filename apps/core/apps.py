@@ -16,3 +16,7 @@ class CoreConfig(AppConfig):
         # and sit on the same filesystem as ARTIFACT_ROOT.
         Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
         Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
+        # The zero-setup broker keeps its queues in folders that every process must find.
+        if settings.CELERY_BROKER_URL.startswith("filesystem"):
+            for key in ("data_folder_in", "processed_folder", "control_folder"):
+                Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key]).mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.db.models import QuerySet
@@ -228,7 +229,7 @@ class DatasetViewSet(
             upload = payload.validated_data["file"]
             version, created = services.dataset_version_create(
                 dataset=dataset,
-                path=upload.temporary_file_path(),
+                path=Path(upload.temporary_file_path()),
                 file_name=upload.name,
                 sha256=getattr(upload, "sha256", None) or None,
                 size=upload.size,

@@ -45,21 +45,22 @@ def _layout(title: str, *, x_title: str, y_title: str, legend: bool = False) -> 
     }
 
 
-def _histogram_trace(histogram: dict[str, list], *, name: str, colour: str, share: bool) -> go.Bar | None:
+def _histogram_trace(histogram: dict[str, list], *, name: str, colour: str, density: bool) -> go.Bar | None:
+    """Bars on the profile's own bin edges: counts, or densities so two versions with different bins compare."""
     edges, counts = histogram.get("edges") or [], histogram.get("counts") or []
     if not counts:
         return None
     total = sum(counts) or 1
     centres = [(low + high) / 2 for low, high in zip(edges[:-1], edges[1:], strict=True)]
     widths = [high - low for low, high in zip(edges[:-1], edges[1:], strict=True)]
-    values = [count / total for count in counts] if share else counts
+    values = [count / total / width for count, width in zip(counts, widths, strict=True)] if density else counts
     return go.Bar(
         x=centres,
         y=values,
         width=widths,
         name=name,
         marker={"color": colour, "line": {"width": 0}},
-        opacity=0.6 if share else 0.9,
+        opacity=0.55 if density else 0.9,
         customdata=[[low, high, count] for low, high, count in zip(edges[:-1], edges[1:], counts, strict=True)],
         hovertemplate="%{customdata[0]:.4g} – %{customdata[1]:.4g}<br>%{customdata[2]:,} rows<extra>"
         + name
@@ -78,10 +79,10 @@ def column_chart(name: str, profile: dict[str, Any]) -> Chart | None:
     """A histogram for a number column, a bar chart for a categorical or boolean one; None otherwise."""
     kind = profile.get("type")
     if kind in (NUMERIC, INTEGER):
-        trace = _histogram_trace(profile.get("histogram", {}), name=name, colour=COLOURS[0], share=False)
+        trace = _histogram_trace(profile.get("histogram", {}), name=name, colour=COLOURS[0], density=False)
         if trace is None:
             return None
-        figure = go.Figure(trace, _layout(name, x_title=name, y_title="rows"))
+        figure = go.Figure(trace, _layout(name, x_title="", y_title="rows"))
         return Chart(column=name, kind="histogram", json=figure_json(figure))
     if kind in (CATEGORICAL, BOOLEAN):
         items = _category_items(profile)
@@ -100,17 +101,20 @@ def column_chart(name: str, profile: dict[str, Any]) -> Chart | None:
 
 
 def compare_chart(name: str, before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str]) -> Chart | None:
-    """Both versions' distributions of one column overlaid, as shares of rows so sizes do not matter."""
+    """Both versions' distributions of one column overlaid: densities for numbers, shares of rows for categories.
+
+    Normalised so that versions of different sizes (and numbers with different bins) compare fairly.
+    """
     kinds = {before.get("type"), after.get("type")}
     if kinds <= {NUMERIC, INTEGER}:
         traces = [
-            _histogram_trace(profile.get("histogram", {}), name=label, colour=colour, share=True)
+            _histogram_trace(profile.get("histogram", {}), name=label, colour=colour, density=True)
             for profile, label, colour in zip((before, after), labels, COLOURS, strict=True)
         ]
         traces = [trace for trace in traces if trace is not None]
         if not traces:
             return None
-        figure = go.Figure(traces, _layout(name, x_title=name, y_title="share of rows", legend=True))
+        figure = go.Figure(traces, _layout(name, x_title="", y_title="density", legend=True))
         return Chart(column=name, kind="histogram", json=figure_json(figure))
     if kinds <= {CATEGORICAL, BOOLEAN}:
         items = [dict(_category_items(profile)) for profile in (before, after)]

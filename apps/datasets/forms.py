@@ -23,8 +23,9 @@ class DatasetCreateForm(StyledForm):
     )
 
     def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
+        # StyledForm validates while it styles the widgets, so the choices must be in place before it runs.
+        self.base_fields = {**self.base_fields, "project": forms.ModelChoiceField(queryset=projects, empty_label=None)}
         super().__init__(*args, **kwargs)
-        self.fields["project"].queryset = projects
         self.fields["file"].widget.attrs["accept"] = ".csv,.parquet,.pq"
 
 

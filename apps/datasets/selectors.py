@@ -21,8 +21,10 @@ def dataset_list(*, user: object, project: str = "", search: str = "") -> QueryS
         key = normalize_name(search)
         datasets = datasets.filter(name_key__contains=key) | datasets.filter(description__icontains=search.strip())
     latest = DatasetVersion.objects.order_by("-number")[:1]
-    return datasets.annotate(version_count=Count("versions")).prefetch_related(
-        Prefetch("versions", queryset=latest, to_attr="latest_versions")
+    return (
+        datasets.annotate(version_count=Count("versions"))
+        .prefetch_related(Prefetch("versions", queryset=latest, to_attr="latest_versions"))
+        .order_by("project__name", "name", "pk")
     )
 
 

@@ -157,8 +157,16 @@ def sanitize_file_name(raw: str) -> str:
     return name
 
 
+def _send_profile_task(version_id: int) -> None:
+    try:
+        dataset_version_profile_task.delay(version_id)
+    except Exception:
+        # The version is committed and stays pending; the beat reconciler queues it again once the broker is back.
+        logger.exception("could not queue profiling of dataset version %s; it will be retried", version_id)
+
+
 def _enqueue_profile(version_id: int) -> None:
-    transaction.on_commit(lambda: dataset_version_profile_task.delay(version_id))
+    transaction.on_commit(lambda: _send_profile_task(version_id))
 
 
 def _new_profile_job(*, project: Project, actor: AbstractBaseUser | None, version_id: int | None = None) -> Job:
@@ -193,6 +201,7 @@ def dataset_version_create(
     existing = dataset.versions.filter(sha256=sha256).first()
     if existing is not None:
         return existing, False
+    # The check streams the whole file, so it runs before the transaction: no row lock is held meanwhile.
     try:
         info = inspect_file(path, format_for_name(file_name))
     except FileFormatError as exc:
@@ -437,7 +446,7 @@ def dataset_versions_requeue_stale() -> int:
     ).values_list("pk", flat=True)
     ids = list(stale)
     for version_id in ids:
-        dataset_version_profile_task.delay(version_id)
+        _send_profile_task(version_id)
     if ids:
         logger.warning("queued profiling again for stale dataset versions %s", ids)
     return len(ids)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse
@@ -81,7 +82,9 @@ def _version_or_404(dataset: Dataset, number: int) -> DatasetVersion:
 # List and create
 
 
-def _render_list(request: HttpRequest, form: DatasetCreateForm | None = None, status: int = 200) -> HttpResponse:
+def _render_list(
+    request: HttpRequest, form: DatasetCreateForm | None = None, *, status: int = 200, upload_error: str = ""
+) -> HttpResponse:
     query = request.GET.get("q", "").strip()
     project_slug = request.GET.get("project", "").strip()
     datasets = selectors.dataset_list(user=request.user, project=project_slug, search=query)
@@ -100,6 +103,7 @@ def _render_list(request: HttpRequest, form: DatasetCreateForm | None = None, st
             "projects": Project.objects.for_user(request.user),
             "form": form,
             "can_create": editable.exists(),
+            "upload_error": upload_error,
         },
         status=status,
     )
@@ -112,9 +116,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 
 
 def _create_too_large(request: HttpRequest, message: str) -> HttpResponse:
-    form = DatasetCreateForm(projects=_editable_projects(request.user))
-    form.add_error(None, message)
-    return _render_list(request, form, status=413)
+    return _render_list(request, status=413, upload_error=message)
 
 
 @login_required
@@ -122,6 +124,8 @@ def _create_too_large(request: HttpRequest, message: str) -> HttpResponse:
 @upload_view(_create_too_large)
 def dataset_create(request: HttpRequest) -> HttpResponse:
     editable = _editable_projects(request.user)
+    if not editable.exists():
+        raise PermissionDenied("Creating a dataset needs the editor role in a project.")
     form = DatasetCreateForm(request.POST, request.FILES, projects=editable)
     if not form.is_valid():
         return _render_list(request, form, status=400)
@@ -147,7 +151,7 @@ def dataset_create(request: HttpRequest) -> HttpResponse:
 def _add_version(dataset: Dataset, upload: Any, actor: object) -> tuple[DatasetVersion, bool]:
     return services.dataset_version_create(
         dataset=dataset,
-        path=upload.temporary_file_path(),
+        path=Path(upload.temporary_file_path()),
         file_name=upload.name,
         sha256=getattr(upload, "sha256", None) or None,
         size=upload.size,
@@ -173,6 +177,7 @@ def _render_detail(
     upload_form: DatasetVersionUploadForm | None = None,
     rules_form: DatasetRulesForm | None = None,
     status: int = 200,
+    upload_error: str = "",
 ) -> HttpResponse:
     role = require_project_role(request.user, dataset.project, ProjectRole.VIEWER)
     versions = selectors.dataset_versions(dataset)
@@ -202,6 +207,7 @@ def _render_detail(
             "max_charts": MAX_CHARTS,
             "splits": selected.splits.all()[:10] if selected else [],
             "upload_form": upload_form or DatasetVersionUploadForm(),
+            "upload_error": upload_error,
             "rules_form": rules_form or DatasetRulesForm(initial={"rules": _rules_text(dataset.rules)}),
         },
         status=status,
@@ -219,10 +225,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _upload_too_large(request: HttpRequest, message: str, pk: int) -> HttpResponse:
-    dataset = _visible_dataset(request, pk)
-    form = DatasetVersionUploadForm()
-    form.add_error(None, message)
-    return _render_detail(request, dataset, upload_form=form, status=413)
+    return _render_detail(request, _visible_dataset(request, pk), status=413, upload_error=message)
 
 
 @login_required

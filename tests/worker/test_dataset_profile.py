@@ -14,7 +14,7 @@ import pytest
 from worker.datasets.demo import DEMO_DATASETS, demo_csv_bytes, demo_frame
 from worker.datasets.formats import CSV, PARQUET, FileFormatError, format_for_name, inspect_file, read_table
 from worker.datasets.pipeline import profile_file
-from worker.datasets.profile import describe_table
+from worker.datasets.profile import describe_table, histogram, sorted_quantiles
 from worker.datasets.splits import SplitError, indices_from_bytes, indices_to_bytes, split_indices
 from worker.datasets.validation import RulesError, parse_rules, validate
 
@@ -402,3 +402,43 @@ def test_demo_datasets_have_a_target_and_stable_bytes(name: str) -> None:
         assert frame["target"].map(type).eq(str).all()
     if name == "iris":
         assert set(frame["target"]) == {"setosa", "versicolor", "virginica"}
+
+
+@pytest.mark.parametrize(("low", "high"), [(20, 69), (0, 1000), (-7, 7), (5, 5)])
+def test_integer_bins_hold_equally_many_values(low: int, high: int) -> None:
+    values = np.arange(low, high + 1, dtype=float)
+    result = histogram(values, integer=True)
+    edges, counts = np.array(result["edges"]), result["counts"]
+    assert len(counts) <= 30 and sum(counts) == values.size
+    assert edges[0] == low - 0.5 and edges[-1] >= high + 0.5
+    widths = np.diff(edges)
+    assert np.all(widths == widths[0]) and widths[0] == int(widths[0]), "whole numbers of values per bin"
+    assert all(count == widths[0] for count in counts[:-1]), "each full bin holds the same number of values"
+
+
+def test_duplicate_rows_match_pandas_on_mixed_data_with_nulls(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = 5000
+    frame = pd.DataFrame(
+        {
+            "f": rng.choice([0.5, -0.0, 0.0, np.nan, 2.25], rows),
+            "i": pd.array(rng.choice([1, 2, None], rows), dtype="Int64"),
+            "s": rng.choice(["a", "b", None], rows),
+            "b": rng.choice([True, False], rows),
+            "t": rng.choice(pd.to_datetime(["2024-01-01", "2024-06-01"]), rows),
+        }
+    )
+    path = write(tmp_path, "d.parquet", parquet_bytes(tmp_path, frame))
+    table = read_table(path, PARQUET)
+    _, profile = describe_table(table)
+    expected = int(table.to_pandas().assign(f=lambda df: df["f"] + 0.0).duplicated().sum())
+    assert profile["duplicate_rows"] == expected > 0
+
+
+def test_sorted_quantiles_and_histograms_agree_with_numpy() -> None:
+    values = np.sort(np.random.default_rng(5).normal(size=10_001))
+    qs = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    assert sorted_quantiles(values, qs) == pytest.approx(np.quantile(values, qs))
+    assert histogram(values, integer=False, presorted=True) == histogram(values, integer=False)
+    integers = np.sort(np.random.default_rng(5).integers(0, 500, 10_000).astype(float))
+    assert histogram(integers, integer=True, presorted=True) == histogram(integers, integer=True)

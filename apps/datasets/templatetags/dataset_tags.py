@@ -27,7 +27,7 @@ def version_status_colour(status: str) -> str:
 @register.filter
 def percent(value: float | None, digits: int = 1) -> str:
     """A rate from 0 to 1 as a percentage; a dash when there is none."""
-    if value is None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return "–"
     return f"{value * 100:.{digits}f}%"
 

@@ -40,8 +40,6 @@ class Command(BaseCommand):
             ],
             "beat": [python, "-m", "celery", "-A", "mlops_console", "beat", "-l", "info", "-s", beat_schedule],
         }
-        (settings.VAR_DIR / "broker" / "out").mkdir(parents=True, exist_ok=True)
-        (settings.VAR_DIR / "broker" / "processed").mkdir(parents=True, exist_ok=True)
         children = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
         self.stdout.write(self.style.SUCCESS(f"MLOps console running at http://{bind}/  (Ctrl-C stops it)"))
         stopping = False

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
@@ -29,6 +30,10 @@ class Command(BaseCommand):
             raise CommandError(f"No project with slug {project!r}; run `manage.py seed_demo` first or pass --project.")
         actor = target.created_by or get_user_model().objects.filter(is_superuser=True).order_by("pk").first()
         store = get_artifact_store()
+        if settings.CELERY_BROKER_URL.startswith("filesystem"):
+            # In zero-setup mode the broker is a pair of folders that `run_console` makes; this command runs first.
+            for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+                Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key]).mkdir(parents=True, exist_ok=True)
         for name, (_, _, description) in DEMO_DATASETS.items():
             dataset = Dataset.objects.filter(project=target, name_key=services.normalize_name(name)).first()
             if dataset is None:
