@@ -27,6 +27,8 @@ run: install
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
 	DEBUG=1 $(PY) manage.py load_demo_datasets
+	DEBUG=1 $(PY) manage.py load_demo_pipeline
+	DEBUG=1 $(PY) manage.py load_demo_registry
 	DEBUG=1 $(PY) manage.py load_demo_deployment
 	DEBUG=1 $(PY) manage.py run_console
 

@@ -188,6 +188,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "DatasetVersionStatusEnum": "apps.datasets.choices.DatasetVersionStatus",
+        "RunStatusEnum": "apps.experiments.choices.RunStatus",
+        "RunEndStatusEnum": "apps.experiments.choices.RUN_END_CHOICES",
+        "PipelineRunStatusEnum": "apps.experiments.choices.PipelineRunStatus",
+        "PipelineStageStatusEnum": "apps.experiments.choices.PipelineStageStatus",
+        "StudyStatusEnum": "apps.experiments.choices.StudyStatus",
         "ModelVersionStageEnum": "apps.registry.choices.ModelVersionStage",
         "PromotionRequestStatusEnum": "apps.registry.choices.PromotionRequestStatus",
         "WebhookDeliveryStatusEnum": "apps.registry.choices.WebhookDeliveryStatus",
@@ -215,14 +220,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 3600
 CELERY_TASK_TIME_LIMIT = 3900
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # Dataset versions whose profiling message was lost, or whose worker died, are queued again.
+    "datasets-requeue-stale-versions": {"task": "datasets.requeue_stale_versions", "schedule": 300.0},
     # Fails pipeline stages and HPO trials whose worker died (see docs/experiments.md, "Reliability").
     "experiments-reap-stale": {"task": "experiments.reap_stale", "schedule": 30.0},
     "registry-expire-requests": {"task": "registry.promotion_requests_expire", "schedule": 300.0},
     "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
     # Makes every deployment's backend match its desired state; notices dead model servers.
     "deployments-reconcile": {"task": "deployments.reconcile_all", "schedule": float(DEPLOYMENTS_RECONCILE_SECONDS)},
-    # Dataset versions whose profiling message was lost, or whose worker died, are queued again.
-    "datasets-requeue-stale-versions": {"task": "datasets.requeue_stale_versions", "schedule": 300.0},
 }
 
 LOGGING = {

@@ -10,11 +10,13 @@ from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
 from apps.deployments.api import ArtifactFetchApi, PredictionIngestApi
 from apps.deployments.api import router as deployments_router
+from apps.experiments.api import router as experiments_router
 from apps.registry.api import router as registry_router
 
 api_urlpatterns = [
     *core_router.urls,
     *datasets_router.urls,
+    *experiments_router.urls,
     *registry_router.urls,
     *deployments_router.urls,
     path("ingest/predictions/", PredictionIngestApi.as_view(), name="ingest-predictions"),
@@ -33,6 +35,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("datasets/", include("apps.datasets.urls")),
     path("deployments/", include("apps.deployments.urls")),
+    path("experiments/", include("apps.experiments.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]

@@ -38,6 +38,16 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     role = ProjectRole.VIEWER
 
 
+class DatasetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Dataset
+
+    project = factory.SubFactory(ProjectFactory)
+    name = factory.Sequence(lambda n: f"dataset-{n}")
+    name_key = factory.LazyAttribute(lambda d: normalize_name(d.name))
+    description = "A dataset for tests."
+
+
 class RegisteredModelFactory(factory.django.DjangoModelFactory):
     """A registered model; versions made with ModelVersionFactory have no stored artifact (use the service)."""
 
@@ -65,13 +75,3 @@ class ModelVersionFactory(factory.django.DjangoModelFactory):
             "outputs": {"type": "classes", "classes": ["a", "b"]},
         }
     )
-
-
-class DatasetFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Dataset
-
-    project = factory.SubFactory(ProjectFactory)
-    name = factory.Sequence(lambda n: f"dataset-{n}")
-    name_key = factory.LazyAttribute(lambda d: normalize_name(d.name))
-    description = "A dataset for tests."

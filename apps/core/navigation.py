@@ -27,6 +27,8 @@ class NavItem:
 NAV_ITEMS = [
     NavItem("Projects", "core:project-list", "bi-folder2", "core"),
     NavItem("Datasets", "datasets:dataset-list", "bi-table", "datasets"),
+    NavItem("Experiments", "experiments:experiment-list", "bi-clipboard-data", "experiments"),
+    NavItem("Pipelines", "experiments:pipeline-list", "bi-diagram-3", "experiments"),
     NavItem("Models", "registry:model-list", "bi-box-seam", "registry"),
     NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
     NavItem(

@@ -21,6 +21,10 @@ class RunStatus(models.TextChoices):
         return (cls.SUCCEEDED, cls.FAILED, cls.CANCELLED)
 
 
+# The states a client may end its run in (`POST runs/{id}/set-terminated/`).
+RUN_END_CHOICES = [(status, label) for status, label in RunStatus.choices if status in RunStatus.finished()]
+
+
 class PipelineRunStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"

@@ -6,6 +6,7 @@ Celery workers load the same study by name. The SQLAlchemy URL is built from Dja
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -102,10 +103,17 @@ def param_importances(study: optuna.Study) -> dict[str, Any]:
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
         return {"note": f"parameter importances need at least 2 completed trials; this study has {len(complete)}"}
-    try:
-        values = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
-        return {"note": f"parameter importances could not be computed: {exc}"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            values = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+            return {"note": f"parameter importances could not be computed: {exc}"}
     if not values:
         return {"note": "no parameter was sampled in every completed trial, so none can be ranked"}
-    return {"values": {name: float(value) for name, value in values.items()}}
+    result: dict[str, Any] = {"values": {name: float(value) for name, value in values.items()}}
+    # Optuna warns when the trials cannot tell the parameters apart; the page shows why they look equal.
+    notes = [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)]
+    if notes:
+        result["note"] = " ".join(dict.fromkeys(notes))
+    return result

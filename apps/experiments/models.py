@@ -315,7 +315,7 @@ class Study(models.Model):
     sampler = models.CharField(max_length=16)
     pruner = models.CharField(max_length=16)
     n_trials = models.PositiveIntegerField()
-    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    timeout_seconds = models.FloatField(null=True, blank=True, help_text="The time budget; later trials are not run.")
     search = models.JSONField(default=dict, help_text="The search config: algorithms and spaces.")
     status = models.CharField(max_length=16, choices=StudyStatus.choices, default=StudyStatus.RUNNING, db_index=True)
     finished_slots = models.JSONField(default=list, blank=True, help_text="Trial tasks that are done.")

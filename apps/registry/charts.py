@@ -61,14 +61,15 @@ def lineage_figure(lineage: dict[str, list[dict[str, Any]]]) -> go.Figure:
         )
     )
     layers = sorted(by_layer) or [0]
-    height = 140 + 60 * max((len(m) for m in by_layer.values()), default=1)
+    max_column = max((len(m) for m in by_layer.values()), default=1)
+    height = 110 + 60 * max_column
     figure.update_layout(
         template="plotly_white",
         height=height,
         margin={"l": 20, "r": 20, "t": 10, "b": 10},
         showlegend=False,
         xaxis={"visible": False, "range": [layers[0] - 0.6, layers[-1] + 0.6]},
-        yaxis={"visible": False, "range": [-len(nodes) / 2 - 0.8, len(nodes) / 2 + 0.5]},
+        yaxis={"visible": False, "range": [-max_column / 2 - 0.6, max_column / 2 + 0.3]},
         dragmode=False,
     )
     return figure

@@ -42,6 +42,8 @@ class ModelUploadForm(StyledForm):
     def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
+        # StyledForm reads self.errors while styling, i.e. validates before the queryset above was set.
+        self._errors = None
         self.fields["file"].widget.attrs["accept"] = ".zip,.skops,.ubj,.json"
 
     def clean_signature(self) -> dict | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, F, Func, Prefetch, Q, QuerySet, Subquery
 
 from apps.core.choices import ProjectRole
 from apps.core.models import Membership, Project
@@ -92,17 +92,38 @@ def pending_approvals(user: object) -> QuerySet[PromotionRequest]:
     )
 
 
-def pending_approvals_badge(user: object) -> int:
-    """The navigation badge: one COUNT query."""
+def navigation_badges(user: object) -> dict[str, int]:
+    """Both navigation badges (approvals waiting, unread notifications) in one query, kept for the request.
+
+    `request.user` lives as long as the request, so the counts are computed once per page.
+    """
     if not getattr(user, "is_authenticated", False):
-        return 0
-    return pending_approvals(user).count()
+        return {"pending": 0, "unread": 0}
+    cached = getattr(user, "_registry_badges", None)
+    if cached is None:
+        pending = pending_approvals(user).order_by().values("pk")
+        unread = Notification.objects.filter(user=user, read_at__isnull=True).order_by().values("pk")
+        counts = (
+            get_user_model()
+            .objects.filter(pk=user.pk)
+            .values(
+                pending=Subquery(pending.annotate(n=Func(F("pk"), function="COUNT")).values("n")[:1]),
+                unread=Subquery(unread.annotate(n=Func(F("pk"), function="COUNT")).values("n")[:1]),
+            )
+        )
+        row = counts.first() or {}
+        cached = {"pending": row.get("pending") or 0, "unread": row.get("unread") or 0}
+        user._registry_badges = cached
+    return cached
+
+
+def pending_approvals_badge(user: object) -> int:
+    """The Approvals badge in the navigation (shares one query with the notifications badge)."""
+    return navigation_badges(user)["pending"]
 
 
 def unread_notifications_badge(user: object) -> int:
-    if not getattr(user, "is_authenticated", False):
-        return 0
-    return Notification.objects.filter(user=user, read_at__isnull=True).count()
+    return navigation_badges(user)["unread"]
 
 
 def request_list(*, user: object, status: str = "", project: str = "", model: int | None = None) -> QuerySet:
@@ -115,7 +136,8 @@ def request_list(*, user: object, status: str = "", project: str = "", model: in
         requests = requests.filter(model__project__slug=project)
     if model:
         requests = requests.filter(model_id=model)
-    return requests.annotate(approval_count=Count("approvals", filter=Q(approvals__decision="approve"), distinct=True))
+    approvals = Count("approvals", filter=Q(approvals__decision="approve"), distinct=True)
+    return requests.annotate(approval_count=approvals).order_by("-created_at", "-id")
 
 
 # Gate checks
@@ -161,7 +183,8 @@ def promotion_gate_checks(*, version: ModelVersion, target_stage: str = "") -> l
         checks.append(_check("validation", GateCheckStatus.WARN, "No validation thresholds were recorded."))
     elif version.validation_passed:
         count = len(version.validation.get("thresholds") or {})
-        checks.append(_check("validation", GateCheckStatus.PASS, f"All {count} validation thresholds passed."))
+        message = "The validation threshold passed." if count == 1 else f"All {count} validation thresholds passed."
+        checks.append(_check("validation", GateCheckStatus.PASS, message))
     else:
         message = "Validation thresholds not met: " + "; ".join(failures or ["(no details recorded)"])
         checks.append(_check("validation", GateCheckStatus.FAIL, message, failures=failures))

@@ -63,3 +63,17 @@ def stage_handlers() -> Iterator[Callable]:
     yield stages.register_stage_handler
     stages._handlers.clear()
     stages._handlers.update(saved)
+
+
+@pytest.fixture
+def run_pipeline(django_capture_on_commit_callbacks: Callable) -> Callable[..., object]:
+    """Start a pipeline the way the API does and let the (eager) worker run every stage task."""
+    from apps.experiments import services
+
+    def run(project: object, actor: object, text: str, **options: object) -> object:
+        with django_capture_on_commit_callbacks(execute=True):
+            pipeline_run = services.pipeline_run_create(project=project, actor=actor, config_text=text, **options)
+        pipeline_run.refresh_from_db()
+        return pipeline_run
+
+    return run

@@ -136,6 +136,9 @@ def validate(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
         if len(counts) < 2:
             raise StageFailed(f"classification needs at least two classes in {target!r}; found {len(counts)}")
         outputs["classes"] = {str(k): int(v) for k, v in counts.head(50).items()}
+    algorithm = train_config["algorithm"]
+    if task not in ALGORITHMS[algorithm].tasks:
+        raise StageFailed(f"model_config.algorithm: {algorithm} does not support {task} (the task of {target!r})")
     search = pipeline_run.config.get("search")
     if search:
         for name in search["algorithms"]:

@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
 CLAIM_POLL_SECONDS = 1.0
+# A redelivered task waits this long for the attempt it duplicates to go silent before giving up
+# (a live attempt keeps beating, so the duplicate leaves; a dead one goes stale after TAKEOVER_AFTER).
+CLAIM_WAIT_SECONDS = TAKEOVER_AFTER.total_seconds() + 5 * CLAIM_POLL_SECONDS
 # A train stage that waits for HPO trials has no task of its own; it is reaped only when no trial has
 # reported for this long (trials may wait in the queue behind other work).
 STUDY_IDLE_LIMIT = timedelta(minutes=30)
@@ -241,7 +244,7 @@ def _stage_load(stage_id: int) -> PipelineStage:
 
 def _stage_claim(stage_id: int, task_id: str) -> PipelineStage | None:
     """Claim the stage for this task, or take over from a dead attempt of the same message; None: not ours."""
-    deadline = time.monotonic() + TAKEOVER_AFTER.total_seconds() + 5 * CLAIM_POLL_SECONDS
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
     while True:
         now = timezone.now()
         claimed = PipelineStage.objects.filter(pk=stage_id, status=PipelineStageStatus.QUEUED, task_id=task_id).update(

@@ -37,6 +37,7 @@ from apps.experiments.choices import (
 from apps.experiments.models import PipelineRun, PipelineStage, Run, Study
 from apps.experiments.services.pipelines import (
     CLAIM_POLL_SECONDS,
+    CLAIM_WAIT_SECONDS,
     EXECUTOR_INLINE,
     MAX_ATTEMPTS,
     StageFailed,
@@ -82,7 +83,7 @@ def study_start(*, stage: PipelineStage, runtime: StageRuntime) -> Study | None:
             sampler=search["sampler"],
             pruner=search["pruner"],
             n_trials=search["n_trials"],
-            timeout_seconds=int(search["timeout"]) if search["timeout"] else None,
+            timeout_seconds=search["timeout"],
             search=search,
             started_at=timezone.now(),
         )
@@ -112,7 +113,7 @@ def study_start(*, stage: PipelineStage, runtime: StageRuntime) -> Study | None:
 def _claim_slot(study: Study, slot: int, task_id: str) -> Run | None:
     """The slot's run, newly created or taken over from a dead attempt of this task; None: nothing to do."""
     pipeline_run = study.pipeline_run
-    deadline = time.monotonic() + TAKEOVER_AFTER.total_seconds() + 5 * CLAIM_POLL_SECONDS
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
     while True:
         now = timezone.now()
         with transaction.atomic():
