@@ -245,8 +245,10 @@ def deployment_create(
     autoscale_min: int | None = None,
     autoscale_max: int | None = None,
     auto_deploy_on_approval: bool = False,
+    strategy: str = DeploymentStrategy.DIRECT,
 ) -> Deployment:
-    """A new deployment serving one version (100%) or an explicit traffic split."""
+    """A new deployment serving one version (100%) or an explicit traffic split. `strategy` is the one later
+    rollouts default to (the approval hook's)."""
     import re
 
     _require_editor(actor, project)
@@ -260,6 +262,8 @@ def deployment_create(
         raise ValidationError({"backend": f"Choose one of {', '.join(DeploymentBackendKind.values)}."})
     if environment not in DeploymentEnvironment.values:
         raise ValidationError({"environment": f"Choose one of {', '.join(DeploymentEnvironment.values)}."})
+    if strategy not in DeploymentStrategy.values:
+        raise ValidationError({"strategy": f"Choose one of {', '.join(DeploymentStrategy.values)}."})
     _validate_replicas(backend, replicas)
     _validate_autoscale(backend, autoscale_min, autoscale_max)
     if model_version is not None:
@@ -286,6 +290,7 @@ def deployment_create(
         autoscale_min=autoscale_min,
         autoscale_max=autoscale_max,
         auto_deploy_on_approval=auto_deploy_on_approval,
+        strategy=strategy,
         ingest_token_salt=salt,
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
