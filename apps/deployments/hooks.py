@@ -47,10 +47,9 @@ def deployment_rollout_approved(*, deployment_id: int, model_version_id: int) ->
     if deployment.targets.filter(model_version_id=model_version_id, shadow=False, weight__gt=0).exists():
         return "already serving"
     if deployment.phase in services.ACTIVE_PHASES:
-        services._event(
-            deployment,
-            "error",
-            f"Version id {model_version_id} was approved, but a rollout is in progress; roll it out by hand.",
+        services.deployment_note(
+            deployment=deployment,
+            message=f"Version id {model_version_id} was approved, but a rollout is in progress; roll it out by hand.",
         )
         return "busy"
     strategy = deployment.strategy if deployment.strategy != DeploymentStrategy.SHADOW else DeploymentStrategy.CANARY

@@ -590,6 +590,12 @@ def deployment_scale(
 
 
 @transaction.atomic
+def deployment_note(*, deployment: Deployment, message: str) -> DeploymentEvent:
+    """Something a person should know about, without a change of the desired state."""
+    return _event(deployment, DeploymentEventKind.ERROR, message, audit=False)
+
+
+@transaction.atomic
 def deployment_stop(*, deployment: Deployment, actor: AbstractBaseUser | None) -> Deployment:
     deployment = _lock(deployment)
     _require_editor(actor, deployment.project)
@@ -778,8 +784,19 @@ def _record(
     if observed is not None:
         deployment.observed = observed.to_dict()
     deployment.observed_at = timezone.now()
+    # The token derives from SECRET_KEY: after a key rotation the servers got the new token in this apply,
+    # and the stored hash must follow or their events would be refused.
+    deployment.ingest_token_hash = Deployment.hash_token(deployment.ingest_token())
     deployment.save(
-        update_fields=["status", "status_message", "observed", "observed_at", "applied_generation", "applied_spec"]
+        update_fields=[
+            "status",
+            "status_message",
+            "observed",
+            "observed_at",
+            "applied_generation",
+            "applied_spec",
+            "ingest_token_hash",
+        ]
     )
 
 

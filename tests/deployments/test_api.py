@@ -318,3 +318,36 @@ def test_deploy_command(project: Any, versions: list) -> None:
     call_command("scale", "--deployment-id", str(deployment.pk), "--replicas", "3", stdout=out)
     deployment.refresh_from_db()
     assert deployment.replicas == 3 and deployment.phase == RolloutPhase.ROLLED_BACK
+
+
+def test_a_missing_artifact_fails_the_deployment_and_a_rotated_key_moves_the_token(
+    deployment: Deployment, settings: Any, api: Any
+) -> None:
+    old = deployment.ingest_token()
+    settings.SECRET_KEY = "a-rotated-secret-key"
+    assert services.deployment_reconcile(deployment_id=deployment.pk) == "failed"
+    deployment.refresh_from_db()
+    assert deployment.status == "failed" and "cannot build the spec" in deployment.status_message
+    assert deployment.events.filter(kind=DeploymentEventKind.ERROR).exists()
+    new = deployment.ingest_token()
+    assert new != old
+    url = "/api/v1/ingest/predictions/"
+    assert api.post(url, {"events": []}, format="json", HTTP_AUTHORIZATION=f"Bearer {new}").status_code == 202
+    assert api.post(url, {"events": []}, format="json", HTTP_AUTHORIZATION=f"Bearer {old}").status_code == 401
+
+
+def test_the_local_autoscaler_follows_the_request_rate(deployment: Deployment, member: Any, settings: Any) -> None:
+    settings.DEPLOYMENTS_AUTOSCALE_TARGET_RPS = 1
+    services.deployment_scale(deployment=deployment, actor=member, autoscale=True, autoscale_min=1, autoscale_max=3)
+    now = timezone.now()
+    PredictionLog.objects.bulk_create(
+        PredictionLog(deployment=deployment, request_id=f"r{i}", status=200, latency_ms=1.0, created_at=now)
+        for i in range(150)
+    )
+    services.deployment_reconcile(deployment_id=deployment.pk)
+    deployment.refresh_from_db()
+    assert deployment.replicas == 3, "150 requests in a minute at 1 request/s per replica, capped at 3"
+    autoscaled = deployment.events.get(kind=DeploymentEventKind.AUTOSCALED)
+    assert autoscaled.data["request_rate"] == 2.5 and autoscaled.data["replicas"] == 3
+    services.deployment_reconcile(deployment_id=deployment.pk)
+    assert deployment.events.filter(kind=DeploymentEventKind.AUTOSCALED).count() == 1, "no change without cause"

@@ -2,7 +2,7 @@
 server on the test database), the reconciler's service called as the beat would call it. Loads are bounded
 in requests and in time.
 
-What they measure (asserted, and printed with `-s` in the assertion messages on failure):
+What they measure (asserted; logged at INFO, see them with `-o log_cli=true --log-cli-level=INFO`):
 - blue-green under load: failed requests during the switch (must be 0);
 - a canary returning 5xx is rolled back by the analysis; a healthy one is promoted to 100%;
 - SIGKILL of a model server: the next reconcile restarts it (time to ready);
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import logging
 import os
 import signal
 import threading
@@ -38,6 +39,7 @@ from apps.registry.services import model_version_register
 from tests.registry.registry_helpers import FEATURES, iris_frame, iris_signature, sklearn_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+logger = logging.getLogger(__name__)
 
 LOAD_SECONDS_LIMIT = 120.0
 # Each client pauses between requests: a steady load (~100 requests/s per thread) that leaves the 2 cores
@@ -236,6 +238,9 @@ def test_blue_green_under_load_fails_no_request(console: str, project: Any, owne
         )
         deployment = reconcile_until(deployment, lambda d: d.phase == RolloutPhase.DONE and d.status == "healthy")
         time.sleep(0.5)
+    logger.info(
+        "blue-green under load: %d requests, %s, failures %d", load.total, dict(load.statuses), len(load.failures)
+    )
     assert load.failures == [] and set(load.statuses) == {200}, f"{load.statuses} {load.failures[:3]}"
     assert load.versions[str(versions["v1"].pk)] > 0 and load.versions[str(versions["v2"].pk)] > 0
     assert traffic_of(deployment) == {versions["v2"].pk: 100}
@@ -259,6 +264,7 @@ def test_a_failing_canary_is_rolled_back_automatically(console: str, project: An
         deployment = reconcile_until(deployment, lambda d: d.phase == RolloutPhase.ROLLED_BACK)
     assert traffic_of(deployment) == {versions["v1"].pk: 100}
     decisions = deployment.strategy_state["decisions"]
+    logger.info("failing canary decisions: %s", [(d["action"], d["reason"]) for d in decisions])
     assert [d["action"] for d in decisions if d["action"] != "pause"][-2:] == ["hold", "rollback"]
     numbers = decisions[-1]["numbers"]
     assert numbers["canary_error_rate"] == 1.0 and numbers["stable_error_rate"] == 0.0
@@ -277,7 +283,9 @@ def test_a_healthy_canary_is_promoted_to_100(console: str, project: Any, owner: 
             strategy="canary",
             actor=owner,
             steps=[50, 100],
-            analysis={"window_seconds": 2, "min_requests": 15},
+            # Two-second windows of a few dozen requests on a shared 2-core machine make p99 (their maximum)
+            # noise; this test is about promotion on a clean error rate (the latency rule is unit-tested).
+            analysis={"window_seconds": 2, "min_requests": 15, "p99_floor_ms": 1000},
         )
         deployment = reconcile_until(deployment, lambda d: d.phase == RolloutPhase.DONE)
     assert traffic_of(deployment) == {versions["v2"].pk: 100}
@@ -301,6 +309,7 @@ def test_a_killed_model_server_is_restarted_by_the_reconciler(
     deployment.refresh_from_db()
     after = deployment.observed["replicas"][0]
     restart_seconds = time.monotonic() - killed_at
+    logger.info("SIGKILL to ready again after one reconcile: %.1f s", restart_seconds)
     assert after["health"] == "ready" and after["pid"] != before["pid"], deployment.status_message
     assert after["url"] == before["url"]
     assert restart_seconds < 30, f"restart took {restart_seconds:.1f} s"
@@ -332,6 +341,7 @@ def test_a_10_percent_split_over_1000_keys_and_sticky_keys(
         assert status == 200
         served[i] = version
     share = sum(1 for v in served.values() if v == str(versions["v2"].pk)) / len(served)
+    logger.info("10%% split over 1000 keyed requests: v2 took %.1f%%", share * 100)
     assert abs(share - 0.10) <= 0.03, f"v2 took {share:.1%}"
     for i in range(0, 1000, 10):
         assert (

@@ -119,9 +119,9 @@ def test_a_reused_pid_is_not_mistaken_for_a_server(backend: LocalProcessBackend,
     backend.apply(spec)
     record_path = backend.state_dir / "reused" / "replica-0.json"
     record = json.loads(record_path.read_text())
-    record["pid"] = os.getpid()  # alive, but not a model server of this deployment
-    record_path.write_text(json.dumps(record))
+    record_path.write_text(json.dumps({**record, "pid": os.getpid()}))  # alive, but not a model server
     assert backend.observe("reused").replicas[0].health == ReplicaHealth.DEAD
+    record_path.write_text(json.dumps(record))  # so that the fixture stops the real one
 
 
 def test_spec_change_reloads_gracefully_without_failed_requests(backend: LocalProcessBackend, bundles: dict) -> None:
