@@ -50,6 +50,26 @@ try:
     WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
     WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
     WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
+    # Deployments (docs/deployments.md). Model servers ship prediction events to CONSOLE_INTERNAL_URL.
+    CONSOLE_INTERNAL_URL = env_str("CONSOLE_INTERNAL_URL", "http://127.0.0.1:8000").rstrip("/")
+    DEPLOYMENTS_DEFAULT_BACKEND = env_str("DEPLOYMENTS_DEFAULT_BACKEND", "local")
+    DEPLOYMENTS_STATE_DIR = Path(env_str("DEPLOYMENTS_STATE_DIR", str(VAR_DIR / "deployments")))
+    DEPLOYMENTS_RECONCILE_SECONDS = env_int("DEPLOYMENTS_RECONCILE_SECONDS", 10, minimum=1)
+    DEPLOYMENTS_MAX_REPLICAS = env_int("DEPLOYMENTS_MAX_REPLICAS", 10, minimum=1, maximum=100)
+    DEPLOYMENTS_MAX_REPLICAS_KUBERNETES = env_int("DEPLOYMENTS_MAX_REPLICAS_KUBERNETES", 100, minimum=1, maximum=1000)
+    DEPLOYMENTS_SERVER_WORKERS = env_int("DEPLOYMENTS_SERVER_WORKERS", 1, minimum=1, maximum=64)
+    DEPLOYMENTS_CANARY_STEPS = [int(step) for step in env_list("DEPLOYMENTS_CANARY_STEPS", ["10", "25", "50", "100"])]
+    DEPLOYMENTS_CANARY_WINDOW_SECONDS = env_int("DEPLOYMENTS_CANARY_WINDOW_SECONDS", 60, minimum=1)
+    DEPLOYMENTS_CANARY_MIN_REQUESTS = env_int("DEPLOYMENTS_CANARY_MIN_REQUESTS", 50, minimum=1)
+    DEPLOYMENTS_AUTOSCALE_TARGET_RPS = env_int("DEPLOYMENTS_AUTOSCALE_TARGET_RPS", 50, minimum=1)
+    DEPLOYMENTS_AUTOSCALE_COOLDOWN_SECONDS = env_int("DEPLOYMENTS_AUTOSCALE_COOLDOWN_SECONDS", 60, minimum=0)
+    DEPLOYMENTS_DOCKER_URL = env_str("DEPLOYMENTS_DOCKER_URL")
+    DEPLOYMENTS_DOCKER_BASE_IMAGE = env_str("DEPLOYMENTS_DOCKER_BASE_IMAGE", "python:3.11-slim")
+    DEPLOYMENTS_KUBE_NAMESPACE = env_str("DEPLOYMENTS_KUBE_NAMESPACE", "default")
+    DEPLOYMENTS_KUBE_IMAGE = env_str("DEPLOYMENTS_KUBE_IMAGE", "mlops-model-server:latest")
+    DEPLOYMENTS_KUBE_CONSOLE_NAMESPACE = env_str("DEPLOYMENTS_KUBE_CONSOLE_NAMESPACE", "mlops")
+    if DEPLOYMENTS_DEFAULT_BACKEND not in {"local", "docker", "kubernetes"}:
+        raise EnvError("DEPLOYMENTS_DEFAULT_BACKEND must be local, docker or kubernetes")
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -69,6 +89,7 @@ INSTALLED_APPS = [
     "apps.datasets",
     "apps.experiments",
     "apps.registry",
+    "apps.deployments",
 ]
 
 MIDDLEWARE = [
@@ -207,6 +228,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "experiments-reap-stale": {"task": "experiments.reap_stale", "schedule": 30.0},
     "registry-expire-requests": {"task": "registry.promotion_requests_expire", "schedule": 300.0},
     "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
+    # Makes every deployment's backend match its desired state; notices dead model servers.
+    "deployments-reconcile": {"task": "deployments.reconcile_all", "schedule": float(DEPLOYMENTS_RECONCILE_SECONDS)},
 }
 
 LOGGING = {

@@ -8,6 +8,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from apps.core import views as core_views
 from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
+from apps.deployments.api import ArtifactFetchApi, PredictionIngestApi
+from apps.deployments.api import router as deployments_router
 from apps.experiments.api import router as experiments_router
 from apps.registry.api import router as registry_router
 
@@ -16,6 +18,9 @@ api_urlpatterns = [
     *datasets_router.urls,
     *experiments_router.urls,
     *registry_router.urls,
+    *deployments_router.urls,
+    path("ingest/predictions/", PredictionIngestApi.as_view(), name="ingest-predictions"),
+    path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]
 
 urlpatterns = [
@@ -29,6 +34,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("datasets/", include("apps.datasets.urls")),
+    path("deployments/", include("apps.deployments.urls")),
     path("experiments/", include("apps.experiments.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),

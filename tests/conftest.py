@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,17 @@ def ready_dataset_version(dataset: object, owner: object, make_dataset_version: 
 def fast_password_hashing(settings: object) -> None:
     """Tests make many users; the production hasher's deliberate slowness (0.3 s a user) buys nothing here."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def deployments_state_dir(settings: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Model servers a test starts (the reconciler runs eagerly, e.g. after a pipeline's deploy stage) live in
+    a folder of the test's own and are stopped when it ends, so none outlives the test run."""
+    state = tmp_path_factory.mktemp("deployments")
+    settings.DEPLOYMENTS_STATE_DIR = state
+    yield state
+    from worker.deployments.local import LocalProcessBackend
+
+    backend = LocalProcessBackend(state_dir=state)
+    for name in backend.names():
+        backend.delete(name)

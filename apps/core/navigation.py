@@ -30,6 +30,7 @@ NAV_ITEMS = [
     NavItem("Experiments", "experiments:experiment-list", "bi-clipboard-data", "experiments"),
     NavItem("Pipelines", "experiments:pipeline-list", "bi-diagram-3", "experiments"),
     NavItem("Models", "registry:model-list", "bi-box-seam", "registry"),
+    NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
     NavItem(
         "Approvals",
         "registry:approval-inbox",

@@ -1,0 +1,269 @@
+"""The deployment pages: the list, and a deployment's detail (traffic split, replicas, strategy progress,
+canary analysis, events, try-it, manifests) with promote, rollback, scale and rollout for editors. Thin:
+every change goes through a service. Outsiders get 404, viewers read, editors act."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from apps.core.choices import ProjectRole
+from apps.core.models import Project
+from apps.core.permissions import has_project_role, require_project_role
+from apps.deployments import charts, selectors, services
+from apps.deployments.choices import DeploymentStatus, DeploymentStrategy, RolloutPhase
+from apps.deployments.forms import GenerationForm, RolloutForm, ScaleForm, TryItForm
+from apps.deployments.models import Deployment
+
+PAGE_SIZE = 25
+EVENTS_PAGE_SIZE = 30
+TRY_TIMEOUT_SECONDS = 10
+
+
+def _visible(request: HttpRequest, pk: int) -> Deployment:
+    queryset = Deployment.objects.for_user(request.user).select_related("project", "registered_model")
+    return get_object_or_404(queryset, pk=pk)
+
+
+def _editable(request: HttpRequest, pk: int) -> Deployment:
+    deployment = _visible(request, pk)
+    require_project_role(request.user, deployment.project, ProjectRole.EDITOR)
+    return deployment
+
+
+@login_required
+@require_GET
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    deployments = Deployment.objects.for_user(request.user).select_related("project", "registered_model")
+    project_slug = request.GET.get("project", "").strip()
+    status = request.GET.get("status", "").strip()
+    if project_slug:
+        deployments = deployments.filter(project__slug=project_slug)
+    if status:
+        deployments = deployments.filter(status=status)
+    page = Paginator(deployments.prefetch_related("targets__model_version"), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "deployments/deployment_list.html",
+        {
+            "page": page,
+            "projects": Project.objects.for_user(request.user),
+            "project_slug": project_slug,
+            "status": status,
+            "statuses": DeploymentStatus.choices,
+        },
+    )
+
+
+def _example_body(deployment: Deployment) -> str:
+    live, _ = selectors.deployment_targets(deployment)
+    version = live[0].model_version if live else None
+    rows = (version.input_example or [])[:1] if version else []
+    return json.dumps({"dataframe_records": rows}, indent=2)
+
+
+def _render_detail(
+    request: HttpRequest,
+    deployment: Deployment,
+    *,
+    try_form: TryItForm | None = None,
+    answer: dict[str, Any] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    traffic = selectors.deployment_traffic(deployment)
+    state = deployment.strategy_state or {}
+    decisions = state.get("decisions") or []
+    shadow = next((row for row in traffic if row["shadow"]), None)
+    shadow_report = (
+        selectors.shadow_comparison(deployment=deployment, shadow_version_id=shadow["model_version"])
+        if shadow
+        else None
+    )
+    events = Paginator(deployment.events.select_related("actor"), EVENTS_PAGE_SIZE).get_page(request.GET.get("page"))
+    versions = deployment.registered_model.versions.exclude(stage="archived").order_by("-number")
+    can_edit = has_project_role(request.user, deployment.project, ProjectRole.EDITOR)
+    replicas = (deployment.observed or {}).get("replicas", [])
+    context = {
+        "deployment": deployment,
+        "traffic": traffic,
+        "traffic_figure": charts.figure_json(charts.traffic_figure(traffic)),
+        "canary_figure": charts.figure_json(charts.canary_figure(decisions)) if decisions else None,
+        "decisions": list(reversed(decisions))[:10],
+        "state": state,
+        "steps": state.get("steps") or [],
+        "shadow_report": shadow_report,
+        "events": events,
+        "replicas": replicas,
+        "ready_url": next((r["url"] for r in replicas if r.get("health") == "ready"), None),
+        "can_edit": can_edit,
+        "active": deployment.phase in services.ACTIVE_PHASES,
+        "can_rollback": bool(deployment.rollback_spec),
+        "scale_form": ScaleForm(initial={"generation": deployment.generation, "replicas": deployment.replicas}),
+        "generation_form": GenerationForm(initial={"generation": deployment.generation}),
+        "rollout_form": RolloutForm(
+            versions=[(v.pk, f"v{v.number} ({v.get_stage_display()})") for v in versions],
+            initial={"generation": deployment.generation},
+        ),
+        "try_form": try_form or TryItForm(initial={"body": _example_body(deployment), "protocol": "mlflow"}),
+        "answer": answer,
+        "counts": selectors.prediction_counts(deployment=deployment, since=timezone.now() - timedelta(hours=1)),
+        "RolloutPhase": RolloutPhase,
+        "DeploymentStrategy": DeploymentStrategy,
+    }
+    return render(request, "deployments/deployment_detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return _render_detail(request, _visible(request, pk))
+
+
+def _act(request: HttpRequest, pk: int, action: Any) -> HttpResponse:
+    """Run one editor action with the posted generation; errors become messages on the detail page."""
+    deployment = _editable(request, pk)
+    form = GenerationForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The form lacked the deployment's generation; reload the page.")
+        return redirect(deployment)
+    try:
+        action(deployment, form.cleaned_data["generation"])
+    except services.DeploymentConflict as exc:
+        messages.error(request, str(exc))
+    except services.DeploymentGateError as exc:
+        messages.error(request, str(exc))
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+    return redirect(deployment)
+
+
+@login_required
+@require_POST
+def deployment_promote(request: HttpRequest, pk: int) -> HttpResponse:
+    def promote(deployment: Deployment, generation: int) -> None:
+        services.deployment_promote(deployment=deployment, actor=request.user, expected_generation=generation)
+        messages.success(request, "Promoted.")
+
+    return _act(request, pk, promote)
+
+
+@login_required
+@require_POST
+def deployment_rollback(request: HttpRequest, pk: int) -> HttpResponse:
+    def rollback(deployment: Deployment, generation: int) -> None:
+        services.deployment_rollback(deployment=deployment, actor=request.user, expected_generation=generation)
+        messages.success(request, "Rolled back.")
+
+    return _act(request, pk, rollback)
+
+
+@login_required
+@require_POST
+def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
+    form = ScaleForm(request.POST)
+
+    def scale(deployment: Deployment, generation: int) -> None:
+        if not form.is_valid():
+            raise ValidationError(form.errors.get("replicas") or "Give a number of replicas.")
+        services.deployment_scale(
+            deployment=deployment,
+            actor=request.user,
+            replicas=form.cleaned_data["replicas"],
+            expected_generation=generation,
+        )
+        messages.success(request, f"Scaling to {form.cleaned_data['replicas']} replicas.")
+
+    return _act(request, pk, scale)
+
+
+@login_required
+@require_POST
+def deployment_rollout(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _visible(request, pk)
+    versions = list(deployment.registered_model.versions.values_list("pk", "number"))
+    form = RolloutForm(request.POST, versions=[(v, f"v{n}") for v, n in versions])
+
+    def rollout(deployment: Deployment, generation: int) -> None:
+        if not form.is_valid():
+            raise ValidationError("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        services.deployment_rollout(
+            deployment=deployment,
+            model_version=form.cleaned_data["model_version"],
+            strategy=form.cleaned_data["strategy"],
+            traffic_percentage=form.cleaned_data["traffic_percentage"],
+            actor=request.user,
+            expected_generation=generation,
+        )
+        messages.success(request, "Rollout started.")
+
+    return _act(request, pk, rollout)
+
+
+def _send_prediction(url: str, path: str, body: bytes) -> tuple[int, Any]:
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=TRY_TIMEOUT_SECONDS)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        version = response.getheader("X-Model-Version")
+    finally:
+        connection.close()
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        decoded = payload.decode(errors="replace")
+    return response.status, {"body": decoded, "version": version}
+
+
+@login_required
+@require_POST
+def deployment_try(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send one prediction to a ready replica and show its answer (any member may)."""
+    deployment = _visible(request, pk)
+    form = TryItForm(request.POST)
+    if not form.is_valid():
+        return _render_detail(request, deployment, try_form=form, status=400)
+    try:
+        json.loads(form.cleaned_data["body"])
+    except ValueError as exc:
+        form.add_error("body", f"Not valid JSON: {exc}")
+        return _render_detail(request, deployment, try_form=form, status=400)
+    replicas = (deployment.observed or {}).get("replicas", [])
+    url = next((r["url"] for r in replicas if r.get("health") == "ready"), None)
+    if url is None:
+        form.add_error(None, "No replica is ready to answer.")
+        return _render_detail(request, deployment, try_form=form, status=409)
+    path = "/invocations" if form.cleaned_data["protocol"] == "mlflow" else f"/v2/models/{deployment.name}/infer"
+    try:
+        status, answer = _send_prediction(url, path, form.cleaned_data["body"].encode())
+    except OSError as exc:
+        form.add_error(None, f"The model server did not answer: {exc}")
+        return _render_detail(request, deployment, try_form=form, status=502)
+    answer.update(status=status, url=url + path, pretty=json.dumps(answer["body"], indent=2))
+    return _render_detail(request, deployment, try_form=form, answer=answer)
+
+
+@login_required
+@require_GET
+def deployment_manifests(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = _visible(request, pk)
+    response = HttpResponse(services.deployment_manifests(deployment), content_type="application/yaml")
+    response["Content-Disposition"] = f'attachment; filename="{deployment.name}.yaml"'
+    return response

@@ -1,0 +1,353 @@
+"""The deployments API and services without model servers: roles, bad input, gates, optimistic concurrency,
+rollouts' desired state, rollback, ingest. (Reconciling with real processes is in tests/e2e.)"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import yaml
+from django.core.management import call_command
+from django.utils import timezone
+
+from apps.core.models import APIToken
+from apps.deployments import hooks, services
+from apps.deployments.choices import DeploymentEventKind, RolloutPhase
+from apps.deployments.models import Deployment, PredictionLog
+from apps.registry.choices import PromotionRequestStatus
+from apps.registry.models import PromotionRequest
+from tests.conftest import client_for
+from tests.factories import ModelVersionFactory, RegisteredModelFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def versions(project: Any) -> list[Any]:
+    model = RegisteredModelFactory(project=project, name="iris")
+    return [ModelVersionFactory(model=model, number=n) for n in (1, 2, 3)]
+
+
+@pytest.fixture
+def deployment(project: Any, owner: Any, versions: list) -> Deployment:
+    return services.deployment_create(project=project, name="iris", actor=owner, model_version=versions[0])
+
+
+def create(user: Any, project: Any, **body: Any) -> Any:
+    return client_for(user).post(
+        "/api/v1/deployments/", {"project": project.slug, "name": "iris", **body}, format="json"
+    )
+
+
+def test_create_by_role(project: Any, versions: list, member: Any, viewer: Any, outsider: Any) -> None:
+    assert create(viewer, project, model_version=versions[0].pk).status_code == 403
+    assert create(outsider, project, model_version=versions[0].pk).status_code == 400, "the project looks absent"
+    response = create(member, project, model_version=versions[0].pk)
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["traffic"] == [
+        {"model_version": versions[0].pk, "version": 1, "label": "", "weight": 100, "shadow": False}
+    ]
+    assert body["backend"] == "local" and body["generation"] == 1 and response["ETag"] == '"1"'
+    deployment = Deployment.objects.get(name="iris")
+    assert deployment.events.filter(kind=DeploymentEventKind.CREATED).exists()
+    assert deployment.ingest_token_hash == Deployment.hash_token(deployment.ingest_token())
+    assert deployment.ingest_token() not in str(Deployment.objects.filter(pk=deployment.pk).values().get())
+
+
+def test_reading_by_role(deployment: Deployment, viewer: Any, outsider: Any) -> None:
+    assert client_for(viewer).get(f"/api/v1/deployments/{deployment.pk}/").status_code == 200
+    assert client_for(outsider).get(f"/api/v1/deployments/{deployment.pk}/").status_code == 404
+    assert client_for(outsider).get("/api/v1/deployments/").json()["results"] == []
+    assert (
+        client_for(viewer)
+        .post(f"/api/v1/deployments/{deployment.pk}/scale/", {"generation": 1, "replicas": 2})
+        .status_code
+        == 403
+    )
+    assert (
+        client_for(outsider)
+        .post(f"/api/v1/deployments/{deployment.pk}/scale/", {"generation": 1, "replicas": 2})
+        .status_code
+        == 404
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"model_version": 999_999}, "model_version"),
+        ({"traffic": [{"model_version": "V1", "weight": 60}, {"model_version": "V2", "weight": 30}]}, "traffic"),
+        ({"model_version": "V1", "replicas": 11}, "replicas"),
+        ({"model_version": "V1", "replicas": 0}, "replicas"),
+        ({"model_version": "V1", "autoscale_min": 3, "autoscale_max": 2}, "autoscale_max"),
+        ({"model_version": "V1", "name": "Not A Name"}, "name"),
+    ],
+)
+def test_bad_input_names_the_field(project: Any, versions: list, member: Any, body: dict, field: str) -> None:
+    ids = {"V1": versions[0].pk, "V2": versions[1].pk}
+    body = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
+    if "traffic" in body:
+        body["traffic"] = [{**t, "model_version": ids[t["model_version"]]} for t in body["traffic"]]
+    response = create(member, project, **body)
+    assert response.status_code == 400, response.json()
+    assert field in response.json(), response.json()
+    assert "sum to 100" in str(response.json()) if field == "traffic" else True
+
+
+def test_kubernetes_allows_more_replicas(project: Any, versions: list, member: Any) -> None:
+    response = create(member, project, model_version=versions[0].pk, backend="kubernetes", replicas=50)
+    assert response.status_code == 201 and response.json()["replicas"] == 50
+
+
+def test_production_needs_an_approved_version(project: Any, versions: list, member: Any, owner: Any) -> None:
+    response = create(member, project, model_version=versions[0].pk, environment="production")
+    assert response.status_code == 403
+    assert "production" in response.json()["model_version"]
+    PromotionRequest.objects.create(
+        model=versions[0].model,
+        version=versions[0],
+        target_stage="production",
+        transition="stage:production",
+        status=PromotionRequestStatus.APPROVED,
+        requested_by=member,
+        expires_at=timezone.now(),
+    )
+    assert create(member, project, model_version=versions[0].pk, environment="production").status_code == 201
+    deployment = Deployment.objects.get(name="iris")
+    refused = client_for(member).post(
+        f"/api/v1/deployments/{deployment.pk}/rollout/",
+        {"generation": deployment.generation, "model_version": versions[1].pk, "strategy": "canary"},
+        format="json",
+    )
+    assert refused.status_code == 403 and "model_version" in refused.json()
+
+
+def test_concurrent_changes_one_wins(deployment: Deployment, member: Any) -> None:
+    url = f"/api/v1/deployments/{deployment.pk}/scale/"
+    first = client_for(member).post(url, {"generation": 1, "replicas": 2}, format="json")
+    second = client_for(member).post(url, {"generation": 1, "replicas": 3}, format="json")
+    assert first.status_code == 200 and first.json()["generation"] == 2
+    assert second.status_code == 409 and "generation 2" in second.json()["detail"]
+    assert client_for(member).post(url, {"replicas": 3}, format="json").json() == {
+        "generation": ["Send the generation you read (a `generation` field or an If-Match header)."]
+    }
+    by_header = client_for(member).post(url, {"replicas": 3}, format="json", HTTP_IF_MATCH='"2"')
+    assert by_header.status_code == 200 and by_header.json()["replicas"] == 3
+    deployment.refresh_from_db()
+    assert deployment.replicas == 3 and deployment.events.filter(kind=DeploymentEventKind.SCALED).count() == 2
+
+
+def test_scale_validates_and_autoscale_bounds(deployment: Deployment, member: Any) -> None:
+    url = f"/api/v1/deployments/{deployment.pk}/scale/"
+    assert "replicas" in client_for(member).post(url, {"generation": 1, "replicas": 11}, format="json").json()
+    response = client_for(member).post(
+        url, {"generation": 1, "autoscale": True, "autoscale_min": 2, "autoscale_max": 5}, format="json"
+    )
+    assert response.status_code == 200
+    assert (response.json()["autoscale_min"], response.json()["autoscale_max"], response.json()["replicas"]) == (
+        2,
+        5,
+        2,
+    )
+
+
+def test_canary_rollout_promote_and_rollback(deployment: Deployment, member: Any, versions: list) -> None:
+    base = f"/api/v1/deployments/{deployment.pk}"
+    started = client_for(member).post(
+        f"{base}/rollout/",
+        {"generation": 1, "model_version": versions[1].pk, "strategy": "canary", "traffic_percentage": 10},
+        format="json",
+    )
+    assert started.status_code == 200, started.json()
+    body = started.json()
+    assert [(t["version"], t["weight"]) for t in body["traffic"]] == [(1, 90), (2, 10)]
+    assert body["phase"] == RolloutPhase.ANALYSING and body["strategy_state"]["steps"] == [10, 25, 50, 100]
+    busy = client_for(member).post(
+        f"{base}/rollout/", {"generation": 2, "model_version": versions[2].pk, "strategy": "direct"}, format="json"
+    )
+    assert busy.status_code == 409 and "in progress" in busy.json()["detail"]
+    promoted = client_for(member).post(f"{base}/promote/", {"generation": 2}, format="json").json()
+    assert [(t["version"], t["weight"]) for t in promoted["traffic"]] == [(1, 75), (2, 25)]
+    rolled = client_for(member).post(f"{base}/rollback/", {"generation": 3, "reason": "latency"}, format="json").json()
+    assert [(t["version"], t["weight"]) for t in rolled["traffic"]] == [(1, 100)]
+    assert rolled["phase"] == RolloutPhase.ROLLED_BACK
+    again = client_for(member).post(f"{base}/rollback/", {"generation": 4}, format="json")
+    assert again.status_code == 409 and "no earlier healthy state" in again.json()["detail"]
+    events = client_for(member).get(f"{base}/events/").json()["results"]
+    assert events[0]["kind"] == "rolled_back" and "latency" in events[0]["message"]
+
+
+def test_blue_green_and_shadow_desired_states(deployment: Deployment, member: Any, versions: list) -> None:
+    services.deployment_rollout(deployment=deployment, model_version=versions[1], strategy="blue_green", actor=member)
+    live, _ = services.selectors.deployment_targets(deployment)
+    assert [(t.model_version.number, t.weight) for t in live] == [(1, 100), (2, 0)], "green loads beside blue"
+    services.deployment_promote(deployment=deployment, actor=member)
+    services.deployment_rollout(deployment=deployment, model_version=versions[2], strategy="shadow", actor=member)
+    live, shadow = services.selectors.deployment_targets(deployment)
+    assert [(t.model_version.number, t.weight) for t in live] == [(2, 100)] and shadow.model_version.number == 3
+    services.deployment_promote(deployment=deployment, actor=member)
+    live, shadow = services.selectors.deployment_targets(deployment)
+    assert [(t.model_version.number, t.weight) for t in live] == [(3, 100)] and shadow is None
+
+
+def test_set_traffic_requires_weights_summing_to_100(deployment: Deployment, member: Any, versions: list) -> None:
+    url = f"/api/v1/deployments/{deployment.pk}/traffic/"
+    bad = [{"model_version": versions[0].pk, "weight": 50}, {"model_version": versions[1].pk, "weight": 40}]
+    response = client_for(member).post(url, {"generation": 1, "traffic": bad}, format="json")
+    assert response.status_code == 400 and "sum to 100" in response.json()["traffic"][0]
+    other = ModelVersionFactory()  # a version of another model
+    unknown = [{"model_version": other.pk, "weight": 100}]
+    assert "traffic" in client_for(member).post(url, {"generation": 1, "traffic": unknown}, format="json").json()
+
+
+def test_manifests_are_yaml_without_the_token(deployment: Deployment, viewer: Any) -> None:
+    response = client_for(viewer).get(f"/api/v1/deployments/{deployment.pk}/manifests/")
+    assert response.status_code == 200 and response["Content-Type"] == "application/yaml"
+    documents = list(yaml.safe_load_all(response.content))
+    assert [d["kind"] for d in documents] == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ]
+    assert deployment.ingest_token() not in response.content.decode()
+    out = io.StringIO()
+    call_command("export_manifests", deployment_id=deployment.pk, stdout=out)
+    assert out.getvalue() == response.content.decode()
+
+
+def event(deployment: Deployment, request_id: str, **changes: Any) -> dict:
+    return {
+        "request_id": request_id,
+        "deployment_id": deployment.pk,
+        "version_id": changes.pop("version_id", 7),
+        "shadow": False,
+        "inputs": [{"x": 1}],
+        "outputs": ["a"],
+        "latency_ms": 1.5,
+        "status": 200,
+        "error": None,
+        "request_key": "k",
+        "timestamp": "2026-11-28T09:14:38.164214+00:00",
+        **changes,
+    }
+
+
+def test_ingest_takes_only_the_deployment_token_and_counts_once(deployment: Deployment, member: Any, api: Any) -> None:
+    url = "/api/v1/ingest/predictions/"
+    body = {
+        "events": [
+            event(deployment, "r1"),
+            event(deployment, "r2", status=500, error="boom"),
+            event(deployment, "r1", shadow=True),
+        ]
+    }
+    assert api.post(url, body, format="json").status_code == 401
+    _, user_key = (
+        APIToken.objects.create(user=member, name="x", prefix="mlc_x", key_hash=APIToken.hash_key("mlc_k")),
+        "mlc_k",
+    )
+    assert api.post(url, body, format="json", HTTP_AUTHORIZATION=f"Bearer {user_key}").status_code == 401
+    token = {"HTTP_AUTHORIZATION": f"Bearer {deployment.ingest_token()}"}
+    first = api.post(url, body, format="json", **token)
+    assert first.status_code == 202 and first.json() == {"accepted": 3}
+    assert api.post(url, body, format="json", **token).status_code == 202, "a re-sent batch is accepted"
+    rows = PredictionLog.objects.filter(deployment=deployment)
+    assert rows.count() == 3, "and not counted twice"
+    failed = rows.get(request_id="r2")
+    assert (failed.status, failed.error, failed.model_version_id, failed.latency_ms) == (500, "boom", 7, 1.5)
+    assert failed.created_at.isoformat().startswith("2026-11-28T09:14:38")
+    foreign = api.post(
+        url, {"events": [event(deployment, "r9", deployment_id=deployment.pk + 1)]}, format="json", **token
+    )
+    assert foreign.json() == {"accepted": 0}
+    assert "events" in api.post(url, {"events": [{"no": "id"}]}, format="json", **token).json()
+
+
+def test_a_claimed_deployment_is_left_to_its_reconciler(deployment: Deployment) -> None:
+    Deployment.objects.filter(pk=deployment.pk).update(
+        reconcile_lease_until=timezone.now() + timezone.timedelta(minutes=5)
+    )
+    assert services.deployment_reconcile(deployment_id=deployment.pk) == "busy"
+
+
+def test_approval_hook_rolls_out_on_following_deployments(deployment: Deployment, versions: list) -> None:
+    Deployment.objects.filter(pk=deployment.pk).update(auto_deploy_on_approval=True, strategy="canary")
+    assert hooks.deployment_rollout_approved(deployment_id=deployment.pk, model_version_id=versions[1].pk) == "started"
+    deployment.refresh_from_db()
+    assert deployment.phase == RolloutPhase.ANALYSING
+    assert hooks.deployment_rollout_approved(deployment_id=deployment.pk, model_version_id=versions[2].pk) == "busy"
+    assert (
+        hooks.deployment_rollout_approved(deployment_id=deployment.pk, model_version_id=versions[0].pk)
+        == "already serving"
+    )
+
+
+def test_deploy_stage_creates_then_rolls_out(project: Any, owner: Any, versions: list) -> None:
+    logs: list[str] = []
+    context = {
+        "config": {"name": "iris-pipe"},
+        "outputs": {"register": {"model_version_id": versions[0].pk}},
+        "log": logs.append,
+        "actor": owner,
+    }
+    assert hooks.deploy_stage(None, None, context)["deployment"] == "iris-pipe"
+    context = {**context, "config": {"name": "iris-pipe", "strategy": "canary", "traffic_percentage": 20}}
+    context["outputs"] = {"register": {"model_version_id": versions[1].pk}}
+    outputs = hooks.deploy_stage(None, None, context)
+    assert outputs["strategy"] == "canary" and outputs["phase"] == RolloutPhase.ANALYSING
+    with pytest.raises(ValueError, match="unknown keys"):
+        hooks.deploy_stage(None, None, {**context, "config": {"bogus": 1}})
+
+
+def test_deploy_command(project: Any, versions: list) -> None:
+    project.slug = "demo"
+    project.save()
+    out = io.StringIO()
+    call_command("deploy", "--model-version", "iris:1", "--project", "demo", stdout=out)
+    deployment = Deployment.objects.get(name="iris")
+    call_command(
+        "deploy", "--model-version", "iris:2", "--strategy", "canary", "--traffic-percentage", "20", stdout=out
+    )
+    deployment.refresh_from_db()
+    assert deployment.strategy_state["steps"][0] == 20
+    call_command("rollback", "--deployment-id", str(deployment.pk), stdout=out)
+    call_command("scale", "--deployment-id", str(deployment.pk), "--replicas", "3", stdout=out)
+    deployment.refresh_from_db()
+    assert deployment.replicas == 3 and deployment.phase == RolloutPhase.ROLLED_BACK
+
+
+def test_a_missing_artifact_fails_the_deployment_and_a_rotated_key_moves_the_token(
+    deployment: Deployment, settings: Any, api: Any
+) -> None:
+    old = deployment.ingest_token()
+    settings.SECRET_KEY = "a-rotated-secret-key"
+    assert services.deployment_reconcile(deployment_id=deployment.pk) == "failed"
+    deployment.refresh_from_db()
+    assert deployment.status == "failed" and "cannot build the spec" in deployment.status_message
+    assert deployment.events.filter(kind=DeploymentEventKind.ERROR).exists()
+    new = deployment.ingest_token()
+    assert new != old
+    url = "/api/v1/ingest/predictions/"
+    assert api.post(url, {"events": []}, format="json", HTTP_AUTHORIZATION=f"Bearer {new}").status_code == 202
+    assert api.post(url, {"events": []}, format="json", HTTP_AUTHORIZATION=f"Bearer {old}").status_code == 401
+
+
+def test_the_local_autoscaler_follows_the_request_rate(deployment: Deployment, member: Any, settings: Any) -> None:
+    settings.DEPLOYMENTS_AUTOSCALE_TARGET_RPS = 1
+    services.deployment_scale(deployment=deployment, actor=member, autoscale=True, autoscale_min=1, autoscale_max=3)
+    now = timezone.now()
+    PredictionLog.objects.bulk_create(
+        PredictionLog(deployment=deployment, request_id=f"r{i}", status=200, latency_ms=1.0, created_at=now)
+        for i in range(150)
+    )
+    services.deployment_reconcile(deployment_id=deployment.pk)
+    deployment.refresh_from_db()
+    assert deployment.replicas == 3, "150 requests in a minute at 1 request/s per replica, capped at 3"
+    autoscaled = deployment.events.get(kind=DeploymentEventKind.AUTOSCALED)
+    assert autoscaled.data["request_rate"] == 2.5 and autoscaled.data["replicas"] == 3
+    services.deployment_reconcile(deployment_id=deployment.pk)
+    assert deployment.events.filter(kind=DeploymentEventKind.AUTOSCALED).count() == 1, "no change without cause"

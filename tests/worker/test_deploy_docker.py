@@ -1,0 +1,108 @@
+"""The Docker backend against a real docker engine (started by the session; see test_deploy_support.py).
+
+The build context is checked on its own first (no engine needed); then an image is built with
+`serving/Dockerfile` from the offline base image, containers run on the host network, answer predictions,
+are replaced on a spec change and restarted after a crash. Without dockerd these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.serving.test_server_support import Bundle, save_random_forest
+from tests.worker.test_deploy_support import docker_client, ensure_base_image  # noqa: F401 (a fixture, used by name)
+from worker.deployments.docker_backend import LABEL_DEPLOYMENT, DockerBackend, build_context, image_tag
+from worker.deployments.local import REPO_ROOT
+from worker.deployments.probe import http_get_json
+from worker.deployments.spec import BackendError, DeploymentSpec, ReplicaHealth, VersionSpec
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
+    directory = tmp_path_factory.mktemp("docker-bundles")
+    return {"a": save_random_forest(directory, "a", seed=0), "b": save_random_forest(directory, "b", seed=7)}
+
+
+def make_spec(bundles: dict[str, Bundle], weights: tuple[int, int] = (100, 0), **changes: object) -> DeploymentSpec:
+    versions = (
+        VersionSpec(1, "v1", bundles["a"].path, bundles["a"].sha256, weights[0]),
+        VersionSpec(2, "v2", bundles["b"].path, bundles["b"].sha256, weights[1]),
+    )
+    return DeploymentSpec(deployment_id=11, name="dockered", versions=versions, **changes)
+
+
+def test_build_context_holds_the_runtime_the_models_and_the_spec(tmp_path: Path, bundles: dict) -> None:
+    spec = make_spec(bundles, (90, 10), token="t", console_url="http://127.0.0.1:8000/api/v1/ingest/predictions/")
+    context = build_context(spec, tmp_path / "ctx")
+    assert (context / "serving" / "Dockerfile").exists()
+    assert (context / "serving" / "requirements.txt").read_text() == (
+        REPO_ROOT / "serving/requirements.txt"
+    ).read_text()
+    assert (context / "serving" / "__main__.py").exists()
+    assert not list(context.rglob("__pycache__"))
+    dockerfile = (context / "serving" / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:3.11-slim$", dockerfile, re.M)
+    assert "COPY ${ARTIFACTS}/ /models/" in dockerfile
+    server_spec = json.loads((context / "models" / "spec.json").read_text())
+    assert [v["weight"] for v in server_spec["versions"]] == [90, 10]
+    for entry in server_spec["versions"]:
+        artifact = context / "models" / entry["artifact_path"]
+        assert hashlib.sha256(artifact.read_bytes()).hexdigest() == entry["sha256"]
+    assert server_spec["token"] == "t"
+    assert sorted(p.name for p in context.iterdir()) == ["models", "serving"]
+
+
+def test_build_context_refuses_a_tampered_artifact(tmp_path: Path, bundles: dict) -> None:
+    tampered = tmp_path / "tampered.zip"
+    tampered.write_bytes(Path(bundles["a"].path).read_bytes() + b"x")
+    spec = DeploymentSpec(
+        deployment_id=1, name="t", versions=(VersionSpec(1, "v1", str(tampered), bundles["a"].sha256, 100),)
+    )
+    with pytest.raises(BackendError, match="has sha256"):
+        build_context(spec, tmp_path / "ctx")
+
+
+def test_image_tag_follows_the_spec(bundles: dict) -> None:
+    assert image_tag(make_spec(bundles)) == image_tag(make_spec(bundles))
+    assert image_tag(make_spec(bundles)) != image_tag(make_spec(bundles, (50, 50)))
+
+
+@pytest.fixture
+def backend(docker_client: object, tmp_path: Path) -> DockerBackend:  # noqa: F811 (the fixture above)
+    backend = DockerBackend(docker_client, work_dir=tmp_path, base_image=ensure_base_image(docker_client))
+    yield backend
+    backend.delete("dockered")
+
+
+def test_containers_serve_are_replaced_on_change_and_restarted_after_a_crash(
+    backend: DockerBackend, bundles: dict
+) -> None:
+    spec = make_spec(bundles, replicas=2)
+    observed = backend.apply(spec)
+    assert [r.health for r in observed.replicas] == [ReplicaHealth.READY, ReplicaHealth.READY]
+    assert len({r.port for r in observed.replicas}) == 2 and all(r.container_id for r in observed.replicas)
+    status, metadata = http_get_json("127.0.0.1", observed.replicas[0].port, "/v2/models/dockered")
+    assert status == 200 and metadata["parameters"]["traffic"][0]["weight"] == 100
+    image = backend.client.images.get(image_tag(spec))
+    assert image.labels[LABEL_DEPLOYMENT] == "dockered"
+    # The container runs as the Dockerfile's unprivileged user.
+    container = backend.client.containers.get(observed.replicas[0].container_id)
+    assert container.exec_run(["python", "-c", "import os; print(os.getuid())"]).output.strip() == b"10001"
+
+    assert [r.container_id for r in backend.apply(spec).replicas] == [r.container_id for r in observed.replicas]
+
+    switched = backend.apply(make_spec(bundles, (0, 100), replicas=2))
+    assert all(r.traffic == {"1": 0, "2": 100} for r in switched.replicas)
+    assert not {r.container_id for r in switched.replicas} & {r.container_id for r in observed.replicas}
+
+    backend.client.containers.get(switched.replicas[0].container_id).kill()
+    assert backend.observe("dockered").replicas[0].health == ReplicaHealth.DEAD
+    repaired = backend.apply(make_spec(bundles, (0, 100), replicas=2))
+    assert [r.health for r in repaired.replicas] == [ReplicaHealth.READY, ReplicaHealth.READY]
+
+    assert len(backend.scale("dockered", 1).replicas) == 1

@@ -1,0 +1,199 @@
+"""The local-process backend with real model server processes on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.serving.test_server_support import Bundle, rows, save_exploding, save_random_forest
+from worker.deployments.local import LocalProcessBackend
+from worker.deployments.probe import http_get_json
+from worker.deployments.spec import BackendError, DeploymentSpec, ReplicaHealth, VersionSpec
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
+    directory = tmp_path_factory.mktemp("local-bundles")
+    return {
+        "a": save_random_forest(directory, "a", seed=0),
+        "b": save_random_forest(directory, "b", seed=7),
+        "exploding": save_exploding(directory),
+    }
+
+
+def version(version_id: int, bundle: Bundle, weight: int) -> VersionSpec:
+    return VersionSpec(version_id, f"v{version_id}", bundle.path, bundle.sha256, weight)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalProcessBackend:
+    backend = LocalProcessBackend(state_dir=tmp_path / "state", ready_timeout=60)
+    yield backend
+    for name in backend.names():
+        backend.delete(name)
+
+
+def predict(url: str, key: str | None = None) -> tuple[int, str | None]:
+    import http.client
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    headers = {"Content-Type": "application/json", **({"X-Request-Key": key} if key else {})}
+    try:
+        connection.request("POST", "/invocations", body=json.dumps({"dataframe_records": rows(1)}), headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Model-Version")
+    finally:
+        connection.close()
+
+
+def test_apply_starts_replicas_on_free_ports_and_is_idempotent(backend: LocalProcessBackend, bundles: dict) -> None:
+    spec = DeploymentSpec(deployment_id=1, name="iris", versions=(version(1, bundles["a"], 100),), replicas=2)
+    observed = backend.apply(spec)
+    assert observed.serves(spec)
+    assert [r.health for r in observed.replicas] == [ReplicaHealth.READY, ReplicaHealth.READY]
+    ports = {r.port for r in observed.replicas}
+    assert len(ports) == 2
+    assert all(r.address == "127.0.0.1" and r.pid for r in observed.replicas)
+    assert predict(observed.replicas[0].url) == (200, "1")
+
+    again = backend.apply(spec)
+    assert [r.pid for r in again.replicas] == [r.pid for r in observed.replicas], "nothing restarts"
+    # The spec file on disk is the model server's own format, with the host's artifact paths.
+    server_spec = json.loads((backend.state_dir / "iris" / "spec.json").read_text())
+    assert server_spec["versions"][0]["artifact_path"] == bundles["a"].path
+
+
+def test_a_killed_process_is_noticed_and_restarted_on_its_port(backend: LocalProcessBackend, bundles: dict) -> None:
+    spec = DeploymentSpec(deployment_id=2, name="crashy", versions=(version(1, bundles["a"], 100),))
+    first = backend.apply(spec).replicas[0]
+    os.kill(first.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while backend.observe("crashy").replicas[0].health != ReplicaHealth.DEAD and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.observe("crashy").replicas[0].health == ReplicaHealth.DEAD
+
+    restarted = backend.apply(spec).replicas[0]
+    assert restarted.health == ReplicaHealth.READY
+    assert restarted.pid != first.pid
+    assert restarted.port == first.port, "the address survives the crash"
+
+
+def test_processes_outlive_their_starter_and_are_adopted(tmp_path: Path, bundles: dict) -> None:
+    """A worker process starts a server and exits; a new backend object (a restarted worker) finds it."""
+    state = tmp_path / "state"
+    spec = DeploymentSpec(deployment_id=3, name="adopted", versions=(version(1, bundles["a"], 100),))
+    script = (
+        "import json, sys; from worker.deployments.local import LocalProcessBackend;"
+        "from worker.deployments.spec import DeploymentSpec;"
+        f"b = LocalProcessBackend(state_dir={str(state)!r});"
+        "print(b.apply(DeploymentSpec.from_dict(json.loads(sys.argv[1]))).replicas[0].pid)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(spec.to_dict())], cwd=root, capture_output=True, text=True, check=True
+    )
+    pid = int(result.stdout.strip().splitlines()[-1])
+    backend = LocalProcessBackend(state_dir=state)
+    try:
+        observed = backend.observe("adopted")
+        assert observed.replicas[0].pid == pid and observed.replicas[0].health == ReplicaHealth.READY
+        assert backend.apply(spec).replicas[0].pid == pid, "adopted, not restarted"
+    finally:
+        backend.delete("adopted")
+    assert not Path(f"/proc/{pid}").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_a_reused_pid_is_not_mistaken_for_a_server(backend: LocalProcessBackend, bundles: dict) -> None:
+    spec = DeploymentSpec(deployment_id=4, name="reused", versions=(version(1, bundles["a"], 100),))
+    backend.apply(spec)
+    record_path = backend.state_dir / "reused" / "replica-0.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "pid": os.getpid()}))  # alive, but not a model server
+    assert backend.observe("reused").replicas[0].health == ReplicaHealth.DEAD
+    record_path.write_text(json.dumps(record))  # so that the fixture stops the real one
+
+
+def test_spec_change_reloads_gracefully_without_failed_requests(backend: LocalProcessBackend, bundles: dict) -> None:
+    blue = DeploymentSpec(deployment_id=5, name="bg", versions=(version(1, bundles["a"], 100),))
+    replica = backend.apply(blue).replicas[0]
+    failures: list[object] = []
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, served = predict(replica.url)
+                answered.append(served)
+                if status != 200:
+                    failures.append(status)
+            except OSError as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    green = DeploymentSpec(
+        deployment_id=5, name="bg", versions=(version(1, bundles["a"], 0), version(2, bundles["b"], 100))
+    )
+    after = backend.apply(green).replicas[0]
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert after.pid == replica.pid, "the same master reloaded"
+    assert after.traffic == {"1": 0, "2": 100}
+    assert failures == []
+    assert "1" in answered and answered[-1] == "2"
+
+
+def test_a_spec_that_cannot_load_is_refused_and_the_old_one_keeps_serving(
+    backend: LocalProcessBackend, bundles: dict
+) -> None:
+    good = DeploymentSpec(deployment_id=6, name="refuse", versions=(version(1, bundles["a"], 100),))
+    replica = backend.apply(good).replicas[0]
+    # A pickle bundle without trust_pickle: the master's check refuses it.
+    bad = DeploymentSpec(deployment_id=6, name="refuse", versions=(version(9, bundles["exploding"], 100),))
+    with pytest.raises(BackendError, match="refused the new spec"):
+        backend.apply(bad)
+    assert predict(replica.url) == (200, "1")
+
+
+def test_scale_up_and_down_and_delete(backend: LocalProcessBackend, bundles: dict) -> None:
+    spec = DeploymentSpec(deployment_id=7, name="scaled", versions=(version(1, bundles["a"], 100),))
+    backend.apply(spec)
+    assert len(backend.scale("scaled", 3).replicas) == 3
+    down = backend.scale("scaled", 1)
+    assert [r.replica for r in down.replicas] == ["scaled-0"]
+    pid = down.replicas[0].pid
+    backend.delete("scaled")
+    assert backend.observe("scaled").replicas == ()
+    assert not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    with pytest.raises(BackendError):
+        backend.scale("scaled", 2)
+
+
+def test_observe_reads_what_the_server_says(backend: LocalProcessBackend, bundles: dict) -> None:
+    spec = DeploymentSpec(
+        deployment_id=8,
+        name="shadowed",
+        versions=(version(1, bundles["a"], 90), version(2, bundles["b"], 10)),
+        shadow=version(3, bundles["b"], 0),
+    )
+    replica = backend.apply(spec).replicas[0]
+    assert replica.traffic == {"1": 90, "2": 10} and replica.shadow == "3"
+    status, metadata = http_get_json(replica.address, replica.port, "/v2/models/shadowed")
+    assert status == 200 and metadata["parameters"]["deployment_id"] == 8

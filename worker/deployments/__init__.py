@@ -1,0 +1,1 @@
+"""Django-free deployment engines: backends (local processes, Docker, Kubernetes), canary analysis, autoscaling."""
