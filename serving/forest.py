@@ -115,14 +115,18 @@ class TreeEnsemble:
         """
         if x.ndim != 2 or x.shape[1] != self.n_features or x.dtype.kind not in "fiub":
             return None
-        x32 = x.astype(np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become infinite, which sklearn refuses
+            x32 = x.astype(np.float32)
         if not np.isfinite(x32).all() and (not self.allow_nan or np.isinf(x32).any()):
             return None
         return x32.astype(np.float64)
 
     def _thresholds_by_feature(self) -> list[np.ndarray]:
-        """The thresholds of the split nodes on each feature."""
-        split = ~self._leaf[0::2]
+        """The finite thresholds of the split nodes on each feature.
+
+        A split that only separates missing values from the rest has an infinite threshold.
+        """
+        split = ~self._leaf[0::2] & np.isfinite(self._threshold[0::2])
         features, thresholds = self._feature[0::2][split], self._threshold[0::2][split]
         return [thresholds[features == column] for column in range(self.n_features)]
 
