@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeRegressor
 
 import serving.loader
+from serving.app import new_request_id
 from serving.bundle import save_bundle
 from serving.forest import FOREST_MAX_PAIRS, TreeEnsemble, compile_trees
 from serving.loader import TREE_TOLERANCE, Predictor, load_predictor
@@ -264,3 +266,16 @@ def test_unsupported_models_and_mismatches_fall_back_to_sklearn(
         predictor = load_predictor(path)
     assert predictor.compiled_model is None
     np.testing.assert_array_equal(predictor.predict(frame.head(3)), forest.predict(frame.head(3)))
+
+
+# ------------------------------------------------------------------------------------------- the request path
+
+
+def test_generated_request_ids_are_version_4_uuids() -> None:
+    # The server's cheaper stand-in for str(uuid.uuid4()) (see serving.app.new_request_id).
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert str(parsed) == request_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert {request_id[19] for request_id in ids} == set("89ab")
