@@ -170,8 +170,9 @@ class TreeEnsemble:
         state = np.repeat(self._starts, rows)
         base = np.tile(np.arange(rows, dtype=np.intp) * width, self.n_trees)
         has_nan = self.allow_nan and bool(np.isnan(flat).any())
-        leaves = state  # replaced by a copy at the first compaction; filled in as pairs finish
-        walking_at: np.ndarray | None = None  # positions of the pairs still walking, None while all are
+        # From the first compaction on: every pair's final state by position, and where the walkers are.
+        leaves: np.ndarray | None = None
+        walking_at: np.ndarray | None = None
         for level in range(self._depth):
             value = flat.take(self._feature.take(state) + base)
             go_right = value > self._threshold.take(state)
@@ -184,7 +185,7 @@ class TreeEnsemble:
             if walking.all():
                 continue
             finished = ~walking
-            if walking_at is None:
+            if leaves is None or walking_at is None:
                 leaves = state.copy()
                 walking_at = np.flatnonzero(walking)
             else:
@@ -193,11 +194,10 @@ class TreeEnsemble:
             state, base = state[walking], base[walking]
             if not len(state):
                 break
-        if walking_at is None:
-            leaves = state
-        else:
+        if leaves is not None and walking_at is not None:
             leaves[walking_at] = state
-        return (leaves >> 1).reshape(self.n_trees, rows)
+            state = leaves
+        return (state >> 1).reshape(self.n_trees, rows)
 
     def _output(self, x: np.ndarray) -> np.ndarray:
         return self._combine(self._values.take(self._leaves(x), axis=0))
@@ -345,6 +345,7 @@ def compile_trees(estimator: Any) -> TreeEnsemble | None:
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor
 
     kind = type(estimator)  # exact types: a subclass may predict differently
+    classifiers = (DecisionTreeClassifier, ExtraTreeClassifier, RandomForestClassifier, ExtraTreesClassifier)
     if getattr(estimator, "n_outputs_", 1) != 1 or not hasattr(estimator, "n_features_in_"):
         return None
     if kind in (GradientBoostingClassifier, GradientBoostingRegressor):
@@ -353,11 +354,11 @@ def compile_trees(estimator: Any) -> TreeEnsemble | None:
         return _boosting(estimator, classifier=kind is GradientBoostingClassifier)
     single = (DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor)
     if kind in single and hasattr(estimator, "tree_"):
-        return _forest(estimator, [estimator.tree_], kind in single[::2], estimator)
+        return _forest(estimator, [estimator.tree_], kind in classifiers, estimator)
     forests = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
     if kind in forests and getattr(estimator, "estimators_", None):
         members = estimator.estimators_
         if any(type(member) not in single for member in members):
             return None
-        return _forest(estimator, [member.tree_ for member in members], kind in forests[::2], members[0])
+        return _forest(estimator, [member.tree_ for member in members], kind in classifiers, members[0])
     return None
