@@ -29,7 +29,7 @@ import numpy as np
 
 # Drop finished (tree, row) pairs from the walk every this many levels: deep trees have a few long paths
 # and many short ones, and compacting at every level costs more than it saves.
-_COMPACT_EVERY = 4
+_COMPACT_EVERY = 6
 # Above this many (tree, row) pairs sklearn's per-row C loop is faster than numpy's per-level passes
 # (measured on 10-feature data; sklearn's fixed per-call cost is ~5 ms for a forest, ~0.3 ms for boosting).
 FOREST_MAX_PAIRS = 100_000
@@ -49,9 +49,15 @@ class _ConstantTree:
 
 
 def _sequential_sum(stacked: np.ndarray) -> np.ndarray:
-    # accumulate adds strictly in order (out[i] = out[i-1] + in[i]), as sklearn does tree by tree;
-    # sum() may add pairwise and round differently.
-    return np.add.accumulate(stacked, axis=0)[-1]
+    """The sum over axis 0, added strictly in order (stacked[0] + stacked[1] + ...), as sklearn adds trees.
+
+    numpy reduces axis 0 of a (n, m >= 2) array one row after the other, but a single column as one
+    contiguous run, which it adds pairwise (rounding differently): that case goes through accumulate,
+    which is always in order (and slow on wide arrays, hence not used for everything).
+    """
+    if stacked[0].size < 2:
+        return np.add.accumulate(stacked, axis=0)[-1]
+    return np.add.reduce(stacked, axis=0)
 
 
 class TreeEnsemble:

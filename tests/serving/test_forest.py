@@ -109,6 +109,29 @@ def test_boosting_regression_losses_equal_sklearn(loss: str) -> None:
     _assert_like_sklearn(GradientBoostingRegressor(n_estimators=20, loss=loss, random_state=0).fit(x, y), x)
 
 
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        RandomForestClassifier(n_estimators=40, random_state=0),
+        RandomForestRegressor(n_estimators=40, random_state=0),
+        GradientBoostingClassifier(n_estimators=40, random_state=0),
+        GradientBoostingRegressor(n_estimators=40, random_state=0),
+    ],
+    ids=["rf-classifier", "rf-regressor", "gbm-classifier", "gbm-regressor"],
+)
+def test_trees_are_added_in_sklearns_order(estimator: Any) -> None:
+    # Same additions in the same order give the same bits, so ties between classes break as in sklearn;
+    # the loader only needs 1e-9, this pins the order (one row and batches take different numpy paths).
+    x, y = load_breast_cancer(return_X_y=True)
+    estimator.fit(x, y if hasattr(estimator, "predict_proba") else x[:, 0])
+    trees = _compiled(estimator)
+    for rows in (x[:1], x[:2], x):
+        prepared = trees.prepare(rows)
+        np.testing.assert_array_equal(trees.predict(prepared), estimator.predict(rows))
+        if trees.classifier:
+            np.testing.assert_array_equal(trees.predict_proba(prepared), estimator.predict_proba(rows))
+
+
 def _random_data(seed: int, missing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(600, 6))
