@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pandas as pd
 
 from serving.bundle import BundleError, import_skops, manifest_from_zip, open_zip, read_members
 from serving.fastpath import compile_transform
+from serving.forest import TreeEnsemble, compile_trees
 from serving.signature import coerce_columns
 
 # skops may construct only types from these modules (plus skops' own defaults: builtins, basic numpy).
@@ -95,6 +97,96 @@ def _softmax(margin: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+# Compiled trees are kept only when they give sklearn's answers on the probes: probabilities within this
+# absolute difference, regression values within this relative (and absolute) one, identical labels.
+TREE_TOLERANCE = 1e-9
+_PROBE_ROWS = 32
+_NUMERIC_INPUTS = ("number", "integer", "boolean")
+
+
+def _final_estimator(pipeline: Any) -> Any:
+    from sklearn.pipeline import Pipeline
+
+    return pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
+
+
+def _tree_features(pipeline: Any, manifest: Mapping, transform: ColumnsTransform | None) -> ColumnsTransform | None:
+    """Columns -> the matrix the pipeline's final estimator sees, or None when we cannot build it."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(pipeline, Pipeline):
+        if transform is not None:
+            return transform
+        # A preprocessor we cannot compile still runs in sklearn: the trees are most of the time.
+        return _frame_transform(pipeline.steps[0][1] if len(pipeline.steps) == 2 else pipeline[:-1])
+    # A bare estimator gets the signature's columns as a DataFrame: sklearn takes them by name, in order.
+    inputs = manifest["signature"]["inputs"]
+    names = [spec["name"] for spec in inputs]
+    fitted_names = getattr(pipeline, "feature_names_in_", None)
+    if fitted_names is not None and list(fitted_names) != names:
+        return None
+    if not all(spec["type"] in _NUMERIC_INPUTS for spec in inputs):
+        return None
+    return lambda columns: np.column_stack([columns[name].astype(np.float64) for name in names])
+
+
+def _matches(trees: TreeEnsemble, x: np.ndarray, predict: Callable, predict_proba: Callable) -> bool:
+    """Compiled trees against sklearn's `predict` (and `predict_proba`) on the same input."""
+    prepared = trees.prepare(x)
+    if prepared is None:
+        return False
+    ours, theirs = trees.predict(prepared), np.asarray(predict())
+    if ours.shape != theirs.shape:
+        return False
+    if not trees.classifier:
+        return bool(np.allclose(ours, theirs, rtol=TREE_TOLERANCE, atol=TREE_TOLERANCE))
+    ours_proba, theirs_proba = trees.predict_proba(prepared), np.asarray(predict_proba())
+    return (
+        bool(np.array_equal(ours, theirs))
+        and ours_proba.shape == theirs_proba.shape
+        and bool(np.allclose(ours_proba, theirs_proba, rtol=0.0, atol=TREE_TOLERANCE))
+    )
+
+
+def _verified_trees(
+    pipeline: Any, manifest: Mapping, features: ColumnsTransform, *, features_checked: bool
+) -> TreeEnsemble | None:
+    """The compiled final estimator, kept only if it predicts like sklearn on the example and probe rows.
+
+    `features_checked` says the features need no check of their own (the signature's columns, or a
+    preprocessor compiled and checked by `_compiled_transform`); otherwise the bundle needs an example.
+    """
+    estimator = _final_estimator(pipeline)
+    if not type(estimator).__module__.startswith(("sklearn.ensemble.", "sklearn.tree.")):
+        return None
+    example = manifest.get("input_example") or []
+    if not example and not features_checked:
+        return None
+    trees = compile_trees(estimator)
+    if trees is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            # Probe matrices carry no feature names, which sklearn warns about.
+            warnings.simplefilter("ignore")
+            probes = [trees.probe_rows(_PROBE_ROWS, seed=0)]
+            if example:
+                columns = coerce_columns(example, manifest["signature"])
+                frame = pd.DataFrame(columns, copy=False)
+                x = np.asarray(features(columns))
+                # The whole path, columns to answer, against the pipeline itself.
+                if not _matches(trees, x, lambda: pipeline.predict(frame), lambda: pipeline.predict_proba(frame)):
+                    return None
+                probes += [x, trees.perturb(x, seed=1)]
+            # Batches and single rows (numpy reduces them along different paths).
+            for z in [*probes, probes[0][:1], probes[-1][-1:]]:
+                if not _matches(trees, z, lambda z=z: estimator.predict(z), lambda z=z: estimator.predict_proba(z)):
+                    return None
+    except Exception:  # failing to reproduce sklearn, however it fails, means serving through sklearn
+        return None
+    return trees
+
+
 class _SklearnBackend:
     def __init__(self, pipeline: Any, manifest: Mapping) -> None:
         from sklearn.pipeline import Pipeline
@@ -107,13 +199,32 @@ class _SklearnBackend:
             compiled = _compiled_transform(pipeline.steps[0][1], manifest)
         self._transform = compiled
         self._estimator = pipeline.steps[-1][1] if compiled is not None else None
+        # A tree ensemble's own predict is mostly per-tree overhead (~5 ms for 100 trees): walk compiled
+        # trees instead, with the same features, when they reproduce sklearn's answers.
+        self._features = _tree_features(pipeline, manifest, compiled)
+        self._trees = None
+        if self._features is not None:
+            checked = compiled is not None or not isinstance(pipeline, Pipeline)
+            self._trees = _verified_trees(pipeline, manifest, self._features, features_checked=checked)
+        self.compiled_model = type(self._trees.estimator).__name__ if self._trees is not None else None
+
+    def _tree_input(self, columns: dict[str, np.ndarray]) -> np.ndarray | None:
+        if self._trees is None or len(next(iter(columns.values()))) > self._trees.max_rows:
+            return None
+        return self._trees.prepare(np.asarray(self._features(columns)))
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        x = self._tree_input(columns)
+        if x is not None:
+            return self._trees.predict(x)
         if self._transform is not None:
             return self._estimator.predict(self._transform(columns))
         return self._pipeline.predict(pd.DataFrame(columns, copy=False))
 
     def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        x = self._tree_input(columns)
+        if x is not None:
+            return self._trees.predict_proba(x)
         if self._transform is not None:
             return self._estimator.predict_proba(self._transform(columns))
         return self._pipeline.predict_proba(pd.DataFrame(columns, copy=False))
@@ -207,6 +318,11 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"<Predictor {self.flavor} {self.task} {self.sha256[:12]}>"
+
+    @property
+    def compiled_model(self) -> str | None:
+        """The estimator class served by compiled numpy trees (`serving.forest`), None when sklearn serves."""
+        return getattr(self._backend, "compiled_model", None)
 
     def predict(self, data: Any) -> np.ndarray:
         """Labels (original class values) or values for a DataFrame, a list of row dicts or a dict of columns."""

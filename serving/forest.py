@@ -1,0 +1,370 @@
+"""Fitted scikit-learn tree ensembles compiled into flat numpy arrays, for low-latency serving.
+
+scikit-learn predicts a forest tree by tree through joblib: ~5 ms for 100 trees even on one row, almost
+all of it per-tree Python overhead. Here every node of every tree lives in a few flat arrays, and all
+(tree, row) pairs walk down together, one vectorised step per tree level.
+
+How the result matches scikit-learn 1.9:
+- inputs are cast to float32, like `_validate_X_predict`, and compared `x <= threshold` in float64, like
+  its C traversal; NaN goes where the node's `missing_go_to_left` says, for the estimators that accept
+  NaN (trees and forests). Input sklearn would refuse (infinity, NaN for gradient boosting, a wrong
+  width) is left to sklearn, so that it raises its own error;
+- forests add the trees' leaf class proportions (or values) one tree after the other, from the first,
+  then divide by the number of trees: the order `_accumulate_prediction` adds them in with one job;
+- gradient boosting starts from the init estimator's raw prediction (a constant for the dummy "prior",
+  mean and quantile estimators) and adds `learning_rate * leaf value` stage by stage, like
+  `predict_stages`, then applies the loss's inverse link (expit, or sklearn's softmax step by step).
+
+Anything else (multi-output, a user init estimator, subclasses) compiles to None and sklearn serves it;
+the loader also checks the compiled predictions against sklearn's before using them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# Drop finished (tree, row) pairs from the walk every this many levels: deep trees have a few long paths
+# and many short ones, and compacting at every level costs more than it saves.
+_COMPACT_EVERY = 6
+# Above this many (tree, row) pairs sklearn's per-row C loop is faster than numpy's per-level passes
+# (measured on 10-feature data; sklearn's fixed per-call cost is ~5 ms for a forest, ~0.3 ms for boosting).
+FOREST_MAX_PAIRS = 100_000
+BOOSTING_MAX_PAIRS = 20_000
+
+Combine = Callable[[np.ndarray], np.ndarray]
+
+
+class _ConstantTree:
+    """A single leaf: how gradient boosting's constant init prediction joins the in-order sum."""
+
+    node_count = 1
+    max_depth = 0
+    children_left = children_right = feature = np.array([-1], dtype=np.intp)
+    threshold = np.array([0.0])
+    missing_go_to_left = np.array([1], dtype=np.uint8)
+
+
+def _sequential_sum(stacked: np.ndarray) -> np.ndarray:
+    """The sum over axis 0, added strictly in order (stacked[0] + stacked[1] + ...), as sklearn adds trees.
+
+    numpy reduces axis 0 of a (n, m >= 2) array one row after the other, but a single column as one
+    contiguous run, which it adds pairwise (rounding differently): that case goes through accumulate,
+    which is always in order (and slow on wide arrays, hence not used for everything).
+    """
+    if stacked[0].size < 2:
+        return np.add.accumulate(stacked, axis=0)[-1]
+    return np.add.reduce(stacked, axis=0)
+
+
+class TreeEnsemble:
+    """All trees of one fitted estimator as flat arrays, evaluated together with numpy.
+
+    A walk's state is `2 * node` (a global node index): `_children[state + go_right]` is the next state,
+    and the per-node arrays are stored twice (at `2 * node` and `2 * node + 1`) so that the state indexes
+    them directly. Leaves point to themselves, so after `max_depth` levels every pair is on its leaf.
+    """
+
+    def __init__(
+        self,
+        trees: list[Any],
+        values: list[np.ndarray],
+        *,
+        estimator: Any,
+        allow_nan: bool,
+        combine: Combine,
+        proba: Combine | None,
+        label: Combine | None,
+        max_pairs: int,
+    ) -> None:
+        sizes = [tree.node_count for tree in trees]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        lefts, rights, features, thresholds, nan_left = [], [], [], [], []
+        for tree, offset in zip(trees, offsets, strict=True):
+            own = np.arange(tree.node_count, dtype=np.intp)
+            leaf = tree.children_left < 0
+            lefts.append(np.where(leaf, own, tree.children_left) + offset)
+            rights.append(np.where(leaf, own, tree.children_right) + offset)
+            features.append(np.where(leaf, 0, tree.feature))
+            thresholds.append(tree.threshold)
+            nan_left.append(tree.missing_go_to_left)
+        left, right = np.concatenate(lefts), np.concatenate(rights)
+        self._children = np.empty(2 * len(left), dtype=np.intp)
+        self._children[0::2] = 2 * left
+        self._children[1::2] = 2 * right
+        self._feature = np.repeat(np.concatenate(features).astype(np.intp), 2)
+        self._threshold = np.repeat(np.concatenate(thresholds).astype(np.float64), 2)
+        self._nan_right = np.repeat(np.concatenate(nan_left) == 0, 2)
+        self._leaf = np.repeat(left == np.arange(len(left)), 2)
+        self._starts = 2 * offsets
+        self._values = np.concatenate(values).astype(np.float64)  # leaf outputs, one row per node
+        self._depth = max(tree.max_depth for tree in trees)
+        self._combine = combine
+        self._proba = proba
+        self._label = label
+        self.n_trees = len(trees)
+        self.n_features = int(estimator.n_features_in_)
+        self.allow_nan = allow_nan
+        self.classifier = proba is not None
+        self.estimator = estimator
+        # Larger batches go to sklearn (see FOREST_MAX_PAIRS).
+        self.max_rows = max(1, max_pairs // self.n_trees)
+
+    def prepare(self, x: np.ndarray) -> np.ndarray | None:
+        """`x` as sklearn sees it (float32 values, held as float64), or None when sklearn must handle it.
+
+        None for what sklearn would refuse (a wrong shape, infinity or values beyond float32, NaN where
+        it is not accepted), so that the caller gets sklearn's own error.
+        """
+        if x.ndim != 2 or x.shape[1] != self.n_features or x.dtype.kind not in "fiub":
+            return None
+        with np.errstate(over="ignore"):  # values beyond float32 become infinite, which sklearn refuses
+            x32 = x.astype(np.float32)
+        if not np.isfinite(x32).all() and (not self.allow_nan or np.isinf(x32).any()):
+            return None
+        return x32.astype(np.float64)
+
+    def _thresholds_by_feature(self) -> list[np.ndarray]:
+        """The finite thresholds of the split nodes on each feature.
+
+        A split that only separates missing values from the rest has an infinite threshold.
+        """
+        split = ~self._leaf[0::2] & np.isfinite(self._threshold[0::2])
+        features, thresholds = self._feature[0::2][split], self._threshold[0::2][split]
+        return [thresholds[features == column] for column in range(self.n_features)]
+
+    def probe_rows(self, count: int, *, seed: int) -> np.ndarray:
+        """Rows whose values sit on, just beside and around split thresholds: where traversals can differ.
+
+        With NaN accepted, about one value in ten is NaN.
+        """
+        rng = np.random.default_rng(seed)
+        rows = np.zeros((count, self.n_features))
+        for column, own in enumerate(self._thresholds_by_feature()):
+            if not len(own):
+                continue
+            picked = own[rng.integers(len(own), size=count)].astype(np.float32)
+            # On the float32 threshold, one float32 step either side, or a spread-out value.
+            step = rng.integers(4, size=count)
+            spread = picked + rng.normal(scale=float(np.std(own)) + 1e-3, size=count).astype(np.float32)
+            rows[:, column] = np.select(
+                [step == 0, step == 1, step == 2],
+                [picked, np.nextafter(picked, np.float32(-np.inf)), np.nextafter(picked, np.float32(np.inf))],
+                spread,
+            )
+        if self.allow_nan:
+            rows[rng.random(rows.shape) < 0.1] = np.nan
+        return rows
+
+    def perturb(self, x: np.ndarray, *, seed: int) -> np.ndarray:
+        """`x` twice over, with noise on the scale of each feature's thresholds (and NaN where accepted)."""
+        rng = np.random.default_rng(seed)
+        scale = np.array([np.std(own) if len(own) else 1.0 for own in self._thresholds_by_feature()])
+        rows = np.vstack([x, x]).astype(np.float64)
+        rows += rng.normal(size=rows.shape) * (scale + 1e-3)
+        if self.allow_nan:
+            rows[rng.random(rows.shape) < 0.1] = np.nan
+        return rows
+
+    def _leaves(self, x: np.ndarray) -> np.ndarray:
+        """The leaf (global node index) of every (tree, row) pair, shape (n_trees, n_rows)."""
+        rows, width = x.shape
+        flat = x.ravel()
+        state = np.repeat(self._starts, rows)
+        base = np.tile(np.arange(rows, dtype=np.intp) * width, self.n_trees)
+        has_nan = self.allow_nan and bool(np.isnan(flat).any())
+        # From the first compaction on: every pair's final state by position, and where the walkers are.
+        leaves: np.ndarray | None = None
+        walking_at: np.ndarray | None = None
+        for level in range(self._depth):
+            value = flat.take(self._feature.take(state) + base)
+            go_right = value > self._threshold.take(state)
+            if has_nan:
+                go_right = np.where(np.isnan(value), self._nan_right.take(state), go_right)
+            state = self._children.take(state + go_right)
+            if level % _COMPACT_EVERY != _COMPACT_EVERY - 1 or level + 1 == self._depth:
+                continue
+            walking = ~self._leaf.take(state)
+            if walking.all():
+                continue
+            finished = ~walking
+            if leaves is None or walking_at is None:
+                leaves = state.copy()
+                walking_at = np.flatnonzero(walking)
+            else:
+                leaves[walking_at[finished]] = state[finished]
+                walking_at = walking_at[walking]
+            state, base = state[walking], base[walking]
+            if not len(state):
+                break
+        if leaves is not None and walking_at is not None:
+            leaves[walking_at] = state
+            state = leaves
+        return (state >> 1).reshape(self.n_trees, rows)
+
+    def _output(self, x: np.ndarray) -> np.ndarray:
+        return self._combine(self._values.take(self._leaves(x), axis=0))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """`estimator.predict` for a matrix from `prepare`."""
+        out = self._output(x)
+        return out if self._label is None else self._label(out)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """`estimator.predict_proba` for a matrix from `prepare` (classifiers only)."""
+        if self._proba is None:
+            raise ValueError(f"{type(self.estimator).__name__} has no predict_proba")
+        return self._proba(self._output(x))
+
+
+def _forest(estimator: Any, trees: list[Any], classifier: bool, first: Any) -> TreeEnsemble:
+    from sklearn.utils import get_tags
+
+    count = len(trees)
+
+    def mean(per_tree: np.ndarray) -> np.ndarray:
+        return _sequential_sum(per_tree) / count
+
+    proba = label = None
+    if classifier:
+        classes = estimator.classes_
+        values = [tree.value[:, 0, : int(estimator.n_classes_)] for tree in trees]
+
+        def proba(out: np.ndarray) -> np.ndarray:
+            return out
+
+        def label(out: np.ndarray) -> np.ndarray:
+            return classes.take(np.argmax(out, axis=1), axis=0)
+
+    else:
+        values = [tree.value[:, 0, 0] for tree in trees]
+    return TreeEnsemble(
+        trees,
+        values,
+        estimator=estimator,
+        # sklearn validates a forest's X with its first tree's rule (`_support_missing_values`).
+        allow_nan=bool(get_tags(first).input_tags.allow_nan),
+        combine=mean,
+        proba=proba,
+        label=label,
+        max_pairs=FOREST_MAX_PAIRS,
+    )
+
+
+def _boosting(estimator: Any, classifier: bool) -> TreeEnsemble | None:
+    init = estimator.init_
+    if not (isinstance(init, str) and init == "zero") and type(init).__module__ != "sklearn.dummy":
+        return None  # a user's init estimator may depend on X: not a constant to precompute
+    loss = estimator.loss
+    if classifier and loss not in ("log_loss", "exponential"):
+        return None
+    stages = estimator.estimators_
+    n_stages, per_stage = stages.shape
+    trees = [stages[i, k].tree_ for i in range(n_stages) for k in range(per_stage)]
+    if any(tree.value.shape[1:] != (1, 1) for tree in trees):
+        return None
+    # The dummy init predicts the same raw value for every row: compute it once rather than per call.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no feature names on this probe row
+        start = np.asarray(
+            estimator._raw_predict_init(np.zeros((1, estimator.n_features_in_), dtype=np.float32)), np.float64
+        )
+    if start.shape != (1, per_stage):
+        return None
+    rate = float(estimator.learning_rate)
+    # One constant tree per output goes first, so that the in-order sum starts from the init value;
+    # `rate * value` is the product predict_stages adds (same operands, same bits).
+    all_trees = [_ConstantTree() for _ in range(per_stage)] + trees
+    values = [start[0, k : k + 1] for k in range(per_stage)] + [rate * tree.value[:, 0, 0] for tree in trees]
+
+    def margins(per_tree: np.ndarray) -> np.ndarray:
+        return _sequential_sum(per_tree.reshape(n_stages + 1, per_stage, -1)).T
+
+    if not classifier:
+        return TreeEnsemble(
+            all_trees,
+            values,
+            estimator=estimator,
+            allow_nan=False,  # GradientBoosting*.predict validates X with ensure_all_finite=True
+            combine=lambda per_tree: margins(per_tree)[:, 0],
+            proba=None,
+            label=None,
+            max_pairs=BOOSTING_MAX_PAIRS,
+        )
+
+    from scipy.special import expit
+
+    classes = estimator.classes_
+    proba: Combine
+    label: Combine
+    if per_stage == 1:
+        # LogitLink.inverse is expit(raw); the exponential loss's HalfLogitLink.inverse is expit(2 * raw).
+        scale = 2 if loss == "exponential" else 1
+
+        def proba(raw: np.ndarray) -> np.ndarray:
+            out = np.empty((len(raw), 2), dtype=np.float64)
+            out[:, 1] = expit(scale * raw[:, 0])
+            out[:, 0] = 1 - out[:, 1]
+            return out
+
+        def label(raw: np.ndarray) -> np.ndarray:
+            return classes[(raw[:, 0] >= 0).astype(int)]
+
+    else:
+
+        def proba(raw: np.ndarray) -> np.ndarray:
+            # sklearn.utils.extmath.softmax, step by step.
+            out = raw.copy()
+            out -= out.max(axis=1).reshape(-1, 1)
+            np.exp(out, out=out)
+            out /= out.sum(axis=1).reshape(-1, 1)
+            return out
+
+        def label(raw: np.ndarray) -> np.ndarray:
+            return classes[np.argmax(raw, axis=1)]
+
+    return TreeEnsemble(
+        all_trees,
+        values,
+        estimator=estimator,
+        allow_nan=False,
+        combine=margins,
+        proba=proba,
+        label=label,
+        max_pairs=BOOSTING_MAX_PAIRS,
+    )
+
+
+def compile_trees(estimator: Any) -> TreeEnsemble | None:
+    """The numpy version of a fitted sklearn tree ensemble, or None when it is not one we can reproduce."""
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        ExtraTreesRegressor,
+        GradientBoostingClassifier,
+        GradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor
+
+    kind = type(estimator)  # exact types: a subclass may predict differently
+    classifiers = (DecisionTreeClassifier, ExtraTreeClassifier, RandomForestClassifier, ExtraTreesClassifier)
+    if getattr(estimator, "n_outputs_", 1) != 1 or not hasattr(estimator, "n_features_in_"):
+        return None
+    if kind in (GradientBoostingClassifier, GradientBoostingRegressor):
+        if not hasattr(estimator, "estimators_"):
+            return None
+        return _boosting(estimator, classifier=kind is GradientBoostingClassifier)
+    single = (DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier, ExtraTreeRegressor)
+    if kind in single and hasattr(estimator, "tree_"):
+        return _forest(estimator, [estimator.tree_], kind in classifiers, estimator)
+    forests = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
+    if kind in forests and getattr(estimator, "estimators_", None):
+        members = estimator.estimators_
+        if any(type(member) not in single for member in members):
+            return None
+        return _forest(estimator, [member.tree_ for member in members], kind in classifiers, members[0])
+    return None
