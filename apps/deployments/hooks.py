@@ -62,6 +62,8 @@ def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict
     from apps.experiments.stages import StageSkipped
 
     config = context.get("config") or {}
+    if not config:
+        raise StageSkipped("the pipeline has no deployment_config, so it deploys nothing")
     unknown = sorted(set(config) - set(STAGE_CONFIG_KEYS))
     if unknown:
         raise ValueError(

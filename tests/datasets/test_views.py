@@ -212,12 +212,12 @@ def test_list_page_query_count_is_pinned(
     client = login(member)
     for index in range(3):
         make_dataset_version(DatasetFactory(project=project), f"a\n{index}\n".encode(), profile=False)
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(11):
         client.get("/datasets/")
     other = ProjectFactory()
     for index in range(22):
         make_dataset_version(DatasetFactory(project=project if index % 2 else other), f"b\n{index}\n".encode())
-    with django_assert_max_num_queries(10):
+    with django_assert_max_num_queries(11):
         assert client.get("/datasets/").status_code == 200
 
 

@@ -56,6 +56,19 @@ def dataset_version() -> Callable[..., DatasetVersion]:
     return add_version
 
 
+@pytest.fixture(autouse=True)
+def experiments_alone() -> Iterator[None]:
+    """These tests exercise the experiments app by itself, so the register and deploy handlers that the
+    registry and deployments apps add at start are taken away; a test that wants a handler registers its
+    own with `stage_handlers`. The chain through the real handlers is tested in tests/registry and
+    tests/deployments."""
+    saved = dict(stages._handlers)
+    stages._handlers.clear()
+    yield
+    stages._handlers.clear()
+    stages._handlers.update(saved)
+
+
 @pytest.fixture
 def stage_handlers() -> Iterator[Callable]:
     """Register stage handlers for a test; the registry is restored afterwards."""
