@@ -147,3 +147,9 @@ def deployments_state_dir(settings: object, tmp_path_factory: pytest.TempPathFac
     backend = LocalProcessBackend(state_dir=state)
     for name in backend.names():
         backend.delete(name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the end-to-end tests last: their session-scoped Celery worker outlives each test, and a task it
+    is still finishing must not hold rows that a later fast test's teardown truncates."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
