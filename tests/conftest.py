@@ -94,10 +94,13 @@ def dataset(project: object, owner: object) -> object:
 def make_dataset_version(tmp_path: Path, django_capture_on_commit_callbacks: object) -> object:
     """`make(dataset, content, file_name="data.csv", actor=None, profile=True)` -> a DatasetVersion.
 
-    The file goes through `dataset_version_create` like an upload; with profile=True the queued
-    profiling task runs (eagerly) before the version is returned, so it is ready or failed.
+    The file goes through `dataset_version_create` like an upload. With profile=True the version is
+    profiled (by the service the Celery task calls) before it is returned, so it is ready or failed.
     """
-    from apps.datasets.services import dataset_version_create
+    import time
+
+    from apps.datasets.models import DatasetVersion
+    from apps.datasets.services import dataset_version_create, dataset_version_profile
 
     counter = iter(range(1_000_000))
 
@@ -106,8 +109,14 @@ def make_dataset_version(tmp_path: Path, django_capture_on_commit_callbacks: obj
     ) -> object:
         path = tmp_path / f"upload-{next(counter)}"
         path.write_bytes(content)
-        with django_capture_on_commit_callbacks(execute=profile):
+        with django_capture_on_commit_callbacks(execute=False):
             version, _ = dataset_version_create(dataset=dataset, path=path, file_name=file_name, actor=actor)
+        if profile:
+            dataset_version_profile(version_id=version.pk)
+            # With a live worker (e2e tests commit, so the task was sent) the worker may have claimed it first.
+            deadline = time.monotonic() + 60
+            while not DatasetVersion.objects.get(pk=version.pk).is_settled and time.monotonic() < deadline:
+                time.sleep(0.1)
         version.refresh_from_db()
         return version
 

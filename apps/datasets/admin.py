@@ -7,7 +7,7 @@ from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Versions and splits are immutable records made by services; the admin shows them, never edits them."""
+    """Datasets change only through services, which write the audit log; the admin shows them, never edits them."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -17,14 +17,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(ReadOnlyAdmin):
     list_display = ["name", "project", "created_by", "created_at", "updated_at"]
     list_filter = ["project"]
     search_fields = ["name", "description"]
-    readonly_fields = ["project", "name", "name_key", "rules", "created_by", "created_at", "updated_at"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(DatasetVersion)

@@ -201,6 +201,7 @@ def dataset_version_create(
     existing = dataset.versions.filter(sha256=sha256).first()
     if existing is not None:
         return existing, False
+    # The check streams the whole file, so it runs before the transaction: no row lock is held meanwhile.
     try:
         info = inspect_file(path, format_for_name(file_name))
     except FileFormatError as exc:

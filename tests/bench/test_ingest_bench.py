@@ -160,7 +160,8 @@ def test_ingest_one_million_rows(tmp_path: Path, project: object, owner: object,
     baseline = run_child(BASELINE, str(source), env=env)
 
     size = source.stat().st_size
-    print(f"\n{ROWS:,} rows × 20 columns, {size / 1024**2:,.0f} MiB of CSV")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"\n{ROWS:,} rows × 20 columns, {size / 1024**2:,.0f} MiB of CSV; {os.cpu_count()} CPUs, load average {load}")
     total = report("Upload path (upload handler → dataset_version_create → dataset_version_profile)", ours)
     baseline_total = report("Baseline (pandas.read_csv + describe)", baseline)
     memory_ratio = ours["peak_rss"] / baseline["peak_rss"]

@@ -232,3 +232,24 @@ def test_navigation_links_to_datasets(member: object) -> None:
     assert re.search(
         r'<a class="nav-link active" href="/datasets/" aria-current="page"><i class="bi bi-table"></i> Datasets', page
     )
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"), [("owner", True), ("member", True), ("viewer", False), ("outsider", False)]
+)
+def test_every_page_that_writes_by_role(
+    request: pytest.FixtureRequest, ready_dataset_version: DatasetVersion, role: str, allowed: bool
+) -> None:
+    user = request.getfixturevalue(role)
+    client = login(user)
+    dataset = ready_dataset_version.dataset
+    denied = 403 if role == "viewer" else 404
+    upload = client.post(f"/datasets/{dataset.pk}/upload/", {"file": SimpleUploadedFile("n.csv", b"a\n1\n")})
+    rules = client.post(f"/datasets/{dataset.pk}/rules/", {"rules": '{"target": "species"}'})
+    revalidate = client.post(f"/datasets/{dataset.pk}/versions/1/revalidate/")
+    for response in (upload, rules, revalidate):
+        assert response.status_code == (302 if allowed else denied)
+    create = client.post("/datasets/new/", {"project": dataset.project_id, "name": f"by {role}"})
+    assert create.status_code == (302 if allowed else 403), "without an editor role anywhere, creating is refused"
+    assert DatasetVersion.objects.count() == (2 if allowed else 1)
+    assert Dataset.objects.count() == (2 if allowed else 1)

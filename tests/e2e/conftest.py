@@ -7,7 +7,9 @@
 - `artifact_root`: one artifact store for the session, shared by the test process and the worker.
 - `browser`, `page`, `js_errors`: headless Chromium through Playwright; every console error and
   uncaught exception on the page is collected in `js_errors`, which a test asserts is empty.
-- `browser_login(page, live_server, user)` signs in through the login form.
+- `browser_login(page, live_server, user)` signs in through the login form; `screenshot(page, name,
+  width=…, height=…)` reloads the page at that viewport, draws every chart and saves a full-page
+  picture in var/screenshots/.
 - `wait_for(predicate, timeout=…)` polls until something is true.
 
 Everything skips, with the reason, when Redis or Chromium is missing.
@@ -226,10 +228,23 @@ def browser_login(page: object, live_server: object, user: object, password: str
     page.wait_for_url(f"{live_server.url}/")
 
 
+def draw_all_plots(page: object) -> None:
+    """Scroll every Plotly chart into view (they are drawn lazily) and wait until all are drawn."""
+    plots = page.locator(".plot[data-figure]")
+    for index in range(plots.count()):
+        plots.nth(index).scroll_into_view_if_needed()
+    page.wait_for_function(
+        "document.querySelectorAll('.plot > .plot-container').length === "
+        "document.querySelectorAll('.plot[data-figure]').length"
+    )
+
+
 def screenshot(page: object, name: str, *, width: int, height: int) -> Path:
-    """A full-page screenshot at the given viewport, into var/screenshots/."""
+    """A full-page screenshot of the current page freshly loaded at the given viewport, into var/screenshots/."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.set_viewport_size({"width": width, "height": height})
+    page.reload(wait_until="networkidle")
+    draw_all_plots(page)
     # From the top, so the sticky navigation bar sits at the top of the picture.
     page.evaluate("window.scrollTo(0, 0)")
     path = SCREENSHOTS / f"{name}-{width}x{height}.png"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from apps.datasets.models import DatasetVersion
-from tests.e2e.conftest import CeleryWorker, browser_login, screenshot
+from tests.e2e.conftest import CeleryWorker, browser_login, draw_all_plots, screenshot
 
 pytestmark = pytest.mark.e2e
 
@@ -42,10 +42,9 @@ def test_upload_a_csv_and_see_its_histograms(
     page.wait_for_selector("[data-testid=charts] .plot .plot-container svg", timeout=60_000)
     assert DatasetVersion.objects.get().status == "ready"
     assert page.locator("[data-testid=validation-badge]").inner_text() in {"validation: pass", "validation: warn"}
-    page.locator(".plot").last.scroll_into_view_if_needed()
     # Charts are drawn as they scroll into view: one per column once the last is on screen.
-    page.wait_for_function("document.querySelectorAll('.plot .plot-container .main-svg').length > 0")
-    page.wait_for_function("document.querySelectorAll('.plot > .plot-container').length === 4")
+    draw_all_plots(page)
+    assert page.locator(".plot > .plot-container").count() == 4
     assert page.locator("[data-testid=schema-table] tbody tr").count() == 4
 
     laptop = screenshot(page, "dataset-detail", width=1366, height=800)
