@@ -26,7 +26,7 @@ from apps.datasets.models import DatasetVersion
 from apps.experiments import services
 from apps.experiments.models import PipelineRun, PipelineStage, Run, Study
 from tests.e2e.conftest import ROOT, WORKER_START_TIMEOUT, CeleryWorker, browser_login, screenshot, wait_for
-from tests.experiments.conftest import add_version as add_profiled_version
+from tests.experiments.conftest import add_version as add_demo_version
 
 pytestmark = pytest.mark.e2e
 
@@ -61,8 +61,8 @@ RECOVERY_BOUND_SECONDS = 150
 
 
 def add_version(project: object, name: str) -> DatasetVersion:
-    """A profiled demo dataset version; the worker may profile it first (both claim it safely)."""
-    version = add_profiled_version(project, name)
+    """A demo dataset version, profiled by the worker (profiling it here too would race the worker for it)."""
+    version = add_demo_version(project, name, profile=False)
     return wait_for(
         lambda: DatasetVersion.objects.filter(pk=version.pk, status="ready").first(), timeout=60, what=f"{name}"
     )
@@ -209,8 +209,8 @@ def _pool_child(worker: subprocess.Popen) -> psutil.Process:
 def test_a_worker_killed_mid_training_leaves_no_run_stuck(
     transactional_db: None, start_worker: Callable[..., subprocess.Popen], project: object, member: object
 ) -> None:
-    add_version(project, "digits")
     first = start_worker(CELERY_VISIBILITY_TIMEOUT="5")
+    add_version(project, "digits")
     pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=SLOW)
     stage = wait_for(lambda: _train_running(pipeline_run), timeout=90, what="the train stage to start")
     time.sleep(1.5)
@@ -238,8 +238,8 @@ def test_a_worker_killed_mid_training_leaves_no_run_stuck(
 def test_cancelling_stops_the_training_task(
     transactional_db: None, start_worker: Callable[..., subprocess.Popen], project: object, member: object
 ) -> None:
-    add_version(project, "digits")
     start_worker()
+    add_version(project, "digits")
     pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=SLOW)
     wait_for(lambda: _train_running(pipeline_run), timeout=90, what="the train stage to start")
     started = time.monotonic()
@@ -255,8 +255,8 @@ def test_cancelling_stops_the_training_task(
 def test_a_stage_over_its_soft_time_limit_fails(
     transactional_db: None, start_worker: Callable[..., subprocess.Popen], project: object, member: object
 ) -> None:
-    add_version(project, "digits")
     start_worker(EXPERIMENTS_STAGE_SOFT_TIME_LIMIT="2")
+    add_version(project, "digits")
     # Far longer than the limit on any machine: the limit stops it after 2 s.
     config = SLOW.replace("n_estimators: 300", "n_estimators: 5000")
     pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=config)

@@ -24,8 +24,11 @@ deployment_config: {strategy: blue_green, replicas: 3}
 """
 
 
-def add_version(project: object, name: str, data: bytes | None = None, *, rules: dict | None = None) -> DatasetVersion:
-    """A dataset version in `project`, profiled synchronously (as the worker would)."""
+def add_version(
+    project: object, name: str, data: bytes | None = None, *, rules: dict | None = None, profile: bool = True
+) -> DatasetVersion:
+    """A dataset version in `project`, profiled synchronously as the worker would (unless `profile` is off:
+    then the worker that its queued task reaches profiles it)."""
     from apps.datasets.models import Dataset
 
     actor = UserFactory(username="dataset-loader")
@@ -41,8 +44,9 @@ def add_version(project: object, name: str, data: bytes | None = None, *, rules:
         )
     finally:
         Path(temp).unlink(missing_ok=True)
-    dataset_services.dataset_version_profile(version_id=version.pk)
-    version.refresh_from_db()
+    if profile:
+        dataset_services.dataset_version_profile(version_id=version.pk)
+        version.refresh_from_db()
     return version
 
 
