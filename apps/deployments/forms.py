@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
+from apps.core.forms import StyledForm
 from apps.deployments.choices import DeploymentStrategy
 
 
@@ -14,7 +15,7 @@ class GenerationForm(forms.Form):
     generation = forms.IntegerField(widget=forms.HiddenInput)
 
 
-class RolloutForm(forms.Form):
+class RolloutForm(StyledForm):
     generation = forms.IntegerField(widget=forms.HiddenInput)
     model_version = forms.TypedChoiceField(coerce=int, label="Version")
     strategy = forms.ChoiceField(choices=DeploymentStrategy.choices, initial=DeploymentStrategy.BLUE_GREEN)
@@ -27,6 +28,6 @@ class RolloutForm(forms.Form):
         self.fields["model_version"].choices = versions
 
 
-class TryItForm(forms.Form):
+class TryItForm(StyledForm):
     body = forms.CharField(widget=forms.Textarea(attrs={"rows": 6, "class": "font-monospace"}), label="Request (JSON)")
     protocol = forms.ChoiceField(choices=[("mlflow", "MLflow /invocations"), ("v2", "KServe V2 infer")])

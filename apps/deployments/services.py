@@ -691,7 +691,11 @@ def deployment_reconcile(*, deployment_id: int) -> str:
 
 def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
     deployment = Deployment.objects.select_related("project", "registered_model").get(pk=deployment_id)
-    backend = get_backend(deployment.backend)
+    try:
+        backend = get_backend(deployment.backend)
+    except Exception as exc:  # no docker engine, no kubeconfig: the deployment says so instead of the task failing
+        _record(deployment_id, generation=None, spec=None, observed=None, error=f"backend unavailable: {exc}")
+        return "failed", False
     if deployment.status == DeploymentStatus.STOPPED:
         if deployment.observed.get("replicas"):
             backend.delete(deployment.name)
@@ -706,14 +710,14 @@ def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
     except Exception as exc:  # a missing or tampered artifact: nothing can be applied
         _record(deployment_id, generation=None, spec=None, observed=None, error=f"cannot build the spec: {exc}")
         return "failed", False
-    before = backend.observe(deployment.name)
-    error = None
+    error, before = None, None
     try:
+        before = backend.observe(deployment.name)
         observed = backend.apply(spec)
     except BackendError as exc:
         error = str(exc)
         observed = backend.observe(deployment.name)
-    except Exception as exc:  # the engine's own failures (no docker daemon, no kubeconfig) are the status too
+    except Exception as exc:  # the engine's own failures (daemon or API server away) are the status too
         logger.exception("reconciling deployment %s failed", deployment.name)
         error = f"{type(exc).__name__}: {exc}"
         observed = ObservedState(name=deployment.name, detail=error)

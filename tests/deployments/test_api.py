@@ -351,3 +351,15 @@ def test_the_local_autoscaler_follows_the_request_rate(deployment: Deployment, m
     assert autoscaled.data["request_rate"] == 2.5 and autoscaled.data["replicas"] == 3
     services.deployment_reconcile(deployment_id=deployment.pk)
     assert deployment.events.filter(kind=DeploymentEventKind.AUTOSCALED).count() == 1, "no change without cause"
+
+
+def test_an_unreachable_backend_is_the_deployment_status(
+    project: Any, owner: Any, versions: list, settings: Any
+) -> None:
+    settings.DEPLOYMENTS_DOCKER_URL = "unix:///nonexistent/docker.sock"
+    deployment = services.deployment_create(
+        project=project, name="dockered", actor=owner, model_version=versions[0], backend="docker"
+    )
+    assert services.deployment_reconcile(deployment_id=deployment.pk) == "failed"
+    deployment.refresh_from_db()
+    assert deployment.status == "failed" and "backend unavailable" in deployment.status_message
