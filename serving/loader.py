@@ -209,7 +209,7 @@ class _SklearnBackend:
         self.compiled_model = type(self._trees.estimator).__name__ if self._trees is not None else None
 
     def _tree_input(self, columns: dict[str, np.ndarray]) -> np.ndarray | None:
-        if self._trees is None or len(next(iter(columns.values()))) > self._trees.max_rows:
+        if self._trees is None or len(next(iter(columns.values()), ())) > self._trees.max_rows:
             return None
         return self._trees.prepare(np.asarray(self._features(columns)))
 
