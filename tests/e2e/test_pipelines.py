@@ -24,7 +24,7 @@ import pytest
 
 from apps.datasets.models import DatasetVersion
 from apps.experiments import services
-from apps.experiments.models import PipelineRun, PipelineStage, Run, Study
+from apps.experiments.models import PipelineRun, PipelineStage, Run, RunMetric, Study
 from tests.e2e.conftest import ROOT, WORKER_START_TIMEOUT, CeleryWorker, browser_login, screenshot, wait_for
 from tests.experiments.conftest import add_version as add_demo_version
 
@@ -53,7 +53,7 @@ model_config:
 SLOW = """
 experiment_id: slow
 data_config: {dataset: digits}
-model_config: {algorithm: xgboost, n_estimators: 300, max_depth: 6, task: classification}
+model_config: {algorithm: xgboost, n_estimators: 600, max_depth: 6, task: classification}
 """
 # The documented bound: takeover after 10 s of silence, plus the redelivery (visibility timeout here),
 # plus the retried training itself.
@@ -213,7 +213,12 @@ def test_a_worker_killed_mid_training_leaves_no_run_stuck(
     add_version(project, "digits")
     pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=SLOW)
     stage = wait_for(lambda: _train_running(pipeline_run), timeout=90, what="the train stage to start")
-    time.sleep(1.5)
+    # Kill while the first boosting rounds run: soon after the stage starts, whatever the machine's speed.
+    wait_for(
+        lambda: RunMetric.objects.filter(run__pipeline_run=pipeline_run).exists() or None,
+        timeout=60,
+        what="the first training metrics",
+    )
     # Kill the process that is training, then the whole worker with its pool: nothing is left to finish it.
     _pool_child(first).send_signal(signal.SIGKILL)
     time.sleep(0.5)
