@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spec", required=True, help="path of the deployment spec (JSON)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    parser.add_argument(
+        "--service-port",
+        type=int,
+        help="also listen on this port with SO_REUSEPORT, shared with the other replicas of the deployment: "
+        "the kernel spreads the connections across every process listening on it",
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="request threads per worker (default 1: sync workers)")
     parser.add_argument(
@@ -41,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("port", "workers", "threads", "model_threads", "timeout"):
         if getattr(args, name) < (0 if name == "port" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.service_port is not None and (not 0 < args.service_port < 65536 or args.service_port == args.port):
+        parser.error("--service-port must be a port number other than --port")
     return args
 
 
@@ -72,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"model server not started: {exc}\n")
         return EXIT_BAD_SPEC
 
-    from serving.server import ModelServerApplication, gunicorn_options
+    from serving.server import ModelServerApplication, gunicorn_options, listening_sockets
 
+    try:
+        descriptors = listening_sockets(args.host, args.port, args.service_port)
+    except OSError as exc:
+        sys.stderr.write(f"model server not started: {exc.strerror}\n")
+        return EXIT_BAD_SPEC
     run_dir = Path(tempfile.mkdtemp(prefix="model-server-"))
     options = gunicorn_options(
-        host=args.host,
-        port=args.port,
+        descriptors=descriptors,
         workers=args.workers,
         threads=args.threads,
         pid_file=os.path.abspath(args.pid_file) if args.pid_file else None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -128,10 +129,38 @@ class ModelServerApplication(BaseApplication):
         ModelServerArbiter(self).run()
 
 
+def listening_sockets(host: str, port: int, service_port: int | None) -> list[int]:
+    """Bind the replica's own port and, if given, the deployment's shared service port; their descriptors.
+
+    The service port is bound with SO_REUSEPORT, so that every replica of the deployment can listen on it
+    and the kernel spreads connections across them. The sockets are made here rather than by gunicorn: its
+    `reuse_port` gives every worker a socket of its own, and a worker stopped by a graceful reload would
+    then reset the connections queued on its socket. These are shared by the master and all its workers,
+    old and new. gunicorn takes both as `fd://` binds (it cannot mix those with addresses).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    descriptors = []
+    for number, shared in [(port, False), *([(service_port, True)] if service_port is not None else [])]:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, number))
+        except OSError as exc:
+            sock.close()
+            for descriptor in descriptors:
+                os.close(descriptor)
+            raise OSError(exc.errno, f"cannot listen on {host}:{number}: {exc.strerror}") from exc
+        sock.set_inheritable(True)
+        # gunicorn owns the descriptor from here on (it closes it after wrapping it in its listener).
+        descriptors.append(sock.detach())
+    return descriptors
+
+
 def gunicorn_options(
     *,
-    host: str,
-    port: int,
+    descriptors: list[int],
     workers: int,
     threads: int,
     pid_file: str | None,
@@ -140,7 +169,7 @@ def gunicorn_options(
     proc_name: str,
 ) -> dict[str, Any]:
     return {
-        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "bind": [f"fd://{descriptor}" for descriptor in descriptors],
         "workers": workers,
         # Sync workers (one request at a time, no keep-alive) are the fastest for CPU-bound predictions and
         # drop no kept-alive connection during a reload; threads only help when models release the GIL.

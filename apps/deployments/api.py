@@ -78,7 +78,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     model = serializers.CharField(source="registered_model.name", read_only=True)
     traffic = serializers.SerializerMethodField()
-    url = serializers.SerializerMethodField()
+    url = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Where to send predictions (balanced across replicas)."
+    )
 
     class Meta:
         model = Deployment
@@ -111,10 +113,6 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def get_traffic(self, deployment: Deployment) -> list[dict[str, Any]]:
         return selectors.deployment_traffic(deployment)
-
-    def get_url(self, deployment: Deployment) -> str | None:
-        ready = [r for r in (deployment.observed or {}).get("replicas", []) if r.get("health") == "ready"]
-        return ready[0]["url"] if ready else None
 
 
 class DeploymentCreateSerializer(serializers.Serializer):

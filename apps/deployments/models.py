@@ -133,6 +133,18 @@ class Deployment(models.Model):
     def autoscaled(self) -> bool:
         return self.autoscale_min is not None
 
+    @property
+    def url(self) -> str | None:
+        """Where clients send predictions: the backend's balanced endpoint, else a ready replica's address.
+
+        None while no replica is ready, so that nobody is handed an address that cannot answer.
+        """
+        observed = self.observed or {}
+        ready = [r["url"] for r in observed.get("replicas", []) if r.get("health") == "ready"]
+        if not ready:
+            return None
+        return observed.get("endpoint") or ready[0]
+
 
 class DeploymentTarget(models.Model):
     """One model version in a deployment's desired state: a live version with a weight, or the shadow."""

@@ -108,7 +108,7 @@ def _render_detail(
         "shadow_report": shadow_report,
         "events": events,
         "replicas": replicas,
-        "ready_url": next((r["url"] for r in replicas if r.get("health") == "ready"), None),
+        "ready_url": deployment.url,
         "can_edit": can_edit,
         "active": deployment.phase in services.ACTIVE_PHASES,
         "can_rollback": bool(deployment.rollback_spec),
@@ -245,8 +245,7 @@ def deployment_try(request: HttpRequest, pk: int) -> HttpResponse:
     except ValueError as exc:
         form.add_error("body", f"Not valid JSON: {exc}")
         return _render_detail(request, deployment, try_form=form, status=400)
-    replicas = (deployment.observed or {}).get("replicas", [])
-    url = next((r["url"] for r in replicas if r.get("health") == "ready"), None)
+    url = deployment.url
     if url is None:
         form.add_error(None, "No replica is ready to answer.")
         return _render_detail(request, deployment, try_form=form, status=409)

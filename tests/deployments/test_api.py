@@ -56,6 +56,21 @@ def test_create_by_role(project: Any, versions: list, member: Any, viewer: Any, 
     assert deployment.ingest_token() not in str(Deployment.objects.filter(pk=deployment.pk).values().get())
 
 
+def test_url_is_the_balanced_endpoint_once_a_replica_is_ready(deployment: Deployment, viewer: Any) -> None:
+    def url_with(observed: dict) -> Any:
+        Deployment.objects.filter(pk=deployment.pk).update(observed=observed)
+        return client_for(viewer).get(f"/api/v1/deployments/{deployment.pk}/").json()["url"]
+
+    replicas = [
+        {"replica": "d-0", "url": "http://127.0.0.1:5001", "health": "starting"},
+        {"replica": "d-1", "url": "http://127.0.0.1:5002", "health": "ready"},
+    ]
+    assert url_with({}) is None
+    assert url_with({"endpoint": "http://127.0.0.1:5000", "replicas": replicas[:1]}) is None, "nothing ready"
+    assert url_with({"endpoint": "http://127.0.0.1:5000", "replicas": replicas}) == "http://127.0.0.1:5000"
+    assert url_with({"endpoint": "", "replicas": replicas}) == "http://127.0.0.1:5002", "no endpoint: a ready one"
+
+
 def test_reading_by_role(deployment: Deployment, viewer: Any, outsider: Any) -> None:
     assert client_for(viewer).get(f"/api/v1/deployments/{deployment.pk}/").status_code == 200
     assert client_for(outsider).get(f"/api/v1/deployments/{deployment.pk}/").status_code == 404

@@ -114,10 +114,12 @@ def versions(project: Any, owner: Any, bundle_files: dict[str, Path]) -> dict[st
 
 
 def ready_url(deployment: Deployment) -> str:
+    """The deployment's endpoint: the service port every replica listens on."""
     deployment.refresh_from_db()
-    urls = [r["url"] for r in deployment.observed.get("replicas", []) if r["health"] == "ready"]
-    assert urls, f"no ready replica: {deployment.status} {deployment.status_message}"
-    return urls[0]
+    assert deployment.url, f"no ready replica: {deployment.status} {deployment.status_message}"
+    replica_urls = {r["url"] for r in deployment.observed["replicas"]}
+    assert deployment.url == deployment.observed["endpoint"] and deployment.url not in replica_urls
+    return deployment.url
 
 
 def post(url: str, path: str, body: dict, headers: dict | None = None) -> tuple[int, str | None, Any]:
@@ -302,6 +304,7 @@ def test_a_killed_model_server_is_restarted_by_the_reconciler(
     console: str, project: Any, owner: Any, versions: dict
 ) -> None:
     deployment = deploy(project, owner, versions["v1"])
+    endpoint = ready_url(deployment)
     before = deployment.observed["replicas"][0]
     os.kill(before["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
@@ -315,6 +318,8 @@ def test_a_killed_model_server_is_restarted_by_the_reconciler(
     assert restart_seconds < 30, f"restart took {restart_seconds:.1f} s"
     assert deployment.events.filter(kind=DeploymentEventKind.REPLICA_DIED).exists()
     assert post(after["url"], "/invocations", {"dataframe_records": rows(1)})[0] == 200
+    assert ready_url(deployment) == endpoint, "clients keep their address"
+    assert post(endpoint, "/invocations", {"dataframe_records": rows(1)})[0] == 200
 
 
 def test_a_10_percent_split_over_1000_keys_and_sticky_keys(

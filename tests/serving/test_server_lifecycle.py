@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -128,6 +129,24 @@ def test_the_server_refuses_to_start_on_a_bad_spec(tmp_path: Path, bundles: dict
     path.write_text("{not json")
     result = _run_cli("--spec", str(path))
     assert result.returncode == 2 and "not valid JSON" in result.stderr
+
+
+def test_the_server_refuses_ports_it_cannot_listen_on(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    path = tmp_path / "spec.json"
+    write_spec(path, minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    port = free_port()
+    result = _run_cli("--spec", str(path), "--port", str(port), "--service-port", str(port))
+    assert result.returncode == 2 and "--service-port must be a port number other than --port" in result.stderr
+
+    with socket.socket() as taken:  # an ordinary listener, without SO_REUSEPORT: nobody may share its port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = _run_cli("--spec", str(path), "--port", str(free_port()), "--service-port", str(busy))
+        assert result.returncode == 2
+        assert f"model server not started: cannot listen on 127.0.0.1:{busy}" in result.stderr
+        result = _run_cli("--spec", str(path), "--port", str(busy))
+        assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{busy}" in result.stderr
 
 
 def test_check_loads_every_model(tmp_path: Path, bundles: dict[str, Bundle]) -> None:

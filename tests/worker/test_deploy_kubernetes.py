@@ -239,6 +239,7 @@ def test_observe_reads_pods_of_the_deployment() -> None:
     assert observed.replicas[0].container_id == "containerd://churn-1"
     assert observed.replicas[0].url == "http://10.0.0.5:8080"
     assert observed.detail == "1 of 3 ready"
+    assert observed.endpoint == "http://churn.models.svc"
     pods_call = client.calls[-1]
     assert (
         "labelSelector=app.kubernetes.io/name%3Dmodel-server%2Capp.kubernetes.io/instance%3Dchurn" in pods_call["url"]

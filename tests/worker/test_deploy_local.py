@@ -74,6 +74,46 @@ def test_apply_starts_replicas_on_free_ports_and_is_idempotent(backend: LocalPro
     assert server_spec["versions"][0]["artifact_path"] == bundles["a"].path
 
 
+def served_requests(replica_url: str) -> float:
+    """Predictions one replica answered, from its own /metrics (every worker of the replica counts)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{replica_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("model_server_requests_total{")
+    )
+
+
+def test_the_endpoint_balances_across_replicas_and_survives_a_dead_one(
+    backend: LocalProcessBackend, bundles: dict
+) -> None:
+    spec = DeploymentSpec(deployment_id=9, name="balanced", versions=(version(1, bundles["a"], 100),), replicas=2)
+    observed = backend.apply(spec)
+    endpoint = observed.endpoint
+    assert endpoint.startswith("http://127.0.0.1:")
+    assert endpoint not in {r.url for r in observed.replicas}
+    assert all(predict(endpoint) == (200, "1") for _ in range(200))
+    counts = [served_requests(r.url) for r in observed.replicas]
+    assert sum(counts) == 200
+    assert min(counts) >= 40, f"the kernel spread 200 connections as {counts}"
+
+    dead = observed.replicas[1]
+    os.killpg(dead.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while backend.observe("balanced").replicas[1].health != ReplicaHealth.DEAD and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # its workers, killed with it, have closed their copies of the shared socket
+    assert [predict(endpoint)[0] for _ in range(50)] == [200] * 50, "the survivor takes every request"
+
+    repaired = backend.apply(spec)
+    assert repaired.endpoint == endpoint, "the endpoint survives restarts"
+    assert [r.health for r in repaired.replicas] == [ReplicaHealth.READY, ReplicaHealth.READY]
+    before = served_requests(repaired.replicas[1].url)
+    assert all(predict(endpoint) == (200, "1") for _ in range(200))
+    assert served_requests(repaired.replicas[1].url) - before >= 40, "the restarted replica is back in the balance"
+
+
 def test_a_killed_process_is_noticed_and_restarted_on_its_port(backend: LocalProcessBackend, bundles: dict) -> None:
     spec = DeploymentSpec(deployment_id=2, name="crashy", versions=(version(1, bundles["a"], 100),))
     first = backend.apply(spec).replicas[0]

@@ -422,7 +422,9 @@ class KubernetesBackend:
         replicas = tuple(_replica_from_pod(pod) for pod in (pods or {}).get("items", []))
         wanted = deployment["spec"].get("replicas")
         ready = (deployment.get("status") or {}).get("readyReplicas", 0)
-        return ObservedState(name=name, replicas=replicas, detail=f"{ready} of {wanted} ready")
+        # The Service balances across the ready pods; its cluster DNS name is the endpoint inside the cluster.
+        endpoint = f"http://{name}.{namespace}.svc"
+        return ObservedState(name=name, replicas=replicas, detail=f"{ready} of {wanted} ready", endpoint=endpoint)
 
     def scale(self, name: str, replicas: int, *, namespace: str | None = None) -> ObservedState:
         namespace = namespace or self.namespace

@@ -4,6 +4,7 @@ Layout under the state folder, one folder per deployment:
 
     <state>/<name>/desired.json        the last applied DeploymentSpec (for `scale`)
     <state>/<name>/spec.json           the model server spec, shared by the replicas, rewritten atomically
+    <state>/<name>/service.json        {"port"}: the deployment's endpoint, shared by every replica
     <state>/<name>/replica-<i>.json    {"pid", "port", "serving_hash", "workers", "started_at"}
     <state>/<name>/replica-<i>.pid     the gunicorn master's pid file
     <state>/<name>/replica-<i>.log     the server's output
@@ -13,6 +14,15 @@ them; a later worker finds them again through the replica files, and trusts a pi
 command line still names this deployment's spec file (pids get reused). A replica whose process died
 (a crash, SIGKILL, an OOM kill) shows up as `dead` in `observe` and is restarted, on the same port when it
 is free, by the next `apply` — the console's reconciler calls it every few seconds.
+
+Clients use one address per deployment, the service port: every replica listens on it besides its own port,
+with SO_REUSEPORT, and the kernel spreads new connections across the replicas' sockets (the model server
+closes each connection after its answer, so that is per request). The service port is chosen once and kept,
+so the endpoint survives restarts and scaling. The replicas' own ports are for the reconciler's health probes.
+Two limits of kernel balancing, both documented in docs/deployments.md: a replica that is starting takes its
+share of connections as soon as it listens, and they wait until its workers have loaded the models; a replica
+stopped by a scale-down resets the few connections still queued on its socket, unless the host sets
+`net.ipv4.tcp_migrate_req=1`, which hands them to the other replicas.
 
 A change of the split, the versions or the shadow goes through the model server's graceful reload (rewrite
 spec.json atomically, SIGHUP the master), which swaps workers only once the new ones have loaded every
@@ -145,6 +155,14 @@ class LocalProcessBackend:
     def _save_record(self, name: str, index: int, record: dict[str, Any]) -> None:
         write_atomically(self._record_path(name, index), json.dumps(record))
 
+    def _service_port(self, name: str) -> int:
+        path = self._folder(name) / "service.json"
+        with suppress(OSError, ValueError, KeyError):
+            return int(json.loads(path.read_text())["port"])
+        port = free_port(self.host)
+        write_atomically(path, json.dumps({"port": port}))
+        return port
+
     def names(self) -> list[str]:
         """Deployments with a folder here: the ones a restarted worker adopts."""
         if not self.state_dir.exists():
@@ -167,8 +185,10 @@ class LocalProcessBackend:
         spec_path = folder / "spec.json"
         pid_file = folder / f"replica-{index}.pid"
         pid_file.unlink(missing_ok=True)
+        service_port = self._service_port(desired.name)
         command = [self.python, "-m", "serving", "--spec", str(spec_path), "--host", self.host]
-        command += ["--port", str(port), "--workers", str(desired.workers), "--pid-file", str(pid_file)]
+        command += ["--port", str(port), "--service-port", str(service_port)]
+        command += ["--workers", str(desired.workers), "--pid-file", str(pid_file)]
         command += ["--threads", str(self.threads)]
         env = {**os.environ, "PYTHONPATH": str(self.serving_root)}
         with open(folder / f"replica-{index}.log", "ab") as log:
@@ -185,6 +205,7 @@ class LocalProcessBackend:
         record = {
             "pid": process.pid,
             "port": port,
+            "service_port": service_port,
             "serving_hash": desired.serving_hash(),
             "workers": desired.workers,
             "started_at": time.time(),
@@ -258,8 +279,10 @@ class LocalProcessBackend:
         for index in range(desired.replicas):
             record = records.get(index)
             alive = self._alive(desired.name, record)
-            if alive and record["workers"] != desired.workers:
-                # The worker count is a command-line option: that needs a restart, not a reload.
+            if alive and (
+                record["workers"] != desired.workers or record.get("service_port") != self._service_port(desired.name)
+            ):
+                # The worker count and the service port are command-line options: they need a restart.
                 self._stop(desired.name, index, record)
                 alive = False
             if alive and record["serving_hash"] != wanted_hash:
@@ -337,7 +360,9 @@ class LocalProcessBackend:
                     detail=detail,
                 )
             )
-        return ObservedState(name=name, replicas=tuple(replicas))
+        service = self._folder(name) / "service.json"
+        endpoint = f"http://{self.host}:{self._service_port(name)}" if service.exists() else ""
+        return ObservedState(name=name, replicas=tuple(replicas), endpoint=endpoint)
 
     def desired(self, name: str) -> DeploymentSpec | None:
         path = self._folder(name) / "desired.json"

@@ -180,6 +180,8 @@ class ObservedState:
     name: str
     replicas: tuple[ReplicaState, ...] = ()
     detail: str = ""
+    # The one address clients use, balanced across the replicas; empty where the backend has none.
+    endpoint: str = ""
 
     @property
     def ready_replicas(self) -> int:
@@ -197,6 +199,7 @@ class ObservedState:
         return {
             "name": self.name,
             "detail": self.detail,
+            "endpoint": self.endpoint,
             "replicas": [{**asdict(r), "traffic": dict(r.traffic), "url": r.url} for r in self.replicas],
         }
 

@@ -101,10 +101,9 @@ class Command(BaseCommand):
             deployment = self._create(project, admin)
         outcome = services.deployment_reconcile(deployment_id=deployment.pk)
         deployment.refresh_from_db()
-        replicas = [r for r in deployment.observed.get("replicas", []) if r.get("health") == "ready"]
-        if not replicas:
+        url = deployment.url
+        if url is None:
             raise CommandError(f"The demo deployment is not ready ({outcome}): {deployment.status_message}")
-        url = replicas[0]["url"]
         version = deployment.targets.select_related("model_version").order_by("-weight").first().model_version
         example = json.dumps({"dataframe_records": (version.input_example or [])[:1]})
         self.stdout.write(self.style.SUCCESS(f"Deployment {deployment.name} serves {version} at {url}"))
