@@ -133,6 +133,13 @@ class Deployment(models.Model):
     def autoscaled(self) -> bool:
         return self.autoscale_min is not None
 
+    @property
+    def is_settled(self) -> bool:
+        """Stopped with no model server left: nothing changes it any more until someone acts on it.
+
+        A failed deployment is not settled: the reconciler retries it and it may recover."""
+        return self.status == DeploymentStatus.STOPPED and not (self.observed or {}).get("replicas")
+
 
 class DeploymentTarget(models.Model):
     """One model version in a deployment's desired state: a live version with a weight, or the shadow."""
