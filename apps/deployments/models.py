@@ -145,6 +145,13 @@ class Deployment(models.Model):
             return None
         return observed.get("endpoint") or ready[0]
 
+    @property
+    def is_settled(self) -> bool:
+        """Stopped with no model server left: nothing changes it any more until someone acts on it.
+
+        A failed deployment is not settled: the reconciler retries it and it may recover."""
+        return self.status == DeploymentStatus.STOPPED and not (self.observed or {}).get("replicas")
+
 
 class DeploymentTarget(models.Model):
     """One model version in a deployment's desired state: a live version with a weight, or the shadow."""

@@ -9,6 +9,7 @@ app_name = "deployments"
 urlpatterns = [
     path("", views.deployment_list, name="deployment-list"),
     path("<int:pk>/", views.deployment_detail, name="deployment-detail"),
+    path("<int:pk>/live/", views.deployment_live, name="deployment-live"),
     path("<int:pk>/promote/", views.deployment_promote, name="deployment-promote"),
     path("<int:pk>/rollback/", views.deployment_rollback, name="deployment-rollback"),
     path("<int:pk>/scale/", views.deployment_scale, name="deployment-scale"),

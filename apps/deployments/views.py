@@ -1,11 +1,14 @@
 """The deployment pages: the list, and a deployment's detail (traffic split, replicas, strategy progress,
-canary analysis, events, try-it, manifests) with promote, rollback, scale and rollout for editors. Thin:
-every change goes through a service. Outsiders get 404, viewers read, editors act."""
+canary analysis, events, try-it, manifests) with promote, rollback, scale and rollout for editors; the parts
+the reconciler changes are also served alone, for htmx to poll. Thin: every change goes through a service.
+Outsiders get 404, viewers read, editors act."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import re
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
@@ -16,20 +19,26 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.cache import get_conditional_response
+from django.utils.http import quote_etag
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, require_project_role
 from apps.deployments import charts, selectors, services
-from apps.deployments.choices import DeploymentStatus, DeploymentStrategy, RolloutPhase
+from apps.deployments.choices import DeploymentStatus
 from apps.deployments.forms import GenerationForm, RolloutForm, ScaleForm, TryItForm
 from apps.deployments.models import Deployment
 
 PAGE_SIZE = 25
 EVENTS_PAGE_SIZE = 30
 TRY_TIMEOUT_SECONDS = 10
+LIVE_POLL_SECONDS = 3
+# A masked CSRF token differs on every render; the ETag of the live sections must change only with what they show.
+CSRF_INPUT = re.compile(r'<input type="hidden" name="csrfmiddlewaretoken" value="[^"]*">')
 
 
 def _visible(request: HttpRequest, pk: int) -> Deployment:
@@ -76,14 +85,7 @@ def _example_body(deployment: Deployment) -> str:
     return json.dumps({"dataframe_records": rows}, indent=2)
 
 
-def _render_detail(
-    request: HttpRequest,
-    deployment: Deployment,
-    *,
-    try_form: TryItForm | None = None,
-    answer: dict[str, Any] | None = None,
-    status: int = 200,
-) -> HttpResponse:
+def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
     traffic = selectors.deployment_traffic(deployment)
     state = deployment.strategy_state or {}
     decisions = state.get("decisions") or []
@@ -94,10 +96,8 @@ def _render_detail(
         else None
     )
     events = Paginator(deployment.events.select_related("actor"), EVENTS_PAGE_SIZE).get_page(request.GET.get("page"))
-    versions = deployment.registered_model.versions.exclude(stage="archived").order_by("-number")
-    can_edit = has_project_role(request.user, deployment.project, ProjectRole.EDITOR)
     replicas = (deployment.observed or {}).get("replicas", [])
-    context = {
+    return {
         "deployment": deployment,
         "traffic": traffic,
         "traffic_figure": charts.figure_json(charts.traffic_figure(traffic)),
@@ -109,20 +109,46 @@ def _render_detail(
         "events": events,
         "replicas": replicas,
         "ready_url": deployment.url,
-        "can_edit": can_edit,
+        "can_edit": has_project_role(request.user, deployment.project, ProjectRole.EDITOR),
         "active": deployment.phase in services.ACTIVE_PHASES,
         "can_rollback": bool(deployment.rollback_spec),
-        "scale_form": ScaleForm(initial={"generation": deployment.generation, "replicas": deployment.replicas}),
         "generation_form": GenerationForm(initial={"generation": deployment.generation}),
+        "counts": selectors.prediction_counts(deployment=deployment, since=timezone.now() - timedelta(hours=1)),
+    }
+
+
+def _live(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
+    """The context of the live part of the page: its sections rendered once, and their ETag."""
+    context = _live_context(request, deployment)
+    sections = render_to_string("deployments/_deployment_live_sections.html", context, request=request)
+    etag = quote_etag(hashlib.blake2b(CSRF_INPUT.sub("", sections).encode(), digest_size=16).hexdigest())
+    return {
+        **context,
+        "live_sections": sections,
+        "live_etag": etag,
+        "live_headers": json.dumps({"If-None-Match": etag}),
+        "live_poll": LIVE_POLL_SECONDS,
+    }
+
+
+def _render_detail(
+    request: HttpRequest,
+    deployment: Deployment,
+    *,
+    try_form: TryItForm | None = None,
+    answer: dict[str, Any] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    versions = deployment.registered_model.versions.exclude(stage="archived").order_by("-number")
+    context = {
+        **_live(request, deployment),
+        "scale_form": ScaleForm(initial={"generation": deployment.generation, "replicas": deployment.replicas}),
         "rollout_form": RolloutForm(
             versions=[(v.pk, f"v{v.number} ({v.get_stage_display()})") for v in versions],
             initial={"generation": deployment.generation},
         ),
         "try_form": try_form or TryItForm(initial={"body": _example_body(deployment), "protocol": "mlflow"}),
         "answer": answer,
-        "counts": selectors.prediction_counts(deployment=deployment, since=timezone.now() - timedelta(hours=1)),
-        "RolloutPhase": RolloutPhase,
-        "DeploymentStrategy": DeploymentStrategy,
     }
     return render(request, "deployments/deployment_detail.html", context, status=status)
 
@@ -131,6 +157,23 @@ def _render_detail(
 @require_GET
 def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return _render_detail(request, _visible(request, pk))
+
+
+@login_required
+@require_GET
+def deployment_live(request: HttpRequest, pk: int) -> HttpResponse:
+    """The live part of a deployment's page, polled by htmx; 304 (and no swap) while it is unchanged."""
+    live = _live(request, _visible(request, pk))
+    etag = live["live_etag"]
+    # Whether polling goes on follows from the status and the replicas, which the sections show: the ETag covers it.
+    if not_modified := get_conditional_response(request, etag=etag):
+        # htmx would swap the empty body of a 304 in.
+        not_modified["HX-Reswap"] = "none"
+        not_modified["ETag"] = etag
+        return not_modified
+    response = render(request, "deployments/_deployment_live.html", live)
+    response["ETag"] = etag
+    return response
 
 
 def _act(request: HttpRequest, pk: int, action: Any) -> HttpResponse:

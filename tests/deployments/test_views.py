@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from typing import Any
 
 import pytest
@@ -9,8 +12,9 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
-from apps.deployments import services
+from apps.deployments import services, views
 from apps.deployments.models import Deployment
 from tests.factories import ModelVersionFactory, RegisteredModelFactory
 
@@ -107,3 +111,131 @@ def test_try_it_without_a_ready_replica_and_manifests(deployment: Deployment, vi
     assert bad.status_code == 400
     manifests = browser(viewer).get(reverse("deployments:deployment-manifests", args=[deployment.pk]))
     assert manifests.status_code == 200 and b"kind: Deployment" in manifests.content
+
+
+# The live part of the page: served alone for htmx to poll, and included in the full page.
+
+REPLICA = {"replica": 0, "url": "http://127.0.0.1:18080", "health": "ready", "pid": 4242, "traffic": {}}
+
+
+def live_url(deployment: Deployment) -> str:
+    return reverse("deployments:deployment-live", args=[deployment.pk])
+
+
+def observe(deployment: Deployment, **fields: Any) -> None:
+    """Write what the reconciler writes after observing the backend."""
+    Deployment.objects.filter(pk=deployment.pk).update(observed_at=timezone.now(), **fields)
+
+
+def hx_headers(page: str) -> dict[str, str]:
+    match = re.search(r'id="deployment-live"[^>]* hx-headers="([^"]*)"', page)
+    assert match, "the live part polls with its ETag"
+    return json.loads(html.unescape(match.group(1)))
+
+
+def test_live_part_shows_the_current_state(deployment: Deployment, viewer: Any) -> None:
+    client = browser(viewer)
+    before = client.get(live_url(deployment))
+    assert before.status_code == 200
+    assert {"deployments/_deployment_live.html", "deployments/_deployment_live_sections.html"} <= {
+        t.name for t in before.templates
+    }
+    page = before.content.decode()
+    assert "<html" not in page and page.lstrip().startswith('<div id="deployment-live"')
+    assert "v1: 90%" in page and "v2: 10%" in page
+    assert "Nothing observed yet." in page and "error rate 20.00%" in page
+    assert f'hx-trigger="every {views.LIVE_POLL_SECONDS}s"' in page
+
+    observe(deployment, status="healthy", observed={"replicas": [REPLICA]})
+    services.deployment_note(deployment=deployment, message="The disk is almost full.")
+    page = client.get(live_url(deployment)).content.decode()
+    assert 'data-testid="replica-table"' in page and "pid 4242" in page and "http://127.0.0.1:18080" in page
+    assert "The disk is almost full." in page
+    assert "Healthy" in page and "curl -s -X POST http://127.0.0.1:18080/invocations" in page
+    assert 'data-testid="endpoint"' not in page, "no endpoint observed: the ready replica's address"
+
+    observe(deployment, observed={"endpoint": "http://127.0.0.1:18000", "replicas": [REPLICA]})
+    page = client.get(live_url(deployment)).content.decode()
+    assert '<code data-testid="endpoint">http://127.0.0.1:18000</code>' in page
+    assert "curl -s -X POST http://127.0.0.1:18000/invocations" in page
+
+
+def test_live_part_by_role(deployment: Deployment, owner: Any, member: Any, outsider: Any) -> None:
+    assert browser(outsider).get(live_url(deployment)).status_code == 404
+    anonymous = Client().get(live_url(deployment))
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith(reverse("login"))
+    assert 'data-testid="promote"' in browser(member).get(live_url(deployment)).content.decode()
+
+
+def test_unchanged_live_part_answers_304_and_no_swap(deployment: Deployment, owner: Any) -> None:
+    client = browser(owner)
+    first = client.get(live_url(deployment))
+    etag = first["ETag"]
+    # The owner's part holds the promote and rollback forms, whose masked CSRF tokens differ on every render.
+    assert 'name="csrfmiddlewaretoken"' in first.content.decode()
+    assert hx_headers(first.content.decode()) == {"If-None-Match": etag}
+    assert hx_headers(client.get(deployment.get_absolute_url()).content.decode()) == {"If-None-Match": etag}
+
+    unchanged = client.get(live_url(deployment), HTTP_IF_NONE_MATCH=etag)
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged["HX-Reswap"] == "none" and unchanged["ETag"] == etag
+
+    services.deployment_note(deployment=deployment, message="Something happened.")
+    changed = client.get(live_url(deployment), HTTP_IF_NONE_MATCH=etag)
+    assert changed.status_code == 200 and changed["ETag"] != etag and "HX-Reswap" not in changed
+    assert "Something happened." in changed.content.decode()
+
+
+def test_polling_stops_once_the_deployment_is_settled(deployment: Deployment, owner: Any) -> None:
+    client = browser(owner)
+    observe(deployment, status="failed", observed={"replicas": [{**REPLICA, "health": "dead"}]})
+    assert "hx-trigger=" in client.get(live_url(deployment)).content.decode(), "the reconciler retries a failure"
+
+    services.deployment_stop(deployment=deployment, actor=owner)
+    stopping = client.get(live_url(deployment))
+    assert "hx-trigger=" in stopping.content.decode(), "its servers still run until the next reconcile"
+
+    observe(deployment, observed={})
+    settled = client.get(live_url(deployment), HTTP_IF_NONE_MATCH=stopping["ETag"])
+    assert settled.status_code == 200, "the part without the trigger is sent even when nothing else changed"
+    assert "hx-trigger=" not in settled.content.decode() and "hx-get=" not in settled.content.decode()
+    assert "hx-trigger=" not in client.get(deployment.get_absolute_url()).content.decode()
+
+
+def test_detail_page_includes_the_live_part_and_keeps_forms_outside(deployment: Deployment, owner: Any) -> None:
+    client = browser(owner)
+    page = client.get(deployment.get_absolute_url()).content.decode()
+    assert page.count('id="deployment-live"') == 1
+    assert f'hx-get="{live_url(deployment)}"' in page
+    assert 'data-testid="canary-decisions"' in page and 'data-testid="event-list"' in page
+    assert "/static/deployments/charts." in page and "/static/deployments/live." in page
+    live = client.get(live_url(deployment)).content.decode()
+    for form in ("deployment-try", "deployment-scale", "deployment-rollout"):
+        action = reverse(f"deployments:{form}", args=[deployment.pk])
+        assert f'action="{action}"' in page and f'action="{action}"' not in live, form
+    assert "data-hidden-during-rollout hidden" in page, "a canary is in progress"
+
+
+def test_live_part_keeps_the_page_of_events(deployment: Deployment, owner: Any) -> None:
+    for n in range(views.EVENTS_PAGE_SIZE):
+        services.deployment_note(deployment=deployment, message=f"note {n}")
+    client = browser(owner)
+    page = client.get(deployment.get_absolute_url() + "?page=2").content.decode()
+    assert f'hx-get="{live_url(deployment)}?page=2"' in page
+    live = client.get(live_url(deployment) + "?page=2").content.decode()
+    assert "Page 2 of 2" in live and "note 29" not in live and "Created" in live
+
+
+def test_promote_from_the_live_part_with_its_csrf_token(deployment: Deployment, member: Any, viewer: Any) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(member)
+    live = client.get(live_url(deployment)).content.decode()
+    form = re.search(r'<form method="post" action="([^"]+/promote/)">(.*?)</form>', live, re.S)
+    assert form, "editors get the promote button in the live part"
+    fields = dict(re.findall(r'name="(csrfmiddlewaretoken|generation)" value="([^"]*)"', form.group(2)))
+    assert fields["generation"] == str(deployment.generation)
+    assert client.post(form.group(1), {"generation": fields["generation"]}).status_code == 403, "no CSRF token"
+    assert client.post(form.group(1), fields).status_code == 302
+    deployment.refresh_from_db()
+    assert deployment.strategy_state["step"] == 1
+    assert 'data-testid="promote"' not in browser(viewer).get(live_url(deployment)).content.decode()
