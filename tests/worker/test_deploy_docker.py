@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.serving.test_server_support import Bundle, save_random_forest
+from tests.worker.test_deploy_local import predict, served_requests
 from tests.worker.test_deploy_support import docker_client, ensure_base_image  # noqa: F401 (a fixture, used by name)
 from worker.deployments.docker_backend import LABEL_DEPLOYMENT, DockerBackend, build_context, image_tag
 from worker.deployments.local import REPO_ROOT
@@ -72,6 +74,19 @@ def test_image_tag_follows_the_spec(bundles: dict) -> None:
     assert image_tag(make_spec(bundles)) != image_tag(make_spec(bundles, (50, 50)))
 
 
+def test_image_tag_follows_the_model_server_runtime(tmp_path: Path, bundles: dict) -> None:
+    shutil.copytree(REPO_ROOT / "serving", tmp_path / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    spec = make_spec(bundles)
+    assert image_tag(spec, tmp_path) == image_tag(spec), "the same runtime elsewhere, the same image"
+    (tmp_path / "serving" / "__pycache__").mkdir(exist_ok=True)
+    (tmp_path / "serving" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"cache")
+    assert image_tag(spec, tmp_path) == image_tag(spec), "caches are not part of the runtime"
+    upgraded = tmp_path / "upgraded"
+    shutil.copytree(tmp_path / "serving", upgraded / "serving")
+    (upgraded / "serving" / "app.py").write_text((upgraded / "serving" / "app.py").read_text() + "\n# v2\n")
+    assert image_tag(spec, upgraded) != image_tag(spec), "a changed model server builds a new image"
+
+
 @pytest.fixture
 def backend(docker_client: object, tmp_path: Path) -> DockerBackend:  # noqa: F811 (the fixture above)
     backend = DockerBackend(docker_client, work_dir=tmp_path, base_image=ensure_base_image(docker_client))
@@ -95,10 +110,17 @@ def test_containers_serve_are_replaced_on_change_and_restarted_after_a_crash(
     assert container.exec_run(["python", "-c", "import os; print(os.getuid())"]).output.strip() == b"10001"
 
     assert [r.container_id for r in backend.apply(spec).replicas] == [r.container_id for r in observed.replicas]
+    # Both containers share the endpoint: the kernel spreads connections over them.
+    endpoint = observed.endpoint
+    assert endpoint.startswith("http://127.0.0.1:") and endpoint not in {r.url for r in observed.replicas}
+    assert all(predict(endpoint) == (200, "1") for _ in range(100))
+    assert all(served_requests(r.url) >= 15 for r in observed.replicas)
 
     switched = backend.apply(make_spec(bundles, (0, 100), replicas=2))
     assert all(r.traffic == {"1": 0, "2": 100} for r in switched.replicas)
     assert not {r.container_id for r in switched.replicas} & {r.container_id for r in observed.replicas}
+    assert switched.endpoint == endpoint, "new containers keep the deployment's endpoint"
+    assert predict(endpoint) == (200, "2")
 
     backend.client.containers.get(switched.replicas[0].container_id).kill()
     assert backend.observe("dockered").replicas[0].health == ReplicaHealth.DEAD

@@ -12,14 +12,18 @@ and built with `--target deployment --build-arg ARTIFACTS=models`. The tag is th
 (`mlops-model-server/<name>:<hash>`), so a changed split reuses the image and a new version builds one.
 
 Containers run with `network_mode="host"` on distinct loopback ports (the spec's traffic split is applied
-inside each server). A spec change replaces containers one at a time: start the new one on a free port,
-wait until it serves the new split, then stop the old one, so some container always answers. The token
+inside each server), and all of them also listen on the deployment's service port with SO_REUSEPORT (the
+image's fixed uid lets them share it): that is the endpoint clients use, balanced by the kernel and kept for
+as long as the deployment has containers (it is a label on each). A spec change replaces containers one at a
+time: start the new one on a free port, wait until it serves the new split, then stop the old one, so some
+container always answers. The token
 and console URL reach the server through the spec file in the image; containers are labelled with the
 deployment, replica and spec hash, which is all `observe` needs to find them again after a restart.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,6 +50,7 @@ LABEL_DEPLOYMENT = "mlops-console.deployment"
 LABEL_REPLICA = "mlops-console.replica"
 LABEL_HASH = "mlops-console.serving-hash"
 LABEL_PORT = "mlops-console.port"
+LABEL_SERVICE_PORT = "mlops-console.service-port"
 READY_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.2
 _HASH_CHUNK = 1 << 20
@@ -82,9 +87,25 @@ def build_context(spec: DeploymentSpec, target: Path, *, serving_root: Path = RE
     return target
 
 
-def image_tag(spec: DeploymentSpec) -> str:
-    """One image per deployment and spec: the spec (and so the token and split) is baked in with the models."""
-    return f"mlops-model-server/{spec.name}:{spec.serving_hash()[:16]}"
+_RUNTIME_IGNORED = {"__pycache__"}
+
+
+@functools.cache
+def runtime_hash(serving_root: Path = REPO_ROOT) -> str:
+    """sha256 of the model server runtime the image is built from (what `build_context` copies)."""
+    digest = hashlib.sha256()
+    folder = serving_root / "serving"
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not _RUNTIME_IGNORED & set(path.parts) and path.suffix not in {".pyc", ".pyo"}:
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def image_tag(spec: DeploymentSpec, serving_root: Path = REPO_ROOT) -> str:
+    """One image per deployment, spec and runtime: the spec (so the token and split) is baked in with the
+    models, and a console upgrade that changes the model server builds new images rather than reusing old ones.
+    """
+    return f"mlops-model-server/{spec.name}:{spec.serving_hash()[:16]}-{runtime_hash(serving_root)[:12]}"
 
 
 class DockerBackend:
@@ -110,7 +131,7 @@ class DockerBackend:
     def ensure_image(self, spec: DeploymentSpec) -> str:
         import docker.errors
 
-        tag = image_tag(spec)
+        tag = image_tag(spec, self.serving_root)
         try:
             self.client.images.get(tag)
             return tag
@@ -139,35 +160,33 @@ class DockerBackend:
     def _containers(self, name: str) -> list[Any]:
         return self.client.containers.list(all=True, filters={"label": f"{LABEL_DEPLOYMENT}={name}"})
 
-    def _run(self, spec: DeploymentSpec, tag: str, index: int) -> Any:
+    def _service_port(self, containers: list[Any]) -> int:
+        for container in containers:
+            if container.labels.get(LABEL_SERVICE_PORT):
+                return int(container.labels[LABEL_SERVICE_PORT])
+        return free_port(self.host)
+
+    def _run(self, name: str, tag: str, spec_hash: str, index: int, *, workers: int, service_port: int) -> Any:
         port = free_port(self.host)
         container = self.client.containers.run(
             tag,
-            command=[
-                "--spec",
-                "/models/spec.json",
-                "--host",
-                self.host,
-                "--port",
-                str(port),
-                "--workers",
-                str(spec.workers),
-                "--pid-file",
-                "/run/model-server/master.pid",
-            ],
-            name=f"mlops-{spec.name}-{index}-{port}",
+            command=["--spec", "/models/spec.json", "--host", self.host, "--port", str(port)]
+            + ["--service-port", str(service_port), "--workers", str(workers)]
+            + ["--pid-file", "/run/model-server/master.pid"],
+            name=f"mlops-{name}-{index}-{port}",
             detach=True,
             network_mode="host",
             labels={
-                LABEL_DEPLOYMENT: spec.name,
+                LABEL_DEPLOYMENT: name,
                 LABEL_REPLICA: str(index),
-                LABEL_HASH: spec.serving_hash(),
+                LABEL_HASH: spec_hash,
                 LABEL_PORT: str(port),
+                LABEL_SERVICE_PORT: str(service_port),
             },
             # The console restarts what dies (and sees it die); a restart policy would hide crashes from it.
             restart_policy={"Name": "no"},
         )
-        logger.info("started container %s for %s-%s on port %s", container.short_id, spec.name, index, port)
+        logger.info("started container %s for %s-%s on port %s", container.short_id, name, index, port)
         return container
 
     def _wait_ready(self, spec: DeploymentSpec, container: Any) -> None:
@@ -196,8 +215,10 @@ class DockerBackend:
     def apply(self, desired: DeploymentSpec) -> ObservedState:
         tag = self.ensure_image(desired)
         wanted_hash = desired.serving_hash()
+        containers = self._containers(desired.name)
+        service_port = self._service_port(containers)
         by_replica: dict[int, list[Any]] = {}
-        for container in self._containers(desired.name):
+        for container in containers:
             by_replica.setdefault(int(container.labels.get(LABEL_REPLICA, "-1")), []).append(container)
         for index in range(desired.replicas):
             current = by_replica.pop(index, [])
@@ -208,7 +229,7 @@ class DockerBackend:
                         self._remove(container)
                 continue
             # Start the replacement first and retire the old container only once the new one serves.
-            new = self._run(desired, tag, index)
+            new = self._run(desired.name, tag, wanted_hash, index, workers=desired.workers, service_port=service_port)
             try:
                 self._wait_ready(desired, new)
             except BackendError:
@@ -223,7 +244,8 @@ class DockerBackend:
 
     def observe(self, name: str) -> ObservedState:
         replicas = []
-        for container in sorted(self._containers(name), key=lambda c: int(c.labels.get(LABEL_REPLICA, "0"))):
+        containers = self._containers(name)
+        for container in sorted(containers, key=lambda c: int(c.labels.get(LABEL_REPLICA, "0"))):
             port = int(container.labels.get(LABEL_PORT, "0"))
             if container.status != "running":
                 health, traffic, shadow, detail = ReplicaHealth.DEAD, {}, None, container.status
@@ -242,7 +264,8 @@ class DockerBackend:
                     detail=detail,
                 )
             )
-        return ObservedState(name=name, replicas=tuple(replicas))
+        endpoint = f"http://{self.host}:{self._service_port(containers)}" if containers else ""
+        return ObservedState(name=name, replicas=tuple(replicas), endpoint=endpoint)
 
     def scale(self, name: str, replicas: int) -> ObservedState:
         containers = self._containers(name)
@@ -256,23 +279,11 @@ class DockerBackend:
         for index, container in existing.items():
             if index >= replicas:
                 self._remove(container)
+        service_port = self._service_port(containers)
         for index in range(replicas):
             if index not in existing:
-                self._start_like(name, tag, spec_hash, index, workers=_workers_of(containers[0]))
+                self._run(name, tag, spec_hash, index, workers=_workers_of(containers[0]), service_port=service_port)
         return self.observe(name)
-
-    def _start_like(self, name: str, tag: str, spec_hash: str, index: int, *, workers: int) -> None:
-        port = free_port(self.host)
-        self.client.containers.run(
-            tag,
-            command=["--spec", "/models/spec.json", "--host", self.host, "--port", str(port)]
-            + ["--workers", str(workers), "--pid-file", "/run/model-server/master.pid"],
-            name=f"mlops-{name}-{index}-{port}",
-            detach=True,
-            network_mode="host",
-            labels={LABEL_DEPLOYMENT: name, LABEL_REPLICA: str(index), LABEL_HASH: spec_hash, LABEL_PORT: str(port)},
-            restart_policy={"Name": "no"},
-        )
 
     def delete(self, name: str) -> None:
         for container in self._containers(name):
