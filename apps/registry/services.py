@@ -773,26 +773,53 @@ def _require_decider(request: PromotionRequest, actor: AbstractBaseUser, project
         raise PermissionDenied("Four eyes: you cannot approve or reject your own request.")
 
 
-def _expire_locked(request: PromotionRequest, actor: AbstractBaseUser | None = None) -> None:
-    request.status = PromotionRequestStatus.EXPIRED
-    request.decided_at = timezone.now()
-    request.save(update_fields=["status", "decided_at"])
+def _close_locked(
+    request: PromotionRequest,
+    *,
+    status: str,
+    actor: AbstractBaseUser | None,
+    event_type: str,
+    summary: str,
+    comment: str = "",
+    audit_after: dict | None = None,
+    **fields: object,
+) -> None:
+    """End an open request (its row locked by the caller): save who and when, audit it and tell the watchers."""
+    request.status = status
+    request.decided_at, request.decided_by, request.decision_comment = timezone.now(), actor, comment
+    for name, value in fields.items():
+        setattr(request, name, value)
+    request.save()
     project = request.model.project
     audit_record(
-        actor=None,
-        action="promotion_request.expired",
+        actor=actor,
+        action=f"promotion_request.{status}",
         obj=request,
         project=project,
-        after={"expires_at": request.expires_at.isoformat()},
+        before={"status": PromotionRequestStatus.OPEN},
+        after=audit_after or {"status": status},
+        message=comment,
     )
+    payload = {"summary": summary, **({"comment": comment} if comment else {})}
     event_emit(
-        type=RegistryEventType.REQUEST_EXPIRED,
+        type=event_type,
         project=project,
-        actor=None,
+        actor=actor,
         model=request.model,
         version=request.version,
         request=request,
-        payload={"summary": f"The request to move {request.version} to {request.target_display} expired."},
+        payload=payload,
+    )
+
+
+def _expire_locked(request: PromotionRequest) -> None:
+    _close_locked(
+        request,
+        status=PromotionRequestStatus.EXPIRED,
+        actor=None,
+        event_type=RegistryEventType.REQUEST_EXPIRED,
+        summary=f"The request to move {request.version} to {request.target_display} expired.",
+        audit_after={"status": PromotionRequestStatus.EXPIRED, "expires_at": request.expires_at.isoformat()},
     )
 
 
@@ -1005,32 +1032,16 @@ def promotion_request_reject(*, request: PromotionRequest, actor: AbstractBaseUs
             PromotionApproval.objects.create(
                 request=request, approver=actor, decision=PromotionDecision.REJECT, comment=comment
             )
-            request.status = PromotionRequestStatus.REJECTED
-            request.decided_at, request.decided_by, request.decision_comment = timezone.now(), actor, comment
-            request.decision_gate_checks = selectors.promotion_gate_checks(
-                version=request.version, target_stage=request.target_stage
-            )
-            request.save()
-            audit_record(
+            _close_locked(
+                request,
+                status=PromotionRequestStatus.REJECTED,
                 actor=actor,
-                action="promotion_request.rejected",
-                obj=request,
-                project=project,
-                before={"status": PromotionRequestStatus.OPEN},
-                after={"status": request.status},
-                message=comment,
-            )
-            event_emit(
-                type=RegistryEventType.REQUEST_REJECTED,
-                project=project,
-                actor=actor,
-                model=request.model,
-                version=request.version,
-                request=request,
-                payload={
-                    "summary": f"{actor.get_username()} rejected moving {request.version} to {request.target_display}.",
-                    "comment": comment,
-                },
+                event_type=RegistryEventType.REQUEST_REJECTED,
+                summary=f"{actor.get_username()} rejected moving {request.version} to {request.target_display}.",
+                comment=comment,
+                decision_gate_checks=selectors.promotion_gate_checks(
+                    version=request.version, target_stage=request.target_stage
+                ),
             )
     if expired:
         raise RegistryConflict(f"Request #{request.pk} expired at {request.expires_at:%Y-%m-%d %H:%M} UTC.")
@@ -1050,26 +1061,13 @@ def promotion_request_withdraw(
         raise PermissionDenied("Only the requester can withdraw a request.")
     if request.status != PromotionRequestStatus.OPEN:
         raise RegistryConflict(f"Request #{request.pk} is {request.status}; it can no longer be withdrawn.")
-    request.status = PromotionRequestStatus.WITHDRAWN
-    request.decided_at, request.decided_by, request.decision_comment = timezone.now(), actor, comment.strip()
-    request.save(update_fields=["status", "decided_at", "decided_by", "decision_comment"])
-    audit_record(
+    _close_locked(
+        request,
+        status=PromotionRequestStatus.WITHDRAWN,
         actor=actor,
-        action="promotion_request.withdrawn",
-        obj=request,
-        project=project,
-        before={"status": PromotionRequestStatus.OPEN},
-        after={"status": request.status},
-        message=comment,
-    )
-    event_emit(
-        type=RegistryEventType.REQUEST_WITHDRAWN,
-        project=project,
-        actor=actor,
-        model=request.model,
-        version=request.version,
-        request=request,
-        payload={"summary": f"{actor.get_username()} withdrew the request to move {request.version}."},
+        event_type=RegistryEventType.REQUEST_WITHDRAWN,
+        summary=f"{actor.get_username()} withdrew the request to move {request.version}.",
+        comment=comment.strip(),
     )
     return request
 
