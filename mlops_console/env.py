@@ -97,6 +97,16 @@ _ENGINES = {
 }
 
 
+# The zero-setup database is shared by the web server, the Celery worker's processes and beat. WAL lets
+# readers go on while one writes; IMMEDIATE transactions take the write lock at BEGIN, so a transaction that
+# reads then writes waits its turn (up to `timeout` seconds) instead of failing with "database is locked".
+SQLITE_OPTIONS = {
+    "timeout": 30,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+}
+
+
 def env_database(name: str, default: str) -> Database:
     """Parse `postgres://user:pass@host:port/db` or `sqlite:///path` from the environment."""
     raw = os.environ.get(name) or default
@@ -112,7 +122,7 @@ def env_database(name: str, default: str) -> Database:
             path = path[1:]
         if not path:
             raise EnvError(f"{name} must name a file, as in sqlite:///db.sqlite3")
-        return Database(engine=engine, name=path, options={})
+        return Database(engine=engine, name=path, options=dict(SQLITE_OPTIONS))
     db_name = unquote(parsed.path.lstrip("/"))
     if not db_name:
         raise EnvError(f"{name} must name a database, as in postgres://user@host:5432/mlops")

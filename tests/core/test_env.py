@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,42 @@ def test_database_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB", "mysql://x/y")
     with pytest.raises(EnvError, match="DB must start with postgres:// or sqlite:///"):
         env_database("DB", "")
+
+
+SQLITE_WRITER = """
+import sys
+import django
+from django.conf import settings
+from mlops_console.env import env_database
+
+settings.configure(DATABASES={"default": env_database("DB", "").as_django()})
+django.setup()
+from django.db import connection, transaction
+
+for _ in range(int(sys.argv[1])):
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT n FROM counter")
+        (n,) = cursor.fetchone()
+        cursor.execute("UPDATE counter SET n = %s", [n + 1])
+"""
+
+
+def test_sqlite_lets_processes_write_at_once_without_locking_errors(tmp_path: Path) -> None:
+    """The zero-setup database: web, worker processes and beat read-then-write it at the same time."""
+    path = tmp_path / "db.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE counter (n INTEGER)")
+        db.execute("INSERT INTO counter VALUES (0)")
+    env = {**os.environ, "DB": f"sqlite:///{path}", "PYTHONPATH": str(ROOT)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, "200"], env=env, cwd=ROOT, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [writer.communicate(timeout=120)[1].decode() for writer in writers]
+    assert [writer.returncode for writer in writers] == [0] * 4, errors
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT n FROM counter").fetchone() == (800,), "no update was lost"
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def _django_check(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
