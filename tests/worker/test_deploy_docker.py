@@ -8,17 +8,28 @@ are replaced on a spec change and restarted after a crash. Without dockerd these
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
+import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.serving.test_server_support import Bundle, save_random_forest
-from tests.worker.test_deploy_local import predict, served_requests
+from tests.worker.test_deploy_local import predict, served_requests, version
 from tests.worker.test_deploy_support import docker_client, ensure_base_image  # noqa: F401 (a fixture, used by name)
-from worker.deployments.docker_backend import LABEL_DEPLOYMENT, DockerBackend, build_context, image_tag
+from worker.deployments.docker_backend import (
+    LABEL_DEPLOYMENT,
+    DockerBackend,
+    build_context,
+    container_spec,
+    image_tag,
+    spec_archive,
+)
 from worker.deployments.local import REPO_ROOT
 from worker.deployments.probe import http_get_json
 from worker.deployments.spec import BackendError, DeploymentSpec, ReplicaHealth, VersionSpec
@@ -38,7 +49,7 @@ def make_spec(bundles: dict[str, Bundle], weights: tuple[int, int] = (100, 0), *
     return DeploymentSpec(deployment_id=11, name="dockered", versions=versions, **changes)
 
 
-def test_build_context_holds_the_runtime_the_models_and_the_spec(tmp_path: Path, bundles: dict) -> None:
+def test_build_context_holds_the_runtime_and_the_models_but_no_spec(tmp_path: Path, bundles: dict) -> None:
     spec = make_spec(bundles, (90, 10), token="t", console_url="http://127.0.0.1:8000/api/v1/ingest/predictions/")
     context = build_context(spec, tmp_path / "ctx")
     assert (context / "serving" / "Dockerfile").exists()
@@ -50,13 +61,28 @@ def test_build_context_holds_the_runtime_the_models_and_the_spec(tmp_path: Path,
     dockerfile = (context / "serving" / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=python:3.11-slim$", dockerfile, re.M)
     assert "COPY ${ARTIFACTS}/ /models/" in dockerfile
-    server_spec = json.loads((context / "models" / "spec.json").read_text())
-    assert [v["weight"] for v in server_spec["versions"]] == [90, 10]
-    for entry in server_spec["versions"]:
-        artifact = context / "models" / entry["artifact_path"]
-        assert hashlib.sha256(artifact.read_bytes()).hexdigest() == entry["sha256"]
-    assert server_spec["token"] == "t"
+    assert sorted(p.name for p in (context / "models").iterdir()) == sorted(
+        f"{bundles[k].sha256}.zip" for k in ("a", "b")
+    ), "the bundles only: the spec, with its token, is never in an image layer"
+    for key in ("a", "b"):
+        artifact = context / "models" / f"{bundles[key].sha256}.zip"
+        assert hashlib.sha256(artifact.read_bytes()).hexdigest() == bundles[key].sha256
     assert sorted(p.name for p in context.iterdir()) == ["models", "serving"]
+
+
+def test_the_container_spec_is_relative_to_models_and_readable_only_by_the_server(bundles: dict) -> None:
+    spec = make_spec(bundles, (90, 10), token="t")
+    text = container_spec(spec)
+    server_spec = json.loads(text)
+    assert [(v["artifact_path"], v["weight"]) for v in server_spec["versions"]] == [
+        (f"{bundles['a'].sha256}.zip", 90),
+        (f"{bundles['b'].sha256}.zip", 10),
+    ]
+    assert server_spec["token"] == "t"
+    with tarfile.open(fileobj=io.BytesIO(spec_archive(text))) as archive:
+        (member,) = archive.getmembers()
+        assert (member.name, member.mode, member.uid, member.gid) == ("spec.json", 0o400, 10001, 10001)
+        assert archive.extractfile(member).read().decode() == text
 
 
 def test_build_context_refuses_a_tampered_artifact(tmp_path: Path, bundles: dict) -> None:
@@ -69,9 +95,10 @@ def test_build_context_refuses_a_tampered_artifact(tmp_path: Path, bundles: dict
         build_context(spec, tmp_path / "ctx")
 
 
-def test_image_tag_follows_the_spec(bundles: dict) -> None:
-    assert image_tag(make_spec(bundles)) == image_tag(make_spec(bundles))
-    assert image_tag(make_spec(bundles)) != image_tag(make_spec(bundles, (50, 50)))
+def test_image_tag_follows_the_artifact_set_not_the_split(bundles: dict) -> None:
+    assert image_tag(make_spec(bundles)) == image_tag(make_spec(bundles, (50, 50), token="other"))
+    only_a = DeploymentSpec(deployment_id=11, name="dockered", versions=(version(1, bundles["a"], 100),))
+    assert image_tag(only_a) != image_tag(make_spec(bundles))
 
 
 def test_image_tag_follows_the_model_server_runtime(tmp_path: Path, bundles: dict) -> None:
@@ -94,7 +121,7 @@ def backend(docker_client: object, tmp_path: Path) -> DockerBackend:  # noqa: F8
     backend.delete("dockered")
 
 
-def test_containers_serve_are_replaced_on_change_and_restarted_after_a_crash(
+def test_containers_serve_reload_are_replaced_scale_and_restart_after_a_crash(
     backend: DockerBackend, bundles: dict
 ) -> None:
     spec = make_spec(bundles, replicas=2)
@@ -105,26 +132,66 @@ def test_containers_serve_are_replaced_on_change_and_restarted_after_a_crash(
     assert status == 200 and metadata["parameters"]["traffic"][0]["weight"] == 100
     image = backend.client.images.get(image_tag(spec))
     assert image.labels[LABEL_DEPLOYMENT] == "dockered"
-    # The container runs as the Dockerfile's unprivileged user.
+    # The container runs as the Dockerfile's unprivileged user, which alone may read the spec (the token).
     container = backend.client.containers.get(observed.replicas[0].container_id)
     assert container.exec_run(["python", "-c", "import os; print(os.getuid())"]).output.strip() == b"10001"
+    mode = "import os; s = os.stat('/models/spec.json'); print(oct(s.st_mode & 0o777), s.st_uid)"
+    assert container.exec_run(["python", "-c", mode]).output.strip() == b"0o400 10001"
+    ids = [r.container_id for r in observed.replicas]
+    assert [r.container_id for r in backend.apply(spec).replicas] == ids, "nothing changes"
 
-    assert [r.container_id for r in backend.apply(spec).replicas] == [r.container_id for r in observed.replicas]
     # Both containers share the endpoint: the kernel spreads connections over them.
     endpoint = observed.endpoint
     assert endpoint.startswith("http://127.0.0.1:") and endpoint not in {r.url for r in observed.replicas}
     assert all(predict(endpoint) == (200, "1") for _ in range(100))
     assert all(served_requests(r.url) >= 15 for r in observed.replicas)
 
-    switched = backend.apply(make_spec(bundles, (0, 100), replicas=2))
-    assert all(r.traffic == {"1": 0, "2": 100} for r in switched.replicas)
-    assert not {r.container_id for r in switched.replicas} & {r.container_id for r in observed.replicas}
-    assert switched.endpoint == endpoint, "new containers keep the deployment's endpoint"
-    assert predict(endpoint) == (200, "2")
+    # A blue-green switch keeps the artifact set: the running containers reload, under load, losing nothing.
+    failures: list[object] = []
+    answered: list[str | None] = []
+    stop = threading.Event()
 
-    backend.client.containers.get(switched.replicas[0].container_id).kill()
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                status, served = predict(endpoint)
+                answered.append(served)
+                if status != 200:
+                    failures.append(status)
+            except OSError as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    switched = backend.apply(make_spec(bundles, (0, 100), replicas=2))
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert [r.container_id for r in switched.replicas] == ids, "reloaded, not replaced"
+    assert all(r.traffic == {"1": 0, "2": 100} for r in switched.replicas)
+    assert failures == [] and "1" in answered and answered[-1] == "2"
+
+    # A new artifact set builds an image and replaces the containers; the endpoint stays.
+    only_b = DeploymentSpec(deployment_id=11, name="dockered", versions=(version(2, bundles["b"], 100),), replicas=2)
+    replaced = backend.apply(only_b)
+    assert not {r.container_id for r in replaced.replicas} & set(ids)
+    assert replaced.endpoint == endpoint and predict(endpoint) == (200, "2")
+    assert all(r.traffic == {"2": 100} for r in replaced.replicas)
+
+    backend.client.containers.get(replaced.replicas[0].container_id).kill()
     assert backend.observe("dockered").replicas[0].health == ReplicaHealth.DEAD
-    repaired = backend.apply(make_spec(bundles, (0, 100), replicas=2))
+    repaired = backend.apply(only_b)
     assert [r.health for r in repaired.replicas] == [ReplicaHealth.READY, ReplicaHealth.READY]
 
+    # A new replica copies a running one's image and spec.
+    scaled = backend.scale("dockered", 3)
+    assert len(scaled.replicas) == 3
+    deadline = time.monotonic() + 60
+    while scaled.ready_replicas < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        scaled = backend.observe("dockered")
+    assert scaled.serves(only_b.with_replicas(3))
     assert len(backend.scale("dockered", 1).replicas) == 1

@@ -1,38 +1,44 @@
-"""The Docker backend: one image per model set, N containers on the host network, replaced on change.
+"""The Docker backend: one image per model set, N containers on the host network.
 
 The build context is assembled from scratch for each model set (so nothing else of the console's tree
 reaches the daemon):
 
     serving/                 the model server runtime (no caches), with serving/requirements.txt
     serving/Dockerfile       its Dockerfile; BASE_IMAGE is a build ARG (default python:3.11-slim)
-    models/spec.json         the server spec, artifact paths relative to it
     models/<sha256>.zip      every bundle the spec names, checked against its sha256 while copying
 
-and built with `--target deployment --build-arg ARTIFACTS=models`. The tag is the hash of the artifact set
-(`mlops-model-server/<name>:<hash>`), so a changed split reuses the image and a new version builds one.
+and built with `--target deployment --build-arg ARTIFACTS=models`. The tag is the hash of the artifact set and
+of the runtime (`mlops-model-server/<name>:<artifacts>-<runtime>`): a new version builds an image, a changed
+split does not.
 
-Containers run with `network_mode="host"` on distinct loopback ports (the spec's traffic split is applied
-inside each server), and all of them also listen on the deployment's service port with SO_REUSEPORT (the
-image's fixed uid lets them share it): that is the endpoint clients use, balanced by the kernel and kept for
-as long as the deployment has containers (it is a label on each). A spec change replaces containers one at a
-time: start the new one on a free port, wait until it serves the new split, then stop the old one, so some
-container always answers. The token
-and console URL reach the server through the spec file in the image; containers are labelled with the
-deployment, replica and spec hash, which is all `observe` needs to find them again after a restart.
+The spec (split, shadow, ingest token) is not in the image, so that no image layer holds a secret: it is
+written into each container as /models/spec.json (owned by the image's model-server user, mode 0400) between
+create and start. That file is the truth about what a container should serve. A change that keeps the
+artifact set (a canary step, a blue-green switch, a shadow) rewrites it in the running containers and sends
+SIGHUP: the model server's graceful reload, as on the local backend, so no request fails. A change of the
+artifact set or worker count replaces containers one at a time: start the new one, wait until it serves,
+then stop the old one.
+
+Containers run with `network_mode="host"` on distinct loopback ports, and all of them also listen on the
+deployment's service port with SO_REUSEPORT (the image's fixed uid lets them share it): that is the endpoint
+clients use, balanced by the kernel and kept for as long as the deployment has containers. Labels name the
+deployment, replica and ports, which is all `observe` needs to find them again after a restart.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import shutil
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
-from worker.deployments.local import free_port
+from worker.deployments.local import LOG_TAIL_BYTES, NOT_RELOADING, free_port
 from worker.deployments.probe import probe_server
 from worker.deployments.spec import (
     BackendError,
@@ -48,9 +54,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 LABEL_DEPLOYMENT = "mlops-console.deployment"
 LABEL_REPLICA = "mlops-console.replica"
-LABEL_HASH = "mlops-console.serving-hash"
 LABEL_PORT = "mlops-console.port"
 LABEL_SERVICE_PORT = "mlops-console.service-port"
+SPEC_PATH = "/models/spec.json"
+# The Dockerfile's model-server user: the spec file belongs to it.
+MODEL_SERVER_UID = 10001
 READY_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.2
 _HASH_CHUNK = 1 << 20
@@ -82,8 +90,6 @@ def build_context(spec: DeploymentSpec, target: Path, *, serving_root: Path = RE
         destination = models / version.artifact_name
         if not destination.exists():
             _copy_verified(Path(version.artifact_path), destination, version.sha256)
-    server_spec = spec.server_spec(lambda version: version.artifact_name)
-    (models / "spec.json").write_text(json.dumps(server_spec, indent=2, default=str))
     return target
 
 
@@ -102,10 +108,27 @@ def runtime_hash(serving_root: Path = REPO_ROOT) -> str:
 
 
 def image_tag(spec: DeploymentSpec, serving_root: Path = REPO_ROOT) -> str:
-    """One image per deployment, spec and runtime: the spec (so the token and split) is baked in with the
-    models, and a console upgrade that changes the model server builds new images rather than reusing old ones.
-    """
-    return f"mlops-model-server/{spec.name}:{spec.serving_hash()[:16]}-{runtime_hash(serving_root)[:12]}"
+    """One image per deployment, artifact set and runtime, so that a console upgrade that changes the model
+    server builds new images rather than reusing old ones."""
+    artifacts = hashlib.sha256(" ".join(sorted({v.sha256 for v in spec.all_versions()})).encode()).hexdigest()
+    return f"mlops-model-server/{spec.name}:{artifacts[:16]}-{runtime_hash(serving_root)[:12]}"
+
+
+def container_spec(spec: DeploymentSpec) -> str:
+    """The spec file a container serves, its artifact paths relative to /models."""
+    return json.dumps(spec.server_spec(lambda version: version.artifact_name), indent=2, default=str)
+
+
+def spec_archive(text: str) -> bytes:
+    """A tar holding spec.json for `put_archive`: readable only by the model server's user (it holds the token)."""
+    data = text.encode()
+    member = tarfile.TarInfo("spec.json")
+    member.size, member.mode, member.mtime = len(data), 0o400, int(time.time())
+    member.uid = member.gid = MODEL_SERVER_UID
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 class DockerBackend:
@@ -166,42 +189,73 @@ class DockerBackend:
                 return int(container.labels[LABEL_SERVICE_PORT])
         return free_port(self.host)
 
-    def _run(self, name: str, tag: str, spec_hash: str, index: int, *, workers: int, service_port: int) -> Any:
+    @staticmethod
+    def _spec_of(container: Any) -> str | None:
+        import docker.errors
+
+        try:
+            chunks, _ = container.get_archive(SPEC_PATH)
+        except docker.errors.NotFound:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+            member = archive.extractfile("spec.json")
+            return member.read().decode() if member else None
+
+    def _run(self, name: str, tag: str, index: int, *, workers: int, service_port: int, spec: str) -> Any:
         port = free_port(self.host)
-        container = self.client.containers.run(
+        container = self.client.containers.create(
             tag,
-            command=["--spec", "/models/spec.json", "--host", self.host, "--port", str(port)]
+            command=["--spec", SPEC_PATH, "--host", self.host, "--port", str(port)]
             + ["--service-port", str(service_port), "--workers", str(workers)]
             + ["--pid-file", "/run/model-server/master.pid"],
             name=f"mlops-{name}-{index}-{port}",
-            detach=True,
             network_mode="host",
             labels={
                 LABEL_DEPLOYMENT: name,
                 LABEL_REPLICA: str(index),
-                LABEL_HASH: spec_hash,
                 LABEL_PORT: str(port),
                 LABEL_SERVICE_PORT: str(service_port),
             },
             # The console restarts what dies (and sees it die); a restart policy would hide crashes from it.
             restart_policy={"Name": "no"},
         )
+        container.put_archive("/models", spec_archive(spec))
+        container.start()
         logger.info("started container %s for %s-%s on port %s", container.short_id, name, index, port)
         return container
 
-    def _wait_ready(self, spec: DeploymentSpec, container: Any) -> None:
+    def _wait_serving(self, desired: DeploymentSpec, container: Any, *, signalled_at: int | None = None) -> None:
+        """Wait until the container serves `desired`; after a SIGHUP, fail as soon as the server refuses it."""
         port = int(container.labels[LABEL_PORT])
+        shadow = str(desired.shadow.version_id) if desired.shadow else None
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             container.reload()
             if container.status in {"exited", "dead"}:
                 logs = container.logs(tail=40).decode(errors="replace")
                 raise BackendError(f"container {container.name} exited: {logs}")
-            ready, traffic, _, _ = probe_server(self.host, port, spec.name)
-            if ready and traffic == spec.traffic():
+            if signalled_at is not None:
+                logs = container.logs(since=signalled_at).decode(errors="replace")
+                if NOT_RELOADING in logs:
+                    raise BackendError(f"container {container.name} refused the new spec: {logs[-LOG_TAIL_BYTES:]}")
+            ready, traffic, served_shadow, _ = probe_server(self.host, port, desired.name)
+            if ready and traffic == desired.traffic() and served_shadow == shadow:
                 return
             time.sleep(POLL_SECONDS)
-        raise BackendError(f"container {container.name} was not ready after {self.ready_timeout:.0f} s")
+        raise BackendError(f"container {container.name} was not serving the spec after {self.ready_timeout:.0f} s")
+
+    def _reload(self, desired: DeploymentSpec, container: Any, old: str | None, new: str) -> None:
+        """Rewrite the running container's spec and reload it gracefully; put the old spec back if refused."""
+        signalled_at = int(time.time())
+        container.put_archive("/models", spec_archive(new))
+        container.kill(signal="SIGHUP")
+        logger.info("reloading container %s of %s with a new spec", container.short_id, desired.name)
+        try:
+            self._wait_serving(desired, container, signalled_at=signalled_at)
+        except BackendError:
+            if old is not None:
+                container.put_archive("/models", spec_archive(old))
+            raise
 
     def _remove(self, container: Any) -> None:
         import docker.errors
@@ -214,7 +268,7 @@ class DockerBackend:
 
     def apply(self, desired: DeploymentSpec) -> ObservedState:
         tag = self.ensure_image(desired)
-        wanted_hash = desired.serving_hash()
+        spec = container_spec(desired)
         containers = self._containers(desired.name)
         service_port = self._service_port(containers)
         by_replica: dict[int, list[Any]] = {}
@@ -222,16 +276,24 @@ class DockerBackend:
             by_replica.setdefault(int(container.labels.get(LABEL_REPLICA, "-1")), []).append(container)
         for index in range(desired.replicas):
             current = by_replica.pop(index, [])
-            good = [c for c in current if c.status == "running" and c.labels.get(LABEL_HASH) == wanted_hash]
-            if good:
+            reusable = [
+                c
+                for c in current
+                if c.status == "running" and c.attrs["Config"]["Image"] == tag and _workers_of(c) == desired.workers
+            ]
+            if reusable:
+                keep = reusable[0]
                 for container in current:
-                    if container is not good[0]:
+                    if container is not keep:
                         self._remove(container)
+                served = self._spec_of(keep)
+                if served != spec:
+                    self._reload(desired, keep, served, spec)
                 continue
             # Start the replacement first and retire the old container only once the new one serves.
-            new = self._run(desired.name, tag, wanted_hash, index, workers=desired.workers, service_port=service_port)
+            new = self._run(desired.name, tag, index, workers=desired.workers, service_port=service_port, spec=spec)
             try:
-                self._wait_ready(desired, new)
+                self._wait_serving(desired, new)
             except BackendError:
                 self._remove(new)
                 raise
@@ -268,13 +330,15 @@ class DockerBackend:
         return ObservedState(name=name, replicas=tuple(replicas), endpoint=endpoint)
 
     def scale(self, name: str, replicas: int) -> ObservedState:
+        running = [c for c in self._containers(name) if c.status == "running"]
+        if not running:
+            raise BackendError(f"deployment {name!r} has no running container to scale")
+        # New replicas copy a running one: its image, worker count and spec.
+        model = running[0]
+        spec = self._spec_of(model)
+        if spec is None:
+            raise BackendError(f"container {model.name} has no spec to copy")
         containers = self._containers(name)
-        if not containers:
-            raise BackendError(f"deployment {name!r} has no containers to scale")
-        # Every container of a deployment runs the same image; scaling reuses it.
-        image = containers[0].image
-        spec_hash = containers[0].labels.get(LABEL_HASH)
-        tag = image.tags[0] if image.tags else image.id
         existing = {int(c.labels.get(LABEL_REPLICA, "-1")): c for c in containers}
         for index, container in existing.items():
             if index >= replicas:
@@ -282,7 +346,14 @@ class DockerBackend:
         service_port = self._service_port(containers)
         for index in range(replicas):
             if index not in existing:
-                self._run(name, tag, spec_hash, index, workers=_workers_of(containers[0]), service_port=service_port)
+                self._run(
+                    name,
+                    model.attrs["Config"]["Image"],
+                    index,
+                    workers=_workers_of(model),
+                    service_port=service_port,
+                    spec=spec,
+                )
         return self.observe(name)
 
     def delete(self, name: str) -> None:
