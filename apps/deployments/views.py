@@ -32,6 +32,7 @@ from apps.deployments import charts, selectors, services
 from apps.deployments.choices import DeploymentStatus
 from apps.deployments.forms import GenerationForm, RolloutForm, ScaleForm, TryItForm
 from apps.deployments.models import Deployment
+from apps.registry.choices import ModelVersionStage
 
 PAGE_SIZE = 25
 EVENTS_PAGE_SIZE = 30
@@ -85,6 +86,12 @@ def _example_body(deployment: Deployment) -> str:
     return json.dumps({"dataframe_records": rows}, indent=2)
 
 
+def _version_label(version: Any) -> str:
+    if version.stage == ModelVersionStage.NONE:
+        return f"v{version.number}"
+    return f"v{version.number} ({version.get_stage_display()})"
+
+
 def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
     traffic = selectors.deployment_traffic(deployment)
     state = deployment.strategy_state or {}
@@ -96,7 +103,16 @@ def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any
         else None
     )
     events = Paginator(deployment.events.select_related("actor"), EVENTS_PAGE_SIZE).get_page(request.GET.get("page"))
-    replicas = (deployment.observed or {}).get("replicas", [])
+    # Servers speak in version ids (the registry's primary keys); people read version numbers.
+    labels = {str(pk): f"v{number}" for pk, number in deployment.registered_model.versions.values_list("pk", "number")}
+    replicas = [
+        {
+            **replica,
+            "serves": [(labels.get(v, f"id {v}"), w) for v, w in (replica.get("traffic") or {}).items()],
+            "shadow_label": labels.get(str(replica.get("shadow")), f"id {replica.get('shadow')}"),
+        }
+        for replica in (deployment.observed or {}).get("replicas", [])
+    ]
     return {
         "deployment": deployment,
         "traffic": traffic,
@@ -144,7 +160,7 @@ def _render_detail(
         **_live(request, deployment),
         "scale_form": ScaleForm(initial={"generation": deployment.generation, "replicas": deployment.replicas}),
         "rollout_form": RolloutForm(
-            versions=[(v.pk, f"v{v.number} ({v.get_stage_display()})") for v in versions],
+            versions=[(v.pk, _version_label(v)) for v in versions],
             initial={"generation": deployment.generation},
         ),
         "try_form": try_form or TryItForm(initial={"body": _example_body(deployment), "protocol": "mlflow"}),

@@ -154,8 +154,11 @@ def test_live_part_shows_the_current_state(deployment: Deployment, viewer: Any) 
     assert "Healthy" in page and "curl -s -X POST http://127.0.0.1:18080/invocations" in page
     assert 'data-testid="endpoint"' not in page, "no endpoint observed: the ready replica's address"
 
-    observe(deployment, observed={"endpoint": "http://127.0.0.1:18000", "replicas": [REPLICA]})
+    v1, v2 = deployment.targets.order_by("model_version__number").values_list("model_version_id", flat=True)
+    serving = {**REPLICA, "traffic": {str(v1): 90, str(v2): 10}, "shadow": str(v2)}
+    observe(deployment, observed={"endpoint": "http://127.0.0.1:18000", "replicas": [serving]})
     page = client.get(live_url(deployment)).content.decode()
+    assert "v1: 90% v2: 10% shadow v2" in page, "the replica's split in version numbers, not ids"
     assert '<code data-testid="endpoint">http://127.0.0.1:18000</code>' in page
     assert "curl -s -X POST http://127.0.0.1:18000/invocations" in page
 
