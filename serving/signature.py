@@ -237,7 +237,7 @@ def _raw_columns(data: Any, names: list[str]) -> tuple[dict[str, Any], int]:
         missing = [n for n in names if n not in data]
         if missing:
             raise InputError(missing[0], f"missing column (missing: {', '.join(missing)})")
-        columns = {n: data[n] if isinstance(data[n], np.ndarray) else list(data[n]) for n in names}
+        columns = {n: data[n] if isinstance(data[n], np.ndarray | list) else list(data[n]) for n in names}
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise InputError("payload", f"columns have different lengths: {sorted(lengths)}")
@@ -375,7 +375,7 @@ def _records_to_columns(records: list, columns: Sequence[str] | None, field: str
         for row, record in enumerate(records):
             if len(record) != len(columns):
                 raise InputError(field, f"row {row} has {len(record)} values for {len(columns)} columns")
-        return {name: [record[i] for record in records] for i, name in enumerate(columns)}
+        return dict(zip(columns, map(list, zip(*records, strict=True)), strict=True))
     raise InputError(field, "rows must all be objects or all be lists")
 
 
