@@ -187,7 +187,8 @@ class TreeEnsemble:
         rows, width = x.shape
         flat = x.ravel()
         state = np.repeat(self._starts, rows)
-        base = np.tile(np.arange(rows, dtype=np.intp) * width, self.n_trees)
+        # Each pair's row offset in `flat` (np.tile does the same through several Python-level steps).
+        base = np.broadcast_to(np.arange(0, rows * width, width, dtype=np.intp), (self.n_trees, rows)).ravel()
         has_nan = self.allow_nan and bool(np.isnan(flat).any())
         # From the first compaction on: every pair's final state by position, and where the walkers are.
         leaves: np.ndarray | None = None
