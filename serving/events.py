@@ -49,6 +49,9 @@ _FIELDS = (
 )
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 class EventShipper:
     """Buffers events and POSTs them as `{"events": [...]}` with a bearer token to the console's ingest URL."""
 
@@ -146,7 +149,9 @@ class EventShipper:
     def _ship(self, batch: list[tuple]) -> bool:
         """Send one batch; True when it is done with (accepted, or refused for good and counted as dropped)."""
         try:
-            body = json.dumps({"events": [self._event_json(e) for e in batch]}, default=str).encode()
+            # One encoder call per event, not one for the batch: a C call holds the worker's GIL until it
+            # returns, and encoding 500 events at once would stall the request thread for that long.
+            body = f'{{"events":[{",".join([_encode(self._event_json(e)) for e in batch])}]}}'.encode()
         except (TypeError, ValueError) as exc:
             logger.error("prediction events could not be encoded, dropping %d: %s", len(batch), exc)
             self._metrics.inc("model_server_events_dropped_total", (("reason", "unencodable"),), len(batch))
