@@ -31,8 +31,9 @@ SHUTDOWN_FLUSH_SECONDS = 2.0
 # Statuses worth retrying: the console is busy, restarting or behind a proxy that lost it.
 _RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
-# The request thread stores a tuple, not a dict: turning it into JSON (rows from columns, timestamps)
-# happens on the shipper thread, off the prediction's path.
+# The request thread stores a tuple, not a dict: turning it into JSON happens on the shipper thread, off
+# the prediction's path (but under the worker's GIL, so it must stay cheap: inputs go out as the columns
+# the server holds, `{"name": [values...]}`, not rebuilt as one object per row).
 _FIELDS = (
     "timestamp",
     "request_id",
@@ -48,11 +49,7 @@ _FIELDS = (
 )
 
 
-def rows_from_columns(columns: Mapping[str, list] | None) -> list[dict] | None:
-    if columns is None:
-        return None
-    names = list(columns)
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
 class EventShipper:
@@ -111,7 +108,6 @@ class EventShipper:
     def _event_json(self, event: tuple) -> dict:
         data = dict(zip(_FIELDS, event, strict=True))
         data["timestamp"] = datetime.fromtimestamp(data["timestamp"], UTC).isoformat()
-        data["inputs"] = rows_from_columns(data["inputs"])
         data["deployment_id"] = self._deployment_id
         return data
 
@@ -153,7 +149,9 @@ class EventShipper:
     def _ship(self, batch: list[tuple]) -> bool:
         """Send one batch; True when it is done with (accepted, or refused for good and counted as dropped)."""
         try:
-            body = json.dumps({"events": [self._event_json(e) for e in batch]}, default=str).encode()
+            # One encoder call per event, not one for the batch: a C call holds the worker's GIL until it
+            # returns, and encoding 500 events at once would stall the request thread for that long.
+            body = f'{{"events":[{",".join([_encode(self._event_json(e)) for e in batch])}]}}'.encode()
         except (TypeError, ValueError) as exc:
             logger.error("prediction events could not be encoded, dropping %d: %s", len(batch), exc)
             self._metrics.inc("model_server_events_dropped_total", (("reason", "unencodable"),), len(batch))

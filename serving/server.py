@@ -4,6 +4,9 @@ The master process never loads a model (forking after numpy/xgboost start their 
 and a master that stays small restarts workers quickly). Each worker reads the spec file and loads every
 model before it accepts a connection, so a worker that answers is ready.
 
+Requests are served by `ModelServerWorker`, gunicorn's sync worker (one connection at a time, closed after
+its response) minus the wait for each client to close its end (see the class).
+
 Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `ModelServerArbiter`:
 - the new spec is first loaded in full by a separate check process; when it fails, the master logs why
   and keeps the current workers instead of replacing them with workers that cannot boot;
@@ -20,11 +23,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.sync import SyncWorker
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,10 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT_SECONDS = 120.0
 CHECK_TIMEOUT_SECONDS = 300.0
 READY_POLL_SECONDS = 0.05
+# How long a finished connection keeps reading what its client still sends (gunicorn's own figure), and how
+# many such connections a worker keeps before closing the oldest.
+LINGER_SECONDS = 2.0
+MAX_LINGERING = 256
 
 
 def ready_marker(run_dir: Path, pid: int) -> Path:
@@ -82,6 +91,57 @@ class ModelServerArbiter(Arbiter):
                 return
             time.sleep(READY_POLL_SECONDS)
         self.log.warning("New workers were not ready after %.0f s; stopping the old ones anyway", READY_TIMEOUT_SECONDS)
+
+
+class ModelServerWorker(SyncWorker):
+    """gunicorn's sync worker, without blocking until each client closes its end of the connection.
+
+    After a response gunicorn half-closes the connection (the client sees its end at once), then blocks
+    reading until the client closes too, for up to 2 s (RFC 9112 section 9.6: closing with unread client
+    bytes would send a reset that can destroy the response before the client reads it). One worker serves
+    one connection at a time, so that wait adds a client round trip to every request, and a client that
+    keeps its end open stalls the worker for 2 s. Here the finished connection is half-closed the same
+    way, then kept open and read without blocking before each new connection is served, and closed once
+    its client has closed (or after LINGER_SECONDS): nothing is ever closed with the client's bytes unread.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lingering: deque[tuple[float, socket.socket]] = deque()
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        self._close_finished()
+        super().handle(listener, client, addr)
+
+    def handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> None:
+        super().handle_request(listener, req, client, addr)
+        # The response is sent: take the connection over. gunicorn's close then finds a detached socket
+        # and does nothing; on any error before this point its own (blocking) close still runs.
+        connection = socket.socket(fileno=client.detach())
+        try:
+            connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            connection.close()
+            return
+        connection.setblocking(False)
+        self._lingering.append((time.monotonic() + LINGER_SECONDS, connection))
+        if len(self._lingering) > MAX_LINGERING:
+            self._lingering.popleft()[1].close()
+
+    def _close_finished(self) -> None:
+        now = time.monotonic()
+        for _ in range(len(self._lingering)):
+            deadline, connection = self._lingering.popleft()
+            try:
+                closed = not connection.recv(65536)
+            except BlockingIOError:
+                closed = False
+            except OSError:
+                closed = True
+            if closed or now >= deadline:
+                connection.close()
+            else:
+                self._lingering.append((deadline, connection))
 
 
 def _post_worker_init(worker: Any) -> None:
@@ -173,7 +233,7 @@ def gunicorn_options(
         "workers": workers,
         # Sync workers (one request at a time, no keep-alive) are the fastest for CPU-bound predictions and
         # drop no kept-alive connection during a reload; threads only help when models release the GIL.
-        "worker_class": "gthread" if threads > 1 else "sync",
+        "worker_class": "gthread" if threads > 1 else "serving.server.ModelServerWorker",
         "threads": threads,
         "timeout": timeout,
         "graceful_timeout": 30,

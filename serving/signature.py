@@ -237,7 +237,7 @@ def _raw_columns(data: Any, names: list[str]) -> tuple[dict[str, Any], int]:
         missing = [n for n in names if n not in data]
         if missing:
             raise InputError(missing[0], f"missing column (missing: {', '.join(missing)})")
-        columns = {n: data[n] if isinstance(data[n], np.ndarray) else list(data[n]) for n in names}
+        columns = {n: data[n] if isinstance(data[n], np.ndarray | list) else list(data[n]) for n in names}
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise InputError("payload", f"columns have different lengths: {sorted(lengths)}")
@@ -268,7 +268,20 @@ def coerce_columns(data: Any, signature: Mapping, *, max_rows: int | None = None
         raise InputError("rows", "the input has no rows")
     if max_rows is not None and n_rows > max_rows:
         raise InputError("rows", f"{n_rows} rows exceed the limit of {max_rows}")
-    return {spec["name"]: _coerce(spec, raw[spec["name"]]) for spec in signature["inputs"]}
+    inputs = signature["inputs"]
+    if all(spec["type"] == "number" for spec in inputs) and not any(isinstance(v, np.ndarray) for v in raw.values()):
+        # All-number lists (a JSON request's usual shape) convert in one numpy call instead of one per column
+        # (the same conversion `_to_float` tries first). Anything else, or a required value that is missing,
+        # goes through the column by column path, which names the column and row at fault.
+        try:
+            matrix = np.array([raw[name] for name in names], dtype=np.float64)
+        except (TypeError, ValueError):
+            matrix = None
+        if matrix is not None and matrix.shape == (len(names), n_rows):
+            required = [index for index, spec in enumerate(inputs) if not spec.get("nullable", False)]
+            if not np.isnan(matrix if len(required) == len(names) else matrix[required]).any():
+                return dict(zip(names, matrix, strict=True))
+    return {spec["name"]: _coerce(spec, raw[spec["name"]]) for spec in inputs}
 
 
 def validate_input(df: Any, signature: Mapping, *, max_rows: int | None = None) -> pd.DataFrame:
@@ -362,7 +375,7 @@ def _records_to_columns(records: list, columns: Sequence[str] | None, field: str
         for row, record in enumerate(records):
             if len(record) != len(columns):
                 raise InputError(field, f"row {row} has {len(record)} values for {len(columns)} columns")
-        return {name: [record[i] for record in records] for i, name in enumerate(columns)}
+        return dict(zip(columns, map(list, zip(*records, strict=True)), strict=True))
     raise InputError(field, "rows must all be objects or all be lists")
 
 

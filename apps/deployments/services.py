@@ -932,6 +932,20 @@ def _text(value: Any, limit: int) -> str:
     return str(value)[:limit] if value is not None else ""
 
 
+def _input_rows(inputs: Any, index: int) -> list[dict] | None:
+    """One object per row from an event's inputs, which model servers ship by column: `{"x1": [..], ..}`."""
+    if inputs is None:
+        return None
+    if (
+        not isinstance(inputs, dict)
+        or not all(isinstance(values, list) for values in inputs.values())
+        or len({len(values) for values in inputs.values()}) > 1
+    ):
+        raise ValidationError({"events": f"events[{index}].inputs must be an object of equal-length column lists."})
+    names = list(inputs)
+    return [dict(zip(names, values, strict=True)) for values in zip(*inputs.values(), strict=True)]
+
+
 def predictions_ingest(*, deployment: Deployment, events: Any) -> int:
     """Bulk-insert prediction events shipped by the deployment's model servers. Returns how many were taken.
 
@@ -962,7 +976,7 @@ def predictions_ingest(*, deployment: Deployment, events: Any) -> int:
                 model_version_id=int(version_id) if str(version_id or "").isdigit() else None,
                 request_id=_text(event["request_id"], 64),
                 shadow=bool(event.get("shadow")),
-                inputs=event.get("inputs"),
+                inputs=_input_rows(event.get("inputs"), index),
                 outputs=event.get("outputs"),
                 probabilities=event.get("probabilities"),
                 latency_ms=latency,

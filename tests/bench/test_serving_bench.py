@@ -8,9 +8,15 @@ MLflow lives only in a separate virtualenv (never in requirements.txt). Create i
     python3 -m venv /work/bench-venv && /work/bench-venv/bin/pip install mlflow scikit-learn==1.9.1 xgboost==3.2.0
 (or point BENCH_MLFLOW_VENV elsewhere). Without it, only our server is measured and the table says why.
 
-The load generator runs in separate processes (4 processes x 4 threads for 16 connections), each keeping a
-persistent connection and reconnecting when the server closes it; it sends prebuilt request bytes, so it is
-not the bottleneck. Prediction logging is on: our server ships its events to a recording sink in this process.
+The load generator shares the machine's cores with both servers, so it should cost as little CPU as possible:
+it is `wrk` (`apt-get install wrk`) when installed, with a Lua script that posts the payload and reports
+requests, errors and latency percentiles (wrk's latency runs from writing a request to reading its response,
+so it leaves out the TCP connect that our server's one-request connections need: ~0.05 ms on loopback).
+Without wrk (or with BENCH_LOAD=python), a Python generator runs in separate processes (4 processes x 4
+threads for 16 connections) sending prebuilt request bytes; it takes several times more CPU per request, so
+both servers measure slower with it. Either way each connection is persistent and reconnects when the
+server closes it, and both servers get the same generator in the same run. Prediction logging is on: our
+server ships its events to a recording sink in this process.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +59,8 @@ MEASURE_SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
 CONCURRENCY = (1, 16)
 BATCHES = (1, 32)
 START_TIMEOUT_SECONDS = 120.0
+WRK = shutil.which("wrk")
+LOAD_GENERATOR = "python" if os.environ.get("BENCH_LOAD") == "python" or WRK is None else "wrk"
 # Same thread budget for both servers: one thread per prediction, two worker processes on two cores.
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -319,6 +328,38 @@ def run_load(port: int, request: bytes, connections: int) -> dict:
     }
 
 
+# Prints one line for `run_wrk` to parse: requests, microseconds, p50 and p99 in microseconds, errors.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local file = io.open("%s", "rb")
+wrk.body = file:read("*a")
+file:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %%d %%d %%d %%d %%d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def run_wrk(port: int, body_path: Path, connections: int) -> dict:
+    script = body_path.with_suffix(".lua")
+    script.write_text(WRK_SCRIPT % body_path)
+    command = [str(WRK), "-t", "1" if connections == 1 else "2", "-c", str(connections), "-s", str(script)]
+    url = f"http://127.0.0.1:{port}/invocations"
+    subprocess.run([*command, "-d", f"{max(1, round(WARMUP_SECONDS))}s", url], capture_output=True, check=True)
+    result = subprocess.run(
+        [*command, "-d", f"{max(1, round(MEASURE_SECONDS))}s", "--timeout", "10s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH "))
+    requests, duration_us, p50_us, p99_us, errors = (int(value) for value in line.split()[1:])
+    return {"rps": requests / (duration_us / 1e6), "p50": p50_us / 1000, "p99": p99_us / 1000, "errors": errors}
+
+
 def http_request(port: int, body: bytes) -> bytes:
     head = (
         f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
@@ -375,6 +416,7 @@ def raw_predict_ms(bundle: str, directory: Path) -> dict[int, float]:
 
 
 def run_benchmark() -> list[dict]:
+    load_at_start = os.getloadavg()
     directory = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     models = build_models(directory)
     for rows in BATCHES:
@@ -394,16 +436,23 @@ def run_benchmark() -> list[dict]:
     results = []
     for name, model in models.items():
         raw = raw_predict_ms(model["bundle"], directory)
-        servers = [("ours", lambda model=model: start_ours(directory, model, sink_url))]
+        starts = [("ours", lambda model=model: start_ours(directory, model, sink_url))]
         if why_no_mlflow is None:
-            servers.append(("mlflow", lambda name=name: start_mlflow(directory, name)))
-        for server_name, start in servers:
-            process, port = start()
-            try:
-                for rows in BATCHES:
-                    request = http_request(port, (directory / f"payload-{rows}.json").read_bytes())
-                    for connections in CONCURRENCY:
-                        measured = run_load(port, request, connections)
+            starts.append(("mlflow", lambda name=name: start_mlflow(directory, name)))
+        servers: list[tuple[str, subprocess.Popen, int]] = []
+        try:
+            for server_name, start in starts:
+                servers.append((server_name, *start()))
+            # Cell by cell, each server in turn (an idle server costs nothing): when other jobs load the
+            # machine, both sides of a comparison are measured minutes apart at most, not a whole model apart.
+            for rows in BATCHES:
+                body_path = directory / f"payload-{rows}.json"
+                for connections in CONCURRENCY:
+                    for server_name, _, port in servers:
+                        if LOAD_GENERATOR == "wrk":
+                            measured = run_wrk(port, body_path, connections)
+                        else:
+                            measured = run_load(port, http_request(port, body_path.read_bytes()), connections)
                         results.append(
                             {
                                 "model": name,
@@ -411,23 +460,37 @@ def run_benchmark() -> list[dict]:
                                 "rows": rows,
                                 "connections": connections,
                                 "raw_ms": raw[rows],
+                                "load": os.getloadavg()[0],
                                 **measured,
                             }
                         )
-            finally:
+        finally:
+            for _, process, _ in servers:
                 stop(process)
     sink.shutdown()
-    print_table(results, why_no_mlflow, _Sink.events)
+    print_table(results, why_no_mlflow, _Sink.events, load_at_start)
     return results
 
 
-def print_table(results: list[dict], why_no_mlflow: str | None, events: int) -> None:
+def print_table(results: list[dict], why_no_mlflow: str | None, events: int, load_at_start: tuple[float, ...]) -> None:
     print()
     print(f"Model server benchmark: {WORKERS} server processes each, {MEASURE_SECONDS:.0f} s per cell, logging on")
+    if LOAD_GENERATOR == "wrk":
+        print(f"load generator: {WRK}")
+    elif WRK is None:
+        print("load generator: Python (wrk is not installed: `apt-get install wrk` for a generator taking less CPU)")
+    else:
+        print("load generator: Python (BENCH_LOAD=python)")
+    # Other jobs on the machine take CPU from both servers: the load average says how busy it was (the table's
+    # last column: the 1-minute load average after our server's cell).
+    print(
+        "load average (1, 5, 15 min) at the start / at the end: "
+        + " / ".join(" ".join(f"{value:.2f}" for value in sample) for sample in (load_at_start, os.getloadavg()))
+    )
     header = (
         f"{'model':<18} {'rows':>4} {'conn':>4} | {'ours rps':>9} {'rows/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'err':>4} | {'mlflow rps':>10} {'rows/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | "
-        f"{'x rps':>6} | {'raw ms':>6} {'p50-raw':>7}"
+        f"{'x rps':>6} | {'raw ms':>6} {'p50-raw':>7} | {'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -447,7 +510,7 @@ def print_table(results: list[dict], why_no_mlflow: str | None, events: int) -> 
             )
         else:
             line += f"{'-':>10} {'-':>9} {'-':>7} {'-':>7} {'-':>4} | {'-':>6} | "
-        line += f"{ours['raw_ms']:>6.2f} {ours['p50'] - ours['raw_ms']:>7.2f}"
+        line += f"{ours['raw_ms']:>6.2f} {ours['p50'] - ours['raw_ms']:>7.2f} | {ours['load']:>5.2f}"
         print(line)
     if why_no_mlflow:
         print(f"MLflow not measured: {why_no_mlflow}")

@@ -240,7 +240,7 @@ def event(deployment: Deployment, request_id: str, **changes: Any) -> dict:
         "deployment_id": deployment.pk,
         "version_id": changes.pop("version_id", 7),
         "shadow": False,
-        "inputs": [{"x": 1}],
+        "inputs": {"x": [1, 2], "y": ["a", None]},
         "outputs": ["a"],
         "latency_ms": 1.5,
         "status": 200,
@@ -275,11 +275,16 @@ def test_ingest_takes_only_the_deployment_token_and_counts_once(deployment: Depl
     failed = rows.get(request_id="r2")
     assert (failed.status, failed.error, failed.model_version_id, failed.latency_ms) == (500, "boom", 7, 1.5)
     assert failed.created_at.isoformat().startswith("2026-11-28T09:14:38")
+    # Inputs come by column and are stored by row.
+    assert failed.inputs == [{"x": 1, "y": "a"}, {"x": 2, "y": None}]
     foreign = api.post(
         url, {"events": [event(deployment, "r9", deployment_id=deployment.pk + 1)]}, format="json", **token
     )
     assert foreign.json() == {"accepted": 0}
     assert "events" in api.post(url, {"events": [{"no": "id"}]}, format="json", **token).json()
+    for bad_inputs in ([{"x": 1}], {"x": [1, 2], "y": [1]}, {"x": 1}):
+        refused = api.post(url, {"events": [event(deployment, "r8", inputs=bad_inputs)]}, format="json", **token)
+        assert refused.status_code == 400 and "events[0].inputs" in refused.json()["events"][0]
 
 
 def test_a_claimed_deployment_is_left_to_its_reconciler(deployment: Deployment) -> None:

@@ -313,7 +313,7 @@ def test_shadow_gets_a_copy_and_never_changes_the_response(server: ServerProcess
     assert live["version_id"] == body["model_version"] and live["request_key"] == "s1"
     assert shadow["shadow"] is True and shadow["version_id"] == "shadow" and shadow["status"] == 200
     assert all(isinstance(v, float) for v in shadow["outputs"]) and len(shadow["outputs"]) == 2
-    assert shadow["inputs"] == live["inputs"] == records
+    assert shadow["inputs"] == live["inputs"] == {name: [record[name] for record in records] for name in records[0]}
 
 
 def test_events_are_shipped_in_batches_with_the_token(server: ServerProcess, sink: EventSink) -> None:
@@ -330,7 +330,8 @@ def test_events_are_shipped_in_batches_with_the_token(server: ServerProcess, sin
     by_id = {e["request_id"]: e for p in posts for e in p["body"]["events"] if not e["shadow"]}
     good = by_id[ids[1]]
     assert good["deployment_id"] == 42 and good["status"] == 200 and good["error"] is None
-    assert good["inputs"] == [GOOD] and good["outputs"][0] in {"yes", "no"} and good["latency_ms"] > 0
+    assert good["inputs"] == {name: [value] for name, value in GOOD.items()}, "inputs travel by column"
+    assert good["outputs"][0] in {"yes", "no"} and good["latency_ms"] > 0
     assert good["timestamp"].endswith("+00:00")
     bad = by_id[ids[0] + "-bad"]
     assert bad["status"] == 400 and "x2" in bad["error"] and bad["outputs"] is None

@@ -167,6 +167,44 @@ def test_traffic_split_is_stable_and_follows_weights() -> None:
     assert TrafficSplit.bucket("user-1") == int.from_bytes(__import__("hashlib").sha256(b"user-1").digest()[:8]) % 100
 
 
+# ------------------------------------------------------------------------------------------ connections
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """Everything up to the server's end of the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_client_that_keeps_its_end_open_does_not_stall_the_worker(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    server = start_server(tmp_path / "linger", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    body = json.dumps({"dataframe_records": [GOOD]}).encode()
+    request = (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as first:
+            first.sendall(request)
+            answer = _read_response(first)  # the server half-closes after its response
+            assert answer.startswith(b"HTTP/1.1 200") and b'"model_version":"a"' in answer
+            # This client neither closes nor stops sending. With one worker, the next request must not wait
+            # for it (gunicorn's own close blocks up to 2 s for the client's end) ...
+            first.sendall(b"more bytes the server never asked for")
+            started = time.monotonic()
+            status, _, _ = server.post("/invocations", {"dataframe_records": [GOOD]})
+            assert status == 200
+            assert time.monotonic() - started < 1.0
+            # ... and the bytes it sent after the response were read, not answered with a reset.
+            first.shutdown(socket.SHUT_WR)
+            assert first.recv(1) == b""
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
 # ------------------------------------------------------------------------------------------ events
 
 

@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.signature import InputError, infer_signature, signature_diff, signatures_compatible, validate_input
+from serving.signature import (
+    InputError,
+    coerce_columns,
+    infer_signature,
+    signature_diff,
+    signatures_compatible,
+    validate_input,
+)
 
 
 def _signature(*inputs: tuple[str, str, bool], outputs: dict | None = None) -> dict:
@@ -107,6 +114,23 @@ def test_missing_value_refused_only_where_not_nullable() -> None:
     assert caught.value.field == "a" and "row 1" in str(caught.value) and "not nullable" in str(caught.value)
     with pytest.raises(InputError, match="not nullable"):
         validate_input(pd.DataFrame({"a": [np.nan], "b": ["x"]}), signature)
+
+
+def test_all_number_columns_convert_like_column_by_column() -> None:
+    # Lists of numbers take a one-call path; its result and its errors match the column-by-column path.
+    signature = _signature(("a", "number", False), ("b", "number", True), ("c", "number", False))
+    columns = {"a": [1, "2.5", True], "b": [None, 0.5, float("nan")], "c": [-1.0, 3, False]}
+    fast = coerce_columns(columns, signature)
+    assert all(array.dtype == np.float64 for array in fast.values())
+    np.testing.assert_array_equal(fast["a"], [1.0, 2.5, 1.0])
+    np.testing.assert_array_equal(fast["b"], [np.nan, 0.5, np.nan])
+    np.testing.assert_array_equal(fast["c"], [-1.0, 3.0, 0.0])
+    with pytest.raises(InputError) as caught:
+        coerce_columns({**columns, "c": [1.0, None, 2.0]}, signature)
+    assert caught.value.field == "c" and "row 1" in str(caught.value) and "not nullable" in str(caught.value)
+    with pytest.raises(InputError) as caught:
+        coerce_columns({**columns, "b": [1.0, 2.0, "abc"]}, signature)
+    assert caught.value.field == "b" and "row 2" in str(caught.value) and "'abc'" in str(caught.value)
 
 
 def test_too_many_rows_and_no_rows() -> None:
