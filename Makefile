@@ -44,6 +44,8 @@ lint: install
 
 bench: install
 	bash scripts/ensure_test_services.sh
+	@# wrk drives the model server benchmark with less CPU than a Python generator (it falls back without it).
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
 	$(TEST_ENV) $(VENV)/bin/pytest tests/bench -s -p no:cacheprovider
 
 clean:

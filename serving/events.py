@@ -150,8 +150,14 @@ class EventShipper:
         """Send one batch; True when it is done with (accepted, or refused for good and counted as dropped)."""
         try:
             # One encoder call per event, not one for the batch: a C call holds the worker's GIL until it
-            # returns, and encoding 500 events at once would stall the request thread for that long.
-            body = f'{{"events":[{",".join([_encode(self._event_json(e)) for e in batch])}]}}'.encode()
+            # returns, and encoding 500 events at once would stall the request thread for that long. Between
+            # events the GIL is offered to the request thread: otherwise it waits for the switch interval
+            # (5 ms) each time it needs the GIL while a batch is being encoded.
+            encoded = []
+            for event in batch:
+                encoded.append(_encode(self._event_json(event)))
+                time.sleep(0)
+            body = f'{{"events":[{",".join(encoded)}]}}'.encode()
         except (TypeError, ValueError) as exc:
             logger.error("prediction events could not be encoded, dropping %d: %s", len(batch), exc)
             self._metrics.inc("model_server_events_dropped_total", (("reason", "unencodable"),), len(batch))

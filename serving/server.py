@@ -16,6 +16,7 @@ Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -183,7 +184,12 @@ class ModelServerApplication(BaseApplication):
         # Imported here, in the worker: the master must not load numpy, pandas or model libraries.
         from serving.app import create_app
 
-        return create_app(self.spec_path, metrics_dir=self.run_dir / "metrics")
+        app = create_app(self.spec_path, metrics_dir=self.run_dir / "metrics")
+        # The loaded models are hundreds of thousands of objects that live as long as the worker. Left to
+        # the cyclic collector, every full collection walks them all, a pause of tens of milliseconds that
+        # was the p99 latency at one connection (65 ms; 7.5 ms once frozen, with prediction logging on).
+        gc.freeze()
+        return app
 
     def run(self) -> None:
         ModelServerArbiter(self).run()
