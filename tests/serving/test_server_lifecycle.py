@@ -13,9 +13,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serving.app import TrafficSplit
+from serving.events import EventShipper, event
+from serving.metrics import Metrics
 from serving.spec import SpecError, parse_spec
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import (
@@ -293,3 +296,34 @@ def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bun
     finally:
         stop.set()
         server.stop()
+
+
+def test_events_are_valid_json_whatever_the_values(sink: EventSink) -> None:
+    """NaN inputs (nullable columns) and numpy outputs reach the console as standard JSON: null, plain lists."""
+    shipper = EventShipper(url=sink.url, token="t", deployment_id=7, metrics=Metrics(), buffer_size=10, batch_size=1)
+    try:
+        shipper.record(
+            event(
+                request_id="nan-1",
+                version_id="v1",
+                inputs={"x1": [1.5, float("nan")], "city": ["Oslo", None]},
+                outputs=np.array([0.25, np.nan]),
+                probabilities=None,
+                latency_ms=1.0,
+                status=200,
+                error=None,
+                request_key=None,
+                shadow=False,
+                timestamp=0.0,
+            )
+        )
+        (shipped,) = [
+            e
+            for e in sink.wait_for(lambda evs: any(e["request_id"] == "nan-1" for e in evs))
+            if e["request_id"] == "nan-1"
+        ]
+    finally:
+        shipper.close()
+    assert shipped["inputs"] == {"x1": [1.5, None], "city": ["Oslo", None]}
+    assert shipped["outputs"] == [0.25, None] and shipped["deployment_id"] == 7
+    assert shipped["timestamp"] == "1970-01-01T00:00:00+00:00"
