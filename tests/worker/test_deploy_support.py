@@ -18,6 +18,7 @@ The tarball goes into a `FROM scratch` image (`ADD` unpacks it). It takes about 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import io
 import os
@@ -36,7 +37,12 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_ROOT = Path(os.environ.get("MLOPS_TEST_DOCKER_ROOT", "/tmp/mlops-docker"))
 SOCKET = DOCKER_ROOT / "docker.sock"
-BASE_IMAGE = "mlops-test/python-base:3.11"
+# The base image holds what serving/requirements.txt names, so its tag follows that file: a changed pin builds
+# a new base image instead of reusing a cached one that lacks it.
+BASE_IMAGE = (
+    "mlops-test/python-base:3.11-"
+    + hashlib.sha256((REPO_ROOT / "serving" / "requirements.txt").read_bytes()).hexdigest()[:12]
+)
 DOCKERD_START_SECONDS = 30.0
 TOOLS = ["/usr/bin/sh", "/usr/bin/mkdir", "/usr/bin/chown", "/usr/bin/rm", "/usr/sbin/useradd"]
 STDLIB_SKIP = {
