@@ -155,12 +155,17 @@ class LocalProcessBackend:
     def _save_record(self, name: str, index: int, record: dict[str, Any]) -> None:
         write_atomically(self._record_path(name, index), json.dumps(record))
 
-    def _service_port(self, name: str) -> int:
-        path = self._folder(name) / "service.json"
+    def _known_service_port(self, name: str) -> int | None:
         with suppress(OSError, ValueError, KeyError):
-            return int(json.loads(path.read_text())["port"])
-        port = free_port(self.host)
-        write_atomically(path, json.dumps({"port": port}))
+            return int(json.loads((self._folder(name) / "service.json").read_text())["port"])
+        return None
+
+    def _service_port(self, name: str) -> int:
+        """The deployment's service port, chosen (and kept) the first time it is needed."""
+        port = self._known_service_port(name)
+        if port is None:
+            port = free_port(self.host)
+            write_atomically(self._folder(name) / "service.json", json.dumps({"port": port}))
         return port
 
     def names(self) -> list[str]:
@@ -180,12 +185,11 @@ class LocalProcessBackend:
 
     # ------------------------------------------------------------------ processes
 
-    def _start(self, desired: DeploymentSpec, index: int, port: int) -> dict[str, Any]:
+    def _start(self, desired: DeploymentSpec, index: int, port: int, service_port: int) -> dict[str, Any]:
         folder = self._folder(desired.name)
         spec_path = folder / "spec.json"
         pid_file = folder / f"replica-{index}.pid"
         pid_file.unlink(missing_ok=True)
-        service_port = self._service_port(desired.name)
         command = [self.python, "-m", "serving", "--spec", str(spec_path), "--host", self.host]
         command += ["--port", str(port), "--service-port", str(service_port)]
         command += ["--workers", str(desired.workers), "--pid-file", str(pid_file)]
@@ -272,6 +276,7 @@ class LocalProcessBackend:
         if not spec_path.exists() or spec_path.read_text() != spec_text:
             write_atomically(spec_path, spec_text)
         wanted_hash = desired.serving_hash()
+        service_port = self._service_port(desired.name)
         records = self._records(desired.name)
         started: dict[int, dict[str, Any]] = {}
         reloading: dict[int, int] = {}  # replica -> log size before the SIGHUP
@@ -279,9 +284,7 @@ class LocalProcessBackend:
         for index in range(desired.replicas):
             record = records.get(index)
             alive = self._alive(desired.name, record)
-            if alive and (
-                record["workers"] != desired.workers or record.get("service_port") != self._service_port(desired.name)
-            ):
+            if alive and (record["workers"] != desired.workers or record.get("service_port") != service_port):
                 # The worker count and the service port are command-line options: they need a restart.
                 self._stop(desired.name, index, record)
                 alive = False
@@ -293,7 +296,7 @@ class LocalProcessBackend:
                 if record:
                     logger.warning("model server %s-%s is not running; restarting it", desired.name, index)
                     self._kill_leftovers(desired.name, record)
-                started[index] = self._start(desired, index, self._port_for(record))
+                started[index] = self._start(desired, index, self._port_for(record), service_port)
 
         for index, record in records.items():
             if index >= desired.replicas:
@@ -360,8 +363,8 @@ class LocalProcessBackend:
                     detail=detail,
                 )
             )
-        service = self._folder(name) / "service.json"
-        endpoint = f"http://{self.host}:{self._service_port(name)}" if service.exists() else ""
+        service_port = self._known_service_port(name)
+        endpoint = f"http://{self.host}:{service_port}" if service_port is not None else ""
         return ObservedState(name=name, replicas=tuple(replicas), endpoint=endpoint)
 
     def desired(self, name: str) -> DeploymentSpec | None:
