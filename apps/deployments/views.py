@@ -105,11 +105,15 @@ def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any
     events = Paginator(deployment.events.select_related("actor"), EVENTS_PAGE_SIZE).get_page(request.GET.get("page"))
     # Servers speak in version ids (the registry's primary keys); people read version numbers.
     labels = {str(pk): f"v{number}" for pk, number in deployment.registered_model.versions.values_list("pk", "number")}
+
+    def label(version_id: str) -> str:
+        return labels.get(str(version_id), f"id {version_id}")
+
     replicas = [
         {
             **replica,
-            "serves": [(labels.get(v, f"id {v}"), w) for v, w in (replica.get("traffic") or {}).items()],
-            "shadow_label": labels.get(str(replica.get("shadow")), f"id {replica.get('shadow')}"),
+            "serves": [(label(v), w) for v, w in (replica.get("traffic") or {}).items()],
+            "shadow_label": label(replica["shadow"]) if replica.get("shadow") else None,
         }
         for replica in (deployment.observed or {}).get("replicas", [])
     ]
