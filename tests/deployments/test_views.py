@@ -20,6 +20,18 @@ from tests.factories import ModelVersionFactory, RegisteredModelFactory
 
 pytestmark = pytest.mark.django_db
 
+# What the reconciler records: a canary analysis decision, and a replica it observed.
+DECISION = {
+    "percent": 10,
+    "action": "hold",
+    "reason": "error rate 20.00% vs stable 0.00%",
+    "numbers": {
+        "stable": {"requests": 90, "errors": 0, "p99_ms": 2.0},
+        "canary": {"requests": 10, "errors": 2, "p99_ms": 3.0},
+    },
+}
+REPLICA = {"replica": 0, "url": "http://127.0.0.1:18080", "health": "ready", "pid": 4242, "traffic": {}}
+
 
 @pytest.fixture
 def deployment(project: Any, owner: Any) -> Deployment:
@@ -30,17 +42,7 @@ def deployment(project: Any, owner: Any) -> Deployment:
         deployment=deployment, model_version=versions[1], strategy="canary", actor=owner, traffic_percentage=10
     )
     deployment.refresh_from_db()
-    deployment.strategy_state["decisions"] = [
-        {
-            "percent": 10,
-            "action": "hold",
-            "reason": "error rate 20.00% vs stable 0.00%",
-            "numbers": {
-                "stable": {"requests": 90, "errors": 0, "p99_ms": 2.0},
-                "canary": {"requests": 10, "errors": 2, "p99_ms": 3.0},
-            },
-        }
-    ]
+    deployment.strategy_state["decisions"] = [DECISION]
     deployment.save()
     return deployment
 
@@ -114,8 +116,6 @@ def test_try_it_without_a_ready_replica_and_manifests(deployment: Deployment, vi
 
 
 # The live part of the page: served alone for htmx to poll, and included in the full page.
-
-REPLICA = {"replica": 0, "url": "http://127.0.0.1:18080", "health": "ready", "pid": 4242, "traffic": {}}
 
 
 def live_url(deployment: Deployment) -> str:

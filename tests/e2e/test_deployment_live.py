@@ -14,6 +14,7 @@ from django.utils import timezone
 from apps.deployments import services, views
 from apps.deployments.choices import DeploymentEventKind, DeploymentStatus
 from apps.deployments.models import Deployment, DeploymentEvent
+from tests.deployments.test_views import DECISION, REPLICA
 from tests.e2e.conftest import browser_login
 from tests.factories import ModelVersionFactory, RegisteredModelFactory
 
@@ -21,16 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 POLL_SECONDS = 1
 TIMEOUT_MS = 15_000
-REPLICA = {"replica": 0, "url": "http://127.0.0.1:18080", "health": "ready", "pid": 4242, "traffic": {}}
-DECISION = {
-    "percent": 10,
-    "action": "hold",
-    "reason": "error rate 20.00% vs stable 0.00%",
-    "numbers": {
-        "stable": {"requests": 90, "errors": 0, "p99_ms": 2.0},
-        "canary": {"requests": 10, "errors": 2, "p99_ms": 3.0},
-    },
-}
 # From here on, the page records the status of every poll htmx makes, and counts the redraws of its charts.
 WATCH = """() => {
   window.polls = [];

@@ -13,14 +13,13 @@ import json
 import re
 import shutil
 import tarfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.serving.test_server_support import Bundle, save_random_forest
-from tests.worker.test_deploy_local import predict, served_requests, version
+from tests.worker.test_deploy_local import load_on, predict, served_requests, version
 from tests.worker.test_deploy_support import docker_client, ensure_base_image  # noqa: F401 (a fixture, used by name)
 from worker.deployments.docker_backend import (
     LABEL_DEPLOYMENT,
@@ -147,32 +146,11 @@ def test_containers_serve_reload_are_replaced_scale_and_restart_after_a_crash(
     assert all(served_requests(r.url) >= 15 for r in observed.replicas)
 
     # A blue-green switch keeps the artifact set: the running containers reload, under load, losing nothing.
-    failures: list[object] = []
-    answered: list[str | None] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                status, served = predict(endpoint)
-                answered.append(served)
-                if status != 200:
-                    failures.append(status)
-            except OSError as exc:
-                failures.append(exc)
-
-    threads = [threading.Thread(target=load) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
-    switched = backend.apply(make_spec(bundles, (0, 100), replicas=2))
-    time.sleep(0.3)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    with load_on(endpoint) as load:
+        switched = backend.apply(make_spec(bundles, (0, 100), replicas=2))
     assert [r.container_id for r in switched.replicas] == ids, "reloaded, not replaced"
     assert all(r.traffic == {"1": 0, "2": 100} for r in switched.replicas)
-    assert failures == [] and "1" in answered and answered[-1] == "2"
+    assert load.failures == [] and "1" in load.answered and load.answered[-1] == "2"
 
     # A new artifact set builds an image and replaces the containers; the endpoint stays.
     only_b = DeploymentSpec(deployment_id=11, name="dockered", versions=(version(2, bundles["b"], 100),), replicas=2)

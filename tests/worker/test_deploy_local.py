@@ -9,6 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,45 @@ def predict(url: str, key: str | None = None) -> tuple[int, str | None]:
         return response.status, response.getheader("X-Model-Version")
     finally:
         connection.close()
+
+
+@dataclass
+class Load:
+    """What clients sending predictions in a loop saw: failures (statuses or errors) and the versions served."""
+
+    failures: list[object] = field(default_factory=list)
+    answered: list[str | None] = field(default_factory=list)
+
+
+@contextmanager
+def load_on(url: str, clients: int = 2) -> Iterator[Load]:
+    """Clients predicting through `url` for as long as the block runs (at most 60 s), from 0.3 s before it
+    to 0.3 s after it, so that the change the block makes happens under load."""
+    load = Load()
+    stop = threading.Event()
+
+    def client() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, served = predict(url)
+                load.answered.append(served)
+                if status != 200:
+                    load.failures.append(status)
+            except OSError as exc:
+                load.failures.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    try:
+        yield load
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def test_apply_starts_replicas_on_free_ports_and_is_idempotent(backend: LocalProcessBackend, bundles: dict) -> None:
@@ -167,37 +209,15 @@ def test_a_reused_pid_is_not_mistaken_for_a_server(backend: LocalProcessBackend,
 def test_spec_change_reloads_gracefully_without_failed_requests(backend: LocalProcessBackend, bundles: dict) -> None:
     blue = DeploymentSpec(deployment_id=5, name="bg", versions=(version(1, bundles["a"], 100),))
     replica = backend.apply(blue).replicas[0]
-    failures: list[object] = []
-    answered: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        deadline = time.monotonic() + 60
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                status, served = predict(replica.url)
-                answered.append(served)
-                if status != 200:
-                    failures.append(status)
-            except OSError as exc:
-                failures.append(exc)
-
-    threads = [threading.Thread(target=load) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
     green = DeploymentSpec(
         deployment_id=5, name="bg", versions=(version(1, bundles["a"], 0), version(2, bundles["b"], 100))
     )
-    after = backend.apply(green).replicas[0]
-    time.sleep(0.3)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    with load_on(replica.url) as load:
+        after = backend.apply(green).replicas[0]
     assert after.pid == replica.pid, "the same master reloaded"
     assert after.traffic == {"1": 0, "2": 100}
-    assert failures == []
-    assert "1" in answered and answered[-1] == "2"
+    assert load.failures == []
+    assert "1" in load.answered and load.answered[-1] == "2"
 
 
 def test_a_spec_that_cannot_load_is_refused_and_the_old_one_keeps_serving(
