@@ -12,6 +12,8 @@ Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `
   and keeps the current workers instead of replacing them with workers that cannot boot;
 - old workers are stopped only once every new worker has loaded its models (gunicorn would stop them at
   once and leave requests waiting in the socket backlog for as long as loading takes).
+The master logs the outcome as one of two lines, which the deployment backends wait for: RELOAD_REFUSED, or
+RELOAD_DONE once every old worker has exited (until then an old worker may still take a connection).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +45,8 @@ READY_POLL_SECONDS = 0.05
 # many such connections a worker keeps before closing the oldest.
 LINGER_SECONDS = 2.0
 MAX_LINGERING = 256
+RELOAD_REFUSED = "Not reloading"
+RELOAD_DONE = "Reloaded"
 
 
 def ready_marker(run_dir: Path, pid: int) -> Path:
@@ -70,10 +75,22 @@ class ModelServerArbiter(Arbiter):
     def reload(self) -> None:
         error = check_spec_in_subprocess(self.app.spec_path)
         if error is not None:
-            self.log.error("Not reloading: the new spec cannot be served (%s); the current workers keep serving", error)
+            self.log.error(
+                "%s: the new spec cannot be served (%s); the current workers keep serving", RELOAD_REFUSED, error
+            )
             return
         self.log.info("Reloading: the new spec loads; starting new workers")
+        old = set(self.WORKERS)
+        # gunicorn's reload waits up to graceful_timeout for the old workers to finish their requests.
         super().reload()
+        lingering = old & set(self.WORKERS)
+        for pid in lingering:
+            self.log.warning("Old worker %s still runs after the graceful timeout; killing it", pid)
+            self.kill_worker(pid, signal.SIGKILL)
+        while old & set(self.WORKERS):
+            self.reap_workers()
+            time.sleep(READY_POLL_SECONDS)
+        self.log.info("%s: every worker serves the new spec", RELOAD_DONE)
 
     def manage_workers(self) -> None:
         if len(self.WORKERS) > self.num_workers:

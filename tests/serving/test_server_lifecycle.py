@@ -19,6 +19,7 @@ import pytest
 from serving.app import TrafficSplit
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
+from serving.server import RELOAD_DONE, RELOAD_REFUSED
 from serving.spec import SpecError, parse_spec
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import (
@@ -273,6 +274,8 @@ def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bun
             server.spec_path,
             spec | {"versions": [version("v1", bundles["rf_a"], 50), version("v2", bundles["rf_b"], 50)]},
         )
+        old_workers = server.worker_pids()
+        assert len(old_workers) == 2
         os.kill(server.master_pid(), signal.SIGHUP)
         # At least 3 s of load, and until the new version answers (bounded).
         started = time.monotonic()
@@ -286,11 +289,16 @@ def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bun
         assert failures == []
         assert new_version_at.get("v2"), f"the new version never answered: {new_version_at}\n{server.log()}"
         assert sum(seen.values()) > 100
+        # Once the master says the reload is done, no old worker is left to answer with the old spec.
+        wait_until(lambda: RELOAD_DONE in server.log(), timeout=30)
+        assert server.worker_pids() & old_workers == set()
+        for _ in range(20):
+            assert server.get("/v2/models/m")[2]["versions"] == ["v1", "v2"]
 
         # A spec that cannot be served is refused; the running workers go on serving the last good one.
         write_spec(server.spec_path, spec | {"versions": [version("v3", bundles["rf_a"], 100) | {"sha256": SHA}]})
         os.kill(server.master_pid(), signal.SIGHUP)
-        wait_until(lambda: "Not reloading" in server.log(), timeout=30)
+        wait_until(lambda: RELOAD_REFUSED in server.log(), timeout=30)
         status, _, body = server.get("/v2/models/m")
         assert status == 200 and body["versions"] == ["v1", "v2"]
     finally:

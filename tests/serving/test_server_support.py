@@ -245,6 +245,20 @@ class ServerProcess:
     def master_pid(self) -> int:
         return int(self.pid_file.read_text().strip())
 
+    def worker_pids(self) -> set[int]:
+        """The master's child processes, read from /proc."""
+        master = self.master_pid()
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # The command name (field 2) is in parentheses and may hold spaces; the parent pid follows it.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == master:
+                children.add(int(stat.parent.name))
+        return children
+
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
         _, _, text = self.get("/metrics")

@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.deployments.local import LOG_TAIL_BYTES, NOT_RELOADING, free_port
+from serving.server import RELOAD_DONE, RELOAD_REFUSED
+from worker.deployments.local import LOG_TAIL_BYTES, free_port
 from worker.deployments.probe import probe_server
 from worker.deployments.spec import (
     BackendError,
@@ -224,7 +225,7 @@ class DockerBackend:
         logger.info("started container %s for %s-%s on port %s", container.short_id, name, index, port)
         return container
 
-    def _wait_serving(self, desired: DeploymentSpec, container: Any, *, signalled_at: int | None = None) -> None:
+    def _wait_serving(self, desired: DeploymentSpec, container: Any, *, signalled_at: float | None = None) -> None:
         """Wait until the container serves `desired`; after a SIGHUP, fail as soon as the server refuses it."""
         port = int(container.labels[LABEL_PORT])
         shadow = str(desired.shadow.version_id) if desired.shadow else None
@@ -236,8 +237,11 @@ class DockerBackend:
                 raise BackendError(f"container {container.name} exited: {logs}")
             if signalled_at is not None:
                 logs = container.logs(since=signalled_at).decode(errors="replace")
-                if NOT_RELOADING in logs:
+                if RELOAD_REFUSED in logs:
                     raise BackendError(f"container {container.name} refused the new spec: {logs[-LOG_TAIL_BYTES:]}")
+                if RELOAD_DONE not in logs:
+                    time.sleep(POLL_SECONDS)
+                    continue
             ready, traffic, served_shadow, _ = probe_server(self.host, port, desired.name)
             if ready and traffic == desired.traffic() and served_shadow == shadow:
                 return
@@ -246,7 +250,7 @@ class DockerBackend:
 
     def _reload(self, desired: DeploymentSpec, container: Any, old: str | None, new: str) -> None:
         """Rewrite the running container's spec and reload it gracefully; put the old spec back if refused."""
-        signalled_at = int(time.time())
+        signalled_at = time.time()
         container.put_archive("/models", spec_archive(new))
         container.kill(signal="SIGHUP")
         logger.info("reloading container %s of %s with a new spec", container.short_id, desired.name)

@@ -44,6 +44,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from serving.server import RELOAD_DONE, RELOAD_REFUSED
 from worker.deployments.probe import probe_server
 from worker.deployments.spec import (
     BackendError,
@@ -60,7 +61,6 @@ READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 35.0
 POLL_SECONDS = 0.1
 LOG_TAIL_BYTES = 4000
-NOT_RELOADING = "Not reloading"
 
 
 def free_port(host: str) -> int:
@@ -251,14 +251,20 @@ class LocalProcessBackend:
                 time.sleep(POLL_SECONDS)
         return free_port(self.host)
 
-    def _log_tail(self, name: str, index: int, since: int = 0) -> str:
+    def _log_tail(self, name: str, index: int) -> str:
         path = self._folder(name) / f"replica-{index}.log"
         try:
             with open(path, "rb") as handle:
-                handle.seek(max(since, path.stat().st_size - LOG_TAIL_BYTES))
+                handle.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
                 return handle.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def _log_since(self, name: str, index: int, offset: int) -> str:
+        with suppress(OSError), open(self._folder(name) / f"replica-{index}.log", "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+        return ""
 
     def _log_size(self, name: str, index: int) -> int:
         with suppress(OSError):
@@ -319,9 +325,12 @@ class LocalProcessBackend:
                     problems.append(f"replica {index} exited: {self._log_tail(desired.name, index)}")
                     pending.discard(index)
                     continue
-                if index in reloading and NOT_RELOADING in self._log_tail(desired.name, index, reloading[index]):
+                reload_log = self._log_since(desired.name, index, reloading[index]) if index in reloading else ""
+                if RELOAD_REFUSED in reload_log:
                     problems.append(f"replica {index} refused the new spec: {self._log_tail(desired.name, index)}")
                     pending.discard(index)
+                    continue
+                if index in reloading and RELOAD_DONE not in reload_log:
                     continue
                 ready, traffic, shadow, _ = probe_server(self.host, int(record["port"]), desired.name)
                 if ready and traffic == desired.traffic() and shadow == wanted_shadow:
