@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection
+from django.db import connection, connections
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -192,6 +192,9 @@ def browser() -> Iterator[object]:
             instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             yield instance
             instance.close()
+            # While the loop runs, Django keeps the ORM's connections apart from the thread's own (asgiref
+            # treats the thread as async): close them here, or they stay open and block the test database's drop.
+            connections.close_all()
     finally:
         if previous is None:
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
