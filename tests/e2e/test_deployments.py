@@ -36,6 +36,7 @@ from apps.deployments.models import Deployment, PredictionLog
 from apps.deployments.tasks import deployment_reconcile_task
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.services import model_version_register
+from tests.e2e.conftest import wait_for
 from tests.registry.registry_helpers import FEATURES, iris_frame, iris_signature, sklearn_bundle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -300,6 +301,14 @@ def test_a_healthy_canary_is_promoted_to_100(console: str, project: Any, owner: 
     assert traffic_of(deployment) == {versions["v1"].pk: 100}
 
 
+def _cmdline(pid: int) -> bytes:
+    """A process's command line; empty once it exited (a zombie has none)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_a_killed_model_server_is_restarted_by_the_reconciler(
     console: str, project: Any, owner: Any, versions: dict
 ) -> None:
@@ -308,6 +317,8 @@ def test_a_killed_model_server_is_restarted_by_the_reconciler(
     before = deployment.observed["replicas"][0]
     os.kill(before["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
+    # kill() returns before the process is gone; until then the reconciler would still find it alive.
+    wait_for(lambda: not _cmdline(before["pid"]), timeout=10, what="the killed master to exit")
     deployment_reconcile_task(deployment.pk)
     deployment.refresh_from_db()
     after = deployment.observed["replicas"][0]

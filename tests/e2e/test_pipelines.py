@@ -263,7 +263,8 @@ def test_a_stage_over_its_soft_time_limit_fails(
     start_worker(EXPERIMENTS_STAGE_SOFT_TIME_LIMIT="2")
     add_version(project, "digits")
     # Far longer than the limit on any machine: the limit stops it after 2 s.
-    config = SLOW.replace("n_estimators: 300", "n_estimators: 5000")
+    config = SLOW.replace("n_estimators: 600", "n_estimators: 5000")
+    assert "n_estimators: 5000" in config
     pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=config)
     wait_for(lambda: _finished(pipeline_run), timeout=90, what="the time limit")
     assert pipeline_run.status == "failed"

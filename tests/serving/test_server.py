@@ -134,7 +134,8 @@ def test_pinned_version_url_bypasses_the_split(server: ServerProcess) -> None:
 
 def test_health_and_readiness(server: ServerProcess) -> None:
     assert server.get("/v2/health/live")[0] == 200
-    assert server.get("/v2/health/ready") == (200, server.get("/v2/health/ready")[1], {"ready": True})
+    status, _, body = server.get("/v2/health/ready")
+    assert (status, body) == (200, {"ready": True})
     assert server.get("/v2/models/churn/ready")[2] == {"name": "churn", "ready": True}
     assert server.get("/v2/models/churn/versions/canary/ready")[0] == 200
     assert server.get("/v2/models/other/ready")[0] == 404
@@ -258,7 +259,8 @@ def test_split_without_key_follows_the_weights(server: ServerProcess) -> None:
     with ThreadPoolExecutor(4) as pool:
         counts = Counter(pool.map(one, range(1000)))
     assert set(counts) == {"stable", "canary"}
-    assert 70 <= counts["canary"] <= 130, counts
+    # Binomial(1000, 0.1): sd 9.5, so ±45 fails about once in 10^5 runs.
+    assert 55 <= counts["canary"] <= 145, counts
 
 
 def test_sticky_keys_keep_their_version(server: ServerProcess) -> None:
@@ -338,15 +340,28 @@ def test_events_are_shipped_in_batches_with_the_token(server: ServerProcess, sin
 
 
 def test_metrics_exposition(server: ServerProcess) -> None:
-    before = server.metric("model_server_requests_total", version="canary", protocol="v2", status="200")
+    def canary_requests() -> float:
+        return server.metric("model_server_requests_total", version="canary", protocol="v2", status="200")
+
+    def settled() -> float:
+        # Each worker writes its snapshot once a second and any worker answers for both: a figure is settled
+        # once two reads more than a snapshot interval apart agree.
+        previous = canary_requests()
+        for _ in range(10):
+            time.sleep(1.2)
+            current = canary_requests()
+            if current == previous:
+                return current
+            previous = current
+        raise AssertionError(f"the request count never settled: {previous}")
+
+    before = settled()
     for _ in range(20):
         assert server.post("/v2/models/churn/versions/canary/infer", v2_request(rows(3)))[0] == 200
-    # Each worker writes its snapshot once a second; any worker then answers for both.
-    time.sleep(1.5)
+    wait_until(lambda: canary_requests() >= before + 20, timeout=15)
     status, headers, text = server.get("/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    after = server.metric("model_server_requests_total", version="canary", protocol="v2", status="200")
-    assert after - before == 20
+    assert settled() - before == 20
     for line in [
         "# TYPE model_server_request_duration_seconds histogram",
         'model_server_request_duration_seconds_bucket{version="canary",le="+Inf"}',

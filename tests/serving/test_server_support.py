@@ -318,7 +318,7 @@ def start_server(directory: Path, spec: dict, *, workers: int = 1) -> ServerProc
             status, _, _ = server.get("/v2/health/ready")
             if status == 200 and pid_file.exists():
                 return server
-        except OSError:
+        except (OSError, http.client.HTTPException):
             pass
         time.sleep(0.1)
     server.stop()
