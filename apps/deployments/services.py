@@ -621,13 +621,14 @@ def deployment_spec(deployment: Deployment, *, verify: bool = True) -> Deploymen
     live, shadow = selectors.deployment_targets(deployment)
     known = {}
     if not verify and deployment.applied_spec:
-        known = {v["sha256"]: v["artifact_path"] for v in deployment.applied_spec.get("versions", [])}
+        applied = [*deployment.applied_spec.get("versions", []), deployment.applied_spec.get("shadow")]
+        known = {v["sha256"]: v["artifact_path"] for v in applied if v}
 
     def version_spec(target: DeploymentTarget) -> VersionSpec:
         version = target.model_version
         path = known.get(version.sha256)
         if path is None:
-            if deployment.backend == DeploymentBackendKind.KUBERNETES or not verify:
+            if deployment.backend == DeploymentBackendKind.KUBERNETES:
                 path = version.sha256  # fetched by the pod's init container
             else:
                 path = str(artifact_verified_path(sha256=version.sha256, project=deployment.project, obj=version))

@@ -4,6 +4,7 @@ rollouts' desired state, rollback, ingest. (Reconciling with real processes is i
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from django.core.management import call_command
 from django.utils import timezone
 
+from apps.core.artifacts import get_artifact_store
 from apps.core.models import APIToken
 from apps.deployments import hooks, services
 from apps.deployments.choices import DeploymentEventKind, RolloutPhase
@@ -205,6 +207,24 @@ def test_blue_green_and_shadow_desired_states(deployment: Deployment, member: An
     services.deployment_promote(deployment=deployment, actor=member)
     live, shadow = services.selectors.deployment_targets(deployment)
     assert [(t.model_version.number, t.weight) for t in live] == [(3, 100)] and shadow is None
+
+
+def test_a_reapplied_spec_keeps_every_artifact_path_including_the_shadows(
+    deployment: Deployment, member: Any, versions: list
+) -> None:
+    store = get_artifact_store()
+    for n, version in enumerate(versions):
+        version.sha256 = store.put_bytes(f"bundle {n}".encode()).sha256
+        version.save(update_fields=["sha256"])
+    services.deployment_rollout(deployment=deployment, model_version=versions[1], strategy="shadow", actor=member)
+    deployment.refresh_from_db()
+    applied = services.deployment_spec(deployment)
+    deployment.applied_spec = applied.to_dict()
+    # Later reconciles of the same generation skip the hash check and reuse the applied paths.
+    again = services.deployment_spec(deployment, verify=False)
+    assert again.shadow is not None and again.shadow.artifact_path == applied.shadow.artifact_path
+    assert Path(again.shadow.artifact_path).is_file()
+    assert [v.artifact_path for v in again.versions] == [v.artifact_path for v in applied.versions]
 
 
 def test_set_traffic_requires_weights_summing_to_100(deployment: Deployment, member: Any, versions: list) -> None:
