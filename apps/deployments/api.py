@@ -133,13 +133,33 @@ class DeploymentCreateSerializer(serializers.Serializer):
         return data
 
 
+class AnalysisSerializer(serializers.Serializer):
+    """A canary's analysis settings; each one left out takes the console's default."""
+
+    window_seconds = serializers.IntegerField(required=False, min_value=1)
+    max_error_rate_delta = serializers.FloatField(required=False, min_value=0, max_value=1)
+    max_p99_ratio = serializers.FloatField(required=False, min_value=1)
+    p99_floor_ms = serializers.FloatField(required=False, min_value=0)
+    min_requests = serializers.IntegerField(required=False, min_value=1)
+    failures_to_rollback = serializers.IntegerField(required=False, min_value=1)
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: f"Unknown setting; choose from {', '.join(self.fields)}." for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
 class RolloutSerializer(serializers.Serializer):
     generation = serializers.IntegerField(required=False)
     model_version = ModelVersionField()
     strategy = serializers.ChoiceField(choices=DeploymentStrategy.choices)
     traffic_percentage = serializers.IntegerField(required=False, allow_null=True, default=None)
     steps = serializers.ListField(child=serializers.IntegerField(), required=False, allow_null=True, default=None)
-    analysis = serializers.DictField(required=False, default=dict, help_text="window_seconds, min_requests, …")
+    analysis = AnalysisSerializer(required=False, default=dict)
 
 
 class ScaleSerializer(serializers.Serializer):

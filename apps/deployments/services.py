@@ -359,9 +359,21 @@ def deployment_rollout(
         raise ValidationError({"model_version": f"{version} already takes {stable.weight}% of the traffic."})
     if strategy != DeploymentStrategy.CANARY and traffic_percentage is not None:
         raise ValidationError({"traffic_percentage": "Only a canary rollout takes a starting percentage."})
-    thresholds = CanaryThresholds.from_dict(
-        {"min_requests": settings.DEPLOYMENTS_CANARY_MIN_REQUESTS, **dict(analysis or {})}
-    )
+    analysis = dict(analysis or {})
+    window_seconds = analysis.pop("window_seconds", None) or settings.DEPLOYMENTS_CANARY_WINDOW_SECONDS
+    unknown = sorted(set(analysis) - set(CanaryThresholds.__dataclass_fields__))
+    if unknown:
+        raise ValidationError({"analysis": f"Unknown analysis setting(s): {', '.join(unknown)}."})
+    try:
+        window_seconds = int(window_seconds)
+    except (TypeError, ValueError):
+        raise ValidationError({"analysis": "window_seconds must be an integer."}) from None
+    try:
+        thresholds = CanaryThresholds.from_dict({"min_requests": settings.DEPLOYMENTS_CANARY_MIN_REQUESTS, **analysis})
+    except ValueError as exc:
+        raise ValidationError({"analysis": str(exc)}) from exc
+    if window_seconds < 1:
+        raise ValidationError({"analysis": "window_seconds must be at least 1."})
     deployment.rollback_spec = _snapshot(deployment)
     state: dict[str, Any] = {"from_version": stable.model_version_id, "to_version": version.pk}
     if strategy == DeploymentStrategy.DIRECT:
@@ -377,7 +389,7 @@ def deployment_rollout(
         state.update(
             steps=canary_steps,
             step=0,
-            window_seconds=int((analysis or {}).get("window_seconds") or settings.DEPLOYMENTS_CANARY_WINDOW_SECONDS),
+            window_seconds=window_seconds,
             thresholds=thresholds.to_dict(),
             window_started_at=None,
             failures=0,
@@ -558,6 +570,8 @@ def deployment_scale(
         "autoscale_max": deployment.autoscale_max,
     }
     if autoscale:
+        if autoscale_min is None and autoscale_max is None:
+            raise ValidationError({"autoscale_min": "Autoscaling needs autoscale_min and autoscale_max."})
         _validate_autoscale(deployment.backend, autoscale_min, autoscale_max)
         deployment.autoscale_min, deployment.autoscale_max = autoscale_min, autoscale_max
         deployment.replicas = min(max(deployment.replicas, autoscale_min), autoscale_max)
@@ -616,8 +630,11 @@ def artifact_base_url() -> str:
     return f"{settings.CONSOLE_INTERNAL_URL}/api/v1/ingest/artifacts/"
 
 
-def deployment_spec(deployment: Deployment, *, verify: bool = True) -> DeploymentSpec:
-    """The engine's spec of the desired state. `verify` checks every artifact's sha256 (on changes only)."""
+def deployment_spec(deployment: Deployment, *, verify: bool = True, kubernetes: bool | None = None) -> DeploymentSpec:
+    """The engine's spec of the desired state. `verify` checks every artifact's sha256 (on changes only);
+    `kubernetes` (by default: the deployment's backend is Kubernetes) has pods fetch artifacts from the console."""
+    if kubernetes is None:
+        kubernetes = deployment.backend == DeploymentBackendKind.KUBERNETES
     live, shadow = selectors.deployment_targets(deployment)
     known = {}
     if not verify and deployment.applied_spec:
@@ -626,12 +643,12 @@ def deployment_spec(deployment: Deployment, *, verify: bool = True) -> Deploymen
 
     def version_spec(target: DeploymentTarget) -> VersionSpec:
         version = target.model_version
-        path = known.get(version.sha256)
-        if path is None:
-            if deployment.backend == DeploymentBackendKind.KUBERNETES:
-                path = version.sha256  # fetched by the pod's init container
-            else:
-                path = str(artifact_verified_path(sha256=version.sha256, project=deployment.project, obj=version))
+        if kubernetes:
+            path = version.sha256  # fetched by the pod's init container
+        else:
+            path = known.get(version.sha256) or str(
+                artifact_verified_path(sha256=version.sha256, project=deployment.project, obj=version)
+            )
         return VersionSpec(
             version.pk, f"v{version.number}", path, version.sha256, 0 if target.shadow else target.weight
         )
@@ -646,11 +663,11 @@ def deployment_spec(deployment: Deployment, *, verify: bool = True) -> Deploymen
         token=deployment.ingest_token(),
         console_url=ingest_url(),
         trust_pickle=settings.REGISTRY_TRUST_PICKLE,
-        autoscale_min=deployment.autoscale_min if deployment.backend == DeploymentBackendKind.KUBERNETES else None,
-        autoscale_max=deployment.autoscale_max if deployment.backend == DeploymentBackendKind.KUBERNETES else None,
+        autoscale_min=deployment.autoscale_min if kubernetes else None,
+        autoscale_max=deployment.autoscale_max if kubernetes else None,
         image=settings.DEPLOYMENTS_KUBE_IMAGE,
         namespace=settings.DEPLOYMENTS_KUBE_NAMESPACE,
-        artifact_base_url=artifact_base_url() if deployment.backend == DeploymentBackendKind.KUBERNETES else "",
+        artifact_base_url=artifact_base_url() if kubernetes else "",
         labels={"mlops-console/project": deployment.project.slug},
     )
 
@@ -658,14 +675,10 @@ def deployment_spec(deployment: Deployment, *, verify: bool = True) -> Deploymen
 def deployment_manifests(deployment: Deployment) -> str:
     """Kubernetes manifests of the desired state as multi-document YAML, for GitOps (no Secret: the ingest
     token is created out of band). Artifacts are fetched from the console, whatever backend runs it now."""
-    from dataclasses import replace
-
     from apps.deployments.backends import kubernetes_options
     from worker.deployments.kube import export_yaml, render_manifests
 
-    spec = deployment_spec(deployment, verify=False)
-    autoscale = {"autoscale_min": deployment.autoscale_min, "autoscale_max": deployment.autoscale_max}
-    spec = replace(spec, artifact_base_url=artifact_base_url(), **autoscale)
+    spec = deployment_spec(deployment, verify=False, kubernetes=True)
     return export_yaml(render_manifests(spec, kubernetes_options(), include_secret=False))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -170,6 +171,55 @@ def test_scale_validates_and_autoscale_bounds(deployment: Deployment, member: An
     )
 
 
+def test_autoscale_without_bounds_is_a_400(deployment: Deployment, member: Any) -> None:
+    url = f"/api/v1/deployments/{deployment.pk}/scale/"
+    response = client_for(member).post(url, {"generation": 1, "autoscale": True}, format="json")
+    assert response.status_code == 400 and "autoscale_min" in response.json()
+    deployment.refresh_from_db()
+    assert deployment.generation == 1 and deployment.autoscale_min is None
+
+
+@pytest.mark.parametrize(
+    ("analysis", "field"),
+    [
+        ({"max_p99_ratio": "abc"}, "max_p99_ratio"),
+        ({"max_p99_ratio": 0.5}, "max_p99_ratio"),
+        ({"min_requests": -5}, "min_requests"),
+        ({"failures_to_rollback": 0}, "failures_to_rollback"),
+        ({"max_error_rate_delta": 2}, "max_error_rate_delta"),
+        ({"window_seconds": 0}, "window_seconds"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_canary_analysis_is_a_400_naming_the_setting(
+    deployment: Deployment, member: Any, versions: list, analysis: dict, field: str
+) -> None:
+    body = {"generation": 1, "model_version": versions[1].pk, "strategy": "canary", "analysis": analysis}
+    response = client_for(member).post(f"/api/v1/deployments/{deployment.pk}/rollout/", body, format="json")
+    assert response.status_code == 400 and field in response.json()["analysis"], response.json()
+    deployment.refresh_from_db()
+    assert deployment.generation == 1 and deployment.phase != RolloutPhase.ANALYSING
+
+
+@pytest.mark.parametrize(
+    ("analysis", "message"),
+    [
+        ({"max_p99_ratio": "abc"}, "max_p99_ratio must be a number"),
+        ({"min_requests": -5}, "min_requests"),
+        ({"window_seconds": "soon"}, "window_seconds must be an integer"),
+        ({"bogus": 1}, "Unknown analysis setting(s): bogus"),
+    ],
+)
+def test_the_rollout_service_refuses_bad_analysis_too(
+    deployment: Deployment, member: Any, versions: list, analysis: dict, message: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        services.deployment_rollout(
+            deployment=deployment, model_version=versions[1], strategy="canary", actor=member, analysis=analysis
+        )
+    assert message in str(caught.value.message_dict["analysis"])
+
+
 def test_canary_rollout_promote_and_rollback(deployment: Deployment, member: Any, versions: list) -> None:
     base = f"/api/v1/deployments/{deployment.pk}"
     started = client_for(member).post(
@@ -249,6 +299,7 @@ def test_manifests_are_yaml_without_the_token(deployment: Deployment, viewer: An
         "NetworkPolicy",
     ]
     assert deployment.ingest_token() not in response.content.decode()
+    assert "&id" not in response.content.decode() and "*id" not in response.content.decode(), "no YAML aliases"
     out = io.StringIO()
     call_command("export_manifests", deployment_id=deployment.pk, stdout=out)
     assert out.getvalue() == response.content.decode()

@@ -64,8 +64,16 @@ class CanaryThresholds:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> CanaryThresholds:
-        known = {name for name in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+        values = {}
+        for name, value in (data or {}).items():
+            if name not in cls.__dataclass_fields__:
+                continue
+            kind = type(getattr(cls, name))
+            try:
+                values[name] = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}") from None
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

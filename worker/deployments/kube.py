@@ -330,9 +330,16 @@ def _network_policy(spec: DeploymentSpec, options: KubernetesOptions) -> dict[st
     }
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a mapping shared by several manifests out in full each time: no &anchors or *aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def export_yaml(manifests: list[dict[str, Any]]) -> str:
     """Multi-document YAML, ready to commit to a GitOps repository (ArgoCD, Flux)."""
-    return yaml.safe_dump_all(manifests, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
 
 
 def object_path(kind: str, namespace: str, name: str | None = None) -> str:
