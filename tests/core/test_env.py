@@ -125,3 +125,19 @@ def test_check_deploy_passes_with_the_production_settings_of_env_example(tmp_pat
     env["VAR_DIR"] = str(tmp_path)
     result = _django_check(env, "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("bind", "environ", "expected"),
+    [
+        ("127.0.0.1:8123", {}, "http://127.0.0.1:8123"),
+        ("0.0.0.0:9000", {}, "http://127.0.0.1:9000"),
+        ("8001", {}, "http://127.0.0.1:8001"),
+        ("127.0.0.1:8123", {"CONSOLE_INTERNAL_URL": "http://console.internal"}, "http://console.internal"),
+    ],
+)
+def test_run_console_points_model_servers_at_the_address_it_binds(bind: str, environ: dict, expected: str) -> None:
+    from apps.core.management.commands.run_console import child_environment
+
+    environment = child_environment(bind, {"PATH": "/bin", **environ})
+    assert environment["CONSOLE_INTERNAL_URL"] == expected and environment["PATH"] == "/bin"

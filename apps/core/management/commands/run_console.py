@@ -5,10 +5,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+
+def child_environment(bind: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of web, worker and beat: model servers started by the worker ship their prediction
+    events to this console, so unless CONSOLE_INTERNAL_URL says otherwise it is the address bound here."""
+    host, _, port = bind.rpartition(":")
+    if host in {"", "0.0.0.0", "[::]"}:
+        host = "127.0.0.1"
+    return {"CONSOLE_INTERNAL_URL": f"http://{host}:{port}", **environ}
 
 
 class Command(BaseCommand):
@@ -40,7 +50,10 @@ class Command(BaseCommand):
             ],
             "beat": [python, "-m", "celery", "-A", "mlops_console", "beat", "-l", "info", "-s", beat_schedule],
         }
-        children = {name: subprocess.Popen(cmd, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
+        environment = child_environment(bind, os.environ)
+        children = {
+            name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, env=environment) for name, cmd in commands.items()
+        }
         self.stdout.write(self.style.SUCCESS(f"MLOps console running at http://{bind}/  (Ctrl-C stops it)"))
         stopping = False
 
