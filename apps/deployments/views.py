@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
@@ -92,6 +93,12 @@ def _version_label(version: Any) -> str:
     return f"v{version.number} ({version.get_stage_display()})"
 
 
+def _server_version_label(deployment: Deployment) -> Callable[[str], str]:
+    """Servers speak in version ids (the registry's primary keys); people read version numbers."""
+    labels = {str(pk): f"v{number}" for pk, number in deployment.registered_model.versions.values_list("pk", "number")}
+    return lambda version_id: labels.get(str(version_id), f"version id {version_id}")
+
+
 def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
     traffic = selectors.deployment_traffic(deployment)
     state = deployment.strategy_state or {}
@@ -103,11 +110,7 @@ def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any
         else None
     )
     events = Paginator(deployment.events.select_related("actor"), EVENTS_PAGE_SIZE).get_page(request.GET.get("page"))
-    # Servers speak in version ids (the registry's primary keys); people read version numbers.
-    labels = {str(pk): f"v{number}" for pk, number in deployment.registered_model.versions.values_list("pk", "number")}
-
-    def label(version_id: str) -> str:
-        return labels.get(str(version_id), f"id {version_id}")
+    label = _server_version_label(deployment)
 
     replicas = [
         {
@@ -318,7 +321,8 @@ def deployment_try(request: HttpRequest, pk: int) -> HttpResponse:
     except OSError as exc:
         form.add_error(None, f"The model server did not answer: {exc}")
         return _render_detail(request, deployment, try_form=form, status=502)
-    answer.update(status=status, url=url + path, pretty=json.dumps(answer["body"], indent=2))
+    version = _server_version_label(deployment)(answer["version"]) if answer["version"] else None
+    answer.update(status=status, version=version, url=url + path, pretty=json.dumps(answer["body"], indent=2))
     return _render_detail(request, deployment, try_form=form, answer=answer)
 
 

@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 
 import pytest
 from django.conf import LazySettings
+from django.test import Client
+from django.urls import reverse
 
 from apps.core.artifacts import get_artifact_store
 from apps.deployments import services
@@ -229,6 +231,15 @@ def test_deploy_and_predict_through_both_protocols(console: str, project: Any, o
     assert len(logged) == 2
     assert {row.model_version_id for row in logged} == {versions["v1"].pk}
     assert logged[0].outputs == ["setosa", "setosa"] and logged[0].status == 200 and logged[0].latency_ms > 0
+    # The page's "try it" form sends a prediction to the same server and names the version by its number.
+    client = Client()
+    client.force_login(owner)
+    page = client.post(
+        reverse("deployments:deployment-try", args=[deployment.pk]),
+        {"body": json.dumps({"dataframe_records": rows(1)}), "protocol": "mlflow"},
+    )
+    answer = page.content.decode()
+    assert page.status_code == 200 and "HTTP 200 from v1 (" in answer and "setosa" in answer
 
 
 def test_blue_green_under_load_fails_no_request(console: str, project: Any, owner: Any, versions: dict) -> None:
