@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from django.core.exceptions import ValidationError
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store
@@ -409,6 +409,34 @@ def test_deploy_command(project: Any, versions: list) -> None:
     call_command("scale", "--deployment-id", str(deployment.pk), "--replicas", "3", stdout=out)
     deployment.refresh_from_db()
     assert deployment.replicas == 3 and deployment.phase == RolloutPhase.ROLLED_BACK
+
+
+def test_deploy_command_rolls_out_on_the_models_deployment_and_changes_nothing_when_refused(
+    project: Any, versions: list, owner: Any
+) -> None:
+    project.slug = "demo"
+    project.save()
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="no running deployment"):
+        call_command("deploy", "--model-version", "iris:1", "--strategy", "canary", stdout=out)
+    assert not Deployment.objects.exists()
+    deployment = services.deployment_create(
+        project=project, name="iris-prod", actor=owner, model_version=versions[0], replicas=2
+    )
+    # v1 already serves: refused, and the --replicas given alongside is not applied either.
+    with pytest.raises(CommandError, match="already takes 100%"):
+        call_command("deploy", "--model-version", "iris:1", "--replicas", "3", stdout=out)
+    deployment.refresh_from_db()
+    assert (deployment.replicas, deployment.generation) == (2, 1)
+    # Found through its model although its name differs; the replicas stay as they are.
+    canary = ["--strategy", "canary", "--traffic-percentage", "10"]
+    call_command("deploy", "--model-version", "iris:2", *canary, stdout=out)
+    deployment.refresh_from_db()
+    assert deployment.replicas == 2 and deployment.phase == RolloutPhase.ANALYSING
+    assert "canary rollout of" in out.getvalue() and "iris-prod" in out.getvalue()
+    services.deployment_create(project=project, name="iris-shadow", actor=owner, model_version=versions[0])
+    with pytest.raises(CommandError, match="several deployments"):
+        call_command("deploy", "--model-version", "iris:3", stdout=out)
 
 
 def test_a_missing_artifact_fails_the_deployment_and_a_rotated_key_moves_the_token(
