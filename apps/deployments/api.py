@@ -258,6 +258,17 @@ class DeploymentViewSet(
         self.perform_destroy(self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(request=GenerationSerializer, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        """Run a stopped deployment again with the desired state it had (DELETE stops it)."""
+        deployment = self._editable()
+        with domain_errors():
+            deployment = services.deployment_start(
+                deployment=deployment, actor=request.user, expected_generation=expected_generation(request)
+            )
+        return self._answer(deployment)
+
     @extend_schema(request=RolloutSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])
     def rollout(self, request: Request, pk: str | None = None) -> Response:

@@ -70,6 +70,7 @@ class DeploymentEventKind(models.TextChoices):
     HEALTH_CHANGED = "health_changed", "Health changed"
     ERROR = "error", "Error"
     STOPPED = "stopped", "Stopped"
+    STARTED = "started", "Started"
 
     @classmethod
     def colour(cls, kind: str) -> str:

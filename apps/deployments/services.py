@@ -83,6 +83,11 @@ def _lock(deployment: Deployment) -> Deployment:
     return Deployment.objects.select_for_update().select_related("project", "registered_model").get(pk=deployment.pk)
 
 
+def _require_running(deployment: Deployment) -> None:
+    if deployment.status == DeploymentStatus.STOPPED:
+        raise DeploymentConflict(f"Deployment {deployment.name} is stopped; start it first.")
+
+
 def _check_generation(deployment: Deployment, expected: int | None) -> None:
     if expected is not None and int(expected) != deployment.generation:
         raise DeploymentConflict(
@@ -345,8 +350,7 @@ def deployment_rollout(
     _check_generation(deployment, expected_generation)
     if strategy not in DeploymentStrategy.values:
         raise ValidationError({"strategy": f"Choose one of {', '.join(DeploymentStrategy.values)}."})
-    if deployment.status == DeploymentStatus.STOPPED:
-        raise DeploymentConflict(f"Deployment {deployment.name} is stopped.")
+    _require_running(deployment)
     if deployment.phase in ACTIVE_PHASES:
         raise DeploymentConflict(
             f"A {deployment.get_strategy_display()} rollout is in progress ({deployment.get_phase_display()}); "
@@ -434,6 +438,7 @@ def deployment_set_traffic(
     deployment = _lock(deployment)
     _require_editor(actor, deployment.project)
     _check_generation(deployment, expected_generation)
+    _require_running(deployment)
     if deployment.phase in ACTIVE_PHASES:
         raise DeploymentConflict("A rollout is in progress; promote or roll it back first.")
     live = _validate_traffic(deployment.registered_model, traffic)
@@ -491,6 +496,7 @@ def deployment_promote(
     deployment = _lock(deployment)
     _require_editor(actor, deployment.project)
     _check_generation(deployment, expected_generation)
+    _require_running(deployment)
     state = dict(deployment.strategy_state)
     if deployment.phase == RolloutPhase.ANALYSING:
         _canary_advance(deployment, actor=actor, reason="promoted by hand")
@@ -544,6 +550,7 @@ def deployment_rollback(
     deployment = _lock(deployment)
     _require_editor(actor, deployment.project)
     _check_generation(deployment, expected_generation)
+    _require_running(deployment)
     who = actor.get_username() if getattr(actor, "is_authenticated", False) else "the system"
     _rollback_locked(deployment, actor=actor, reason=reason or f"requested by {who}")
     return deployment
@@ -564,6 +571,7 @@ def deployment_scale(
     deployment = _lock(deployment)
     _require_editor(actor, deployment.project)
     _check_generation(deployment, expected_generation)
+    _require_running(deployment)
     before = {
         "replicas": deployment.replicas,
         "autoscale_min": deployment.autoscale_min,
@@ -611,11 +619,33 @@ def deployment_note(*, deployment: Deployment, message: str) -> DeploymentEvent:
 
 @transaction.atomic
 def deployment_stop(*, deployment: Deployment, actor: AbstractBaseUser | None) -> Deployment:
+    """Shut the model servers down; the desired state is kept for a later start. Stopping twice changes nothing."""
     deployment = _lock(deployment)
     _require_editor(actor, deployment.project)
+    if deployment.status == DeploymentStatus.STOPPED:
+        return deployment
     deployment.status, deployment.status_message = DeploymentStatus.STOPPED, ""
     _save_desired(deployment, ["status", "status_message"])
     _event(deployment, DeploymentEventKind.STOPPED, "Stopped; its model servers are shut down.", actor=actor)
+    return deployment
+
+
+@transaction.atomic
+def deployment_start(
+    *, deployment: Deployment, actor: AbstractBaseUser | None, expected_generation: int | None = None
+) -> Deployment:
+    """Run a stopped deployment again, with the desired state it had when it stopped."""
+    deployment = _lock(deployment)
+    _require_editor(actor, deployment.project)
+    _check_generation(deployment, expected_generation)
+    if deployment.status != DeploymentStatus.STOPPED:
+        raise DeploymentConflict(f"Deployment {deployment.name} is not stopped.")
+    live, _ = selectors.deployment_targets(deployment)
+    for target in live:
+        deployment_gate_check(environment=deployment.environment, version=target.model_version)
+    deployment.status, deployment.status_message = DeploymentStatus.PROGRESSING, ""
+    _save_desired(deployment, ["status", "status_message"])
+    _event(deployment, DeploymentEventKind.STARTED, "Started again; its model servers are coming up.", actor=actor)
     return deployment
 
 
@@ -744,6 +774,8 @@ def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
 def _status_for(
     deployment: Deployment, spec: DeploymentSpec | None, observed: ObservedState | None, error: str | None
 ) -> str:
+    if deployment.status == DeploymentStatus.STOPPED:
+        return DeploymentStatus.STOPPED  # an error while shutting down is its message, not a new status
     ready = observed.ready_replicas if observed else 0
     if error:
         return DeploymentStatus.DEGRADED if ready else DeploymentStatus.FAILED

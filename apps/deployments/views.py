@@ -133,8 +133,9 @@ def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any
         "replicas": replicas,
         "ready_url": deployment.url,
         "can_edit": has_project_role(request.user, deployment.project, ProjectRole.EDITOR),
-        "active": deployment.phase in services.ACTIVE_PHASES,
-        "can_rollback": bool(deployment.rollback_spec),
+        "stopped": deployment.status == DeploymentStatus.STOPPED,
+        "active": deployment.phase in services.ACTIVE_PHASES and deployment.status != DeploymentStatus.STOPPED,
+        "can_rollback": bool(deployment.rollback_spec) and deployment.status != DeploymentStatus.STOPPED,
         "generation_form": GenerationForm(initial={"generation": deployment.generation}),
         "counts": selectors.prediction_counts(deployment=deployment, since=timezone.now() - timedelta(hours=1)),
     }
@@ -217,6 +218,26 @@ def _act(request: HttpRequest, pk: int, action: Any) -> HttpResponse:
     except PermissionDenied as exc:
         messages.error(request, str(exc))
     return redirect(deployment)
+
+
+@login_required
+@require_POST
+def deployment_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    def stop(deployment: Deployment, generation: int) -> None:
+        services.deployment_stop(deployment=deployment, actor=request.user)
+        messages.success(request, "Stopped; its model servers are shutting down.")
+
+    return _act(request, pk, stop)
+
+
+@login_required
+@require_POST
+def deployment_start(request: HttpRequest, pk: int) -> HttpResponse:
+    def start(deployment: Deployment, generation: int) -> None:
+        services.deployment_start(deployment=deployment, actor=request.user, expected_generation=generation)
+        messages.success(request, "Started; its model servers are coming up.")
+
+    return _act(request, pk, start)
 
 
 @login_required

@@ -246,6 +246,36 @@ def test_canary_rollout_promote_and_rollback(deployment: Deployment, member: Any
     assert events[0]["kind"] == "rolled_back" and "latency" in events[0]["message"]
 
 
+def test_a_stopped_deployment_takes_no_change_until_started(
+    deployment: Deployment, member: Any, versions: list
+) -> None:
+    base = f"/api/v1/deployments/{deployment.pk}"
+    client = client_for(member)
+    assert client.delete(f"{base}/").status_code == 204
+    deployment.refresh_from_db()
+    stopped_at = deployment.generation
+    assert client.delete(f"{base}/").status_code == 204, "stopping twice is harmless"
+    deployment.refresh_from_db()
+    assert deployment.generation == stopped_at and deployment.events.filter(kind="stopped").count() == 1
+    changes = {
+        "scale": {"replicas": 3},
+        "promote": {},
+        "rollback": {},
+        "traffic": {"traffic": [{"model_version": versions[1].pk, "weight": 100}]},
+        "rollout": {"model_version": versions[1].pk, "strategy": "direct"},
+    }
+    for action, body in changes.items():
+        response = client.post(f"{base}/{action}/", {"generation": stopped_at, **body}, format="json")
+        assert response.status_code == 409 and "is stopped" in response.json()["detail"], action
+    deployment.refresh_from_db()
+    assert deployment.generation == stopped_at and deployment.replicas == 1
+    started = client.post(f"{base}/start/", {"generation": stopped_at}, format="json")
+    assert started.status_code == 200 and started.json()["status"] == "progressing"
+    assert client.post(f"{base}/start/", {"generation": stopped_at + 1}, format="json").status_code == 409
+    scaled = client.post(f"{base}/scale/", {"generation": stopped_at + 1, "replicas": 3}, format="json")
+    assert scaled.status_code == 200
+
+
 def test_blue_green_and_shadow_desired_states(deployment: Deployment, member: Any, versions: list) -> None:
     services.deployment_rollout(deployment=deployment, model_version=versions[1], strategy="blue_green", actor=member)
     live, _ = services.selectors.deployment_targets(deployment)

@@ -242,3 +242,26 @@ def test_promote_from_the_live_part_with_its_csrf_token(deployment: Deployment, 
     deployment.refresh_from_db()
     assert deployment.strategy_state["step"] == 1
     assert 'data-testid="promote"' not in browser(viewer).get(live_url(deployment)).content.decode()
+
+
+def test_stop_and_start_from_the_page(deployment: Deployment, member: Any, viewer: Any) -> None:
+    detail = reverse("deployments:deployment-detail", args=[deployment.pk])
+    stop = reverse("deployments:deployment-stop", args=[deployment.pk])
+    start = reverse("deployments:deployment-start", args=[deployment.pk])
+    assert browser(viewer).post(stop, {"generation": deployment.generation}).status_code == 403
+    page = browser(member).post(stop, {"generation": deployment.generation}, follow=True).content.decode()
+    deployment.refresh_from_db()
+    assert deployment.status == "stopped" and "Stopped; its model servers are shutting down." in page
+    # Stopped: a Start button, no Stop, no promote or roll back, no scale or roll-out forms, nothing "applying".
+    assert 'data-testid="start"' in page and 'data-testid="stop"' not in page
+    assert 'data-testid="promote"' not in page and 'data-testid="rollback"' not in page
+    assert 'data-testid="scale"' not in page and "(applying)" not in page
+    scale = reverse("deployments:deployment-scale", args=[deployment.pk])
+    refused = browser(member).post(scale, {"generation": deployment.generation, "replicas": 3}, follow=True)
+    assert "is stopped; start it first" in refused.content.decode()
+    deployment.refresh_from_db()
+    assert deployment.replicas == 1
+    page = browser(member).post(start, {"generation": deployment.generation}, follow=True).content.decode()
+    deployment.refresh_from_db()
+    assert deployment.status == "progressing" and 'data-testid="stop"' in browser(member).get(detail).content.decode()
+    assert deployment.events.filter(kind="started").count() == 1
