@@ -484,7 +484,9 @@ def _canary_advance(deployment: Deployment, *, actor: AbstractBaseUser | None, r
         message = f"Canary moved to {percent}% ({reason})."
         kind = DeploymentEventKind.TRAFFIC_CHANGED
     deployment.strategy_state = state
-    _save_desired(deployment, ["strategy_state", "phase"])
+    # A pause (or hold) belonged to the step just left: the new one starts without it.
+    deployment.status, deployment.status_message = DeploymentStatus.PROGRESSING, ""
+    _save_desired(deployment, ["strategy_state", "phase", "status", "status_message"])
     _event(deployment, kind, message, data={"step": state["step"], "traffic": _snapshot(deployment)}, actor=actor)
 
 
@@ -906,15 +908,27 @@ def _canary_analyse(deployment: Deployment, state: dict[str, Any]) -> bool:
         "percent": percent,
         **decision.to_dict(),
     }
-    state["decisions"] = [*state.get("decisions", []), record][-KEPT_DECISIONS:]
+    decisions = list(state.get("decisions", []))
+    last = decisions[-1] if decisions else {}
+    if (
+        decision.action == CanaryAction.PAUSE
+        and last.get("action") == CanaryAction.PAUSE
+        and last.get("window_started_at") == record["window_started_at"]
+    ):
+        # Still waiting for data in the same window: the pause's row shows the latest numbers, and the history
+        # keeps the one event that said it paused instead of one per reconcile.
+        decisions[-1] = {**record, "paused_since": last.get("paused_since", last["at"])}
+    else:
+        decisions.append(record)
+        _event(
+            deployment,
+            DeploymentEventKind.CANARY_DECISION,
+            f"Canary at {percent}%: {decision.action} — {decision.reason}",
+            data=record,
+            audit=decision.action != CanaryAction.PAUSE,
+        )
+    state["decisions"] = decisions[-KEPT_DECISIONS:]
     state["failures"] = decision.consecutive_failures
-    _event(
-        deployment,
-        DeploymentEventKind.CANARY_DECISION,
-        f"Canary at {percent}%: {decision.action} — {decision.reason}",
-        data=record,
-        audit=decision.action != CanaryAction.PAUSE,
-    )
     if decision.action == CanaryAction.PROMOTE:
         deployment.strategy_state = state
         deployment.status, deployment.status_message = DeploymentStatus.PROGRESSING, ""

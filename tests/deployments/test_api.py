@@ -4,6 +4,7 @@ rollouts' desired state, rollback, ingest. (Reconciling with real processes is i
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,31 @@ def test_a_stopped_deployment_takes_no_change_until_started(
     assert client.post(f"{base}/start/", {"generation": stopped_at + 1}, format="json").status_code == 409
     scaled = client.post(f"{base}/scale/", {"generation": stopped_at + 1, "replicas": 3}, format="json")
     assert scaled.status_code == 200
+
+
+def test_a_canary_waiting_for_data_pauses_once_and_a_promote_clears_the_pause(
+    deployment: Deployment, member: Any, versions: list
+) -> None:
+    services.deployment_rollout(deployment=deployment, model_version=versions[1], strategy="canary", actor=member)
+    deployment.refresh_from_db()
+    window = deployment.strategy_state["window_seconds"]
+    state = {
+        **deployment.strategy_state,
+        "window_started_at": (timezone.now() - timedelta(seconds=window + 1)).isoformat(),
+    }
+    Deployment.objects.filter(pk=deployment.pk).update(strategy_state=state)
+    for _ in range(3):  # three reconciles with no prediction at all
+        deployment.refresh_from_db()
+        assert services._canary_analyse(deployment, dict(deployment.strategy_state)) is False
+    deployment.refresh_from_db()
+    assert deployment.status == "paused" and "not enough data" in deployment.status_message
+    assert deployment.events.filter(kind=DeploymentEventKind.CANARY_DECISION).count() == 1
+    [decision] = deployment.strategy_state["decisions"]
+    assert decision["action"] == "pause" and decision["paused_since"] < decision["at"]
+    services.deployment_promote(deployment=deployment, actor=member)
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.status_message) == ("progressing", "")
+    assert deployment.strategy_state["step"] == 1
 
 
 def test_blue_green_and_shadow_desired_states(deployment: Deployment, member: Any, versions: list) -> None:
