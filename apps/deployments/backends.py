@@ -9,6 +9,7 @@ from django.conf import settings
 
 from worker.deployments.backend import Backend
 from worker.deployments.kube import KubernetesOptions
+from worker.deployments.spec import BackendError
 
 
 @cache
@@ -23,11 +24,17 @@ def _docker() -> Backend:
 
     from worker.deployments.docker_backend import DockerBackend
 
-    client = (
-        docker.DockerClient(base_url=settings.DEPLOYMENTS_DOCKER_URL, timeout=600)
-        if settings.DEPLOYMENTS_DOCKER_URL
-        else docker.from_env(timeout=600)
-    )
+    try:
+        client = (
+            docker.DockerClient(base_url=settings.DEPLOYMENTS_DOCKER_URL, timeout=600)
+            if settings.DEPLOYMENTS_DOCKER_URL
+            else docker.from_env(timeout=600)
+        )
+    except docker.errors.DockerException as exc:
+        where = settings.DEPLOYMENTS_DOCKER_URL or "DOCKER_HOST, else /var/run/docker.sock"
+        raise BackendError(
+            f"the Docker engine cannot be reached at {where} (set DEPLOYMENTS_DOCKER_URL, or start dockerd): {exc}"
+        ) from exc
     return DockerBackend(
         client,
         work_dir=settings.DEPLOYMENTS_STATE_DIR / "docker",

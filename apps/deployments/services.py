@@ -198,12 +198,22 @@ def deployment_gate_check(*, environment: str, version: ModelVersion) -> None:
     approved = PromotionRequest.objects.filter(
         version=version, target_stage=ModelVersionStage.PRODUCTION, status=PromotionRequestStatus.APPROVED
     ).exists()
-    if not approved:
-        raise DeploymentGateError(
-            "model_version",
-            f"{version} is in stage {version.stage}: a production deployment needs a version in the production "
-            "stage or with an approved promotion request to production. Request a promotion in the registry.",
-        )
+    if approved:
+        return
+    stage = "no stage" if version.stage == ModelVersionStage.NONE else f"stage {version.get_stage_display()}"
+    pending = PromotionRequest.objects.filter(
+        version=version, target_stage=ModelVersionStage.PRODUCTION, status=PromotionRequestStatus.OPEN
+    ).exists()
+    next_step = (
+        "Its promotion request to production awaits an approver."
+        if pending
+        else "Request a promotion to production in the registry."
+    )
+    raise DeploymentGateError(
+        "model_version",
+        f"{version} is in {stage}: a production deployment needs a version in the production stage or with an "
+        f"approved promotion request to production. {next_step}",
+    )
 
 
 def _version_of(model: RegisteredModel, version: ModelVersion | int, field: str = "model_version") -> ModelVersion:

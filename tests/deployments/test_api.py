@@ -123,7 +123,8 @@ def test_kubernetes_allows_more_replicas(project: Any, versions: list, member: A
 def test_production_needs_an_approved_version(project: Any, versions: list, member: Any, owner: Any) -> None:
     response = create(member, project, model_version=versions[0].pk, environment="production")
     assert response.status_code == 403
-    assert "production" in response.json()["model_version"]
+    message = str(response.json()["model_version"])
+    assert "is in no stage" in message and "Request a promotion to production in the registry." in message
     PromotionRequest.objects.create(
         model=versions[0].model,
         version=versions[0],
@@ -135,12 +136,21 @@ def test_production_needs_an_approved_version(project: Any, versions: list, memb
     )
     assert create(member, project, model_version=versions[0].pk, environment="production").status_code == 201
     deployment = Deployment.objects.get(name="iris")
+    PromotionRequest.objects.create(
+        model=versions[1].model,
+        version=versions[1],
+        target_stage="production",
+        transition="stage:production",
+        status=PromotionRequestStatus.OPEN,
+        requested_by=member,
+        expires_at=timezone.now(),
+    )
     refused = client_for(member).post(
         f"/api/v1/deployments/{deployment.pk}/rollout/",
         {"generation": deployment.generation, "model_version": versions[1].pk, "strategy": "canary"},
         format="json",
     )
-    assert refused.status_code == 403 and "model_version" in refused.json()
+    assert refused.status_code == 403 and "awaits an approver" in str(refused.json()["model_version"])
 
 
 def test_concurrent_changes_one_wins(deployment: Deployment, member: Any) -> None:
@@ -538,3 +548,12 @@ def test_an_unreachable_backend_is_the_deployment_status(
     assert services.deployment_reconcile(deployment_id=deployment.pk) == "failed"
     deployment.refresh_from_db()
     assert deployment.status == "failed" and "backend unavailable" in deployment.status_message
+
+
+def test_an_unreachable_docker_engine_is_named_in_the_status(deployment: Deployment, settings: Any, tmp_path) -> None:
+    settings.DEPLOYMENTS_DOCKER_URL = f"unix://{tmp_path}/no-docker.sock"
+    Deployment.objects.filter(pk=deployment.pk).update(backend="docker")
+    assert services.deployment_reconcile(deployment_id=deployment.pk) == "failed"
+    deployment.refresh_from_db()
+    assert deployment.status == "failed"
+    assert f"the Docker engine cannot be reached at unix://{tmp_path}/no-docker.sock" in deployment.status_message
