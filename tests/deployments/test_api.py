@@ -120,31 +120,27 @@ def test_kubernetes_allows_more_replicas(project: Any, versions: list, member: A
     assert response.status_code == 201 and response.json()["replicas"] == 50
 
 
+def production_request(version: Any, user: Any, status: str) -> PromotionRequest:
+    return PromotionRequest.objects.create(
+        model=version.model,
+        version=version,
+        target_stage="production",
+        transition="stage:production",
+        status=status,
+        requested_by=user,
+        expires_at=timezone.now(),
+    )
+
+
 def test_production_needs_an_approved_version(project: Any, versions: list, member: Any, owner: Any) -> None:
     response = create(member, project, model_version=versions[0].pk, environment="production")
     assert response.status_code == 403
     message = str(response.json()["model_version"])
     assert "is in no stage" in message and "Request a promotion to production in the registry." in message
-    PromotionRequest.objects.create(
-        model=versions[0].model,
-        version=versions[0],
-        target_stage="production",
-        transition="stage:production",
-        status=PromotionRequestStatus.APPROVED,
-        requested_by=member,
-        expires_at=timezone.now(),
-    )
+    production_request(versions[0], member, PromotionRequestStatus.APPROVED)
     assert create(member, project, model_version=versions[0].pk, environment="production").status_code == 201
     deployment = Deployment.objects.get(name="iris")
-    PromotionRequest.objects.create(
-        model=versions[1].model,
-        version=versions[1],
-        target_stage="production",
-        transition="stage:production",
-        status=PromotionRequestStatus.OPEN,
-        requested_by=member,
-        expires_at=timezone.now(),
-    )
+    production_request(versions[1], member, PromotionRequestStatus.OPEN)
     refused = client_for(member).post(
         f"/api/v1/deployments/{deployment.pk}/rollout/",
         {"generation": deployment.generation, "model_version": versions[1].pk, "strategy": "canary"},
