@@ -16,9 +16,10 @@ from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store
 from apps.core.models import APIToken
-from apps.deployments import hooks, services
+from apps.deployments import hooks, selectors, services
 from apps.deployments.choices import DeploymentEventKind, RolloutPhase
 from apps.deployments.models import Deployment, PredictionLog
+from apps.deployments.services import reconcile
 from apps.registry.choices import PromotionRequestStatus
 from apps.registry.models import PromotionRequest
 from tests.conftest import client_for
@@ -296,7 +297,7 @@ def test_a_canary_waiting_for_data_pauses_once_and_a_promote_clears_the_pause(
     Deployment.objects.filter(pk=deployment.pk).update(strategy_state=state)
     for _ in range(3):  # three reconciles with no prediction at all
         deployment.refresh_from_db()
-        assert services._canary_analyse(deployment, dict(deployment.strategy_state)) is False
+        assert reconcile._canary_analyse(deployment, dict(deployment.strategy_state)) is False
     deployment.refresh_from_db()
     assert deployment.status == "paused" and "not enough data" in deployment.status_message
     assert deployment.events.filter(kind=DeploymentEventKind.CANARY_DECISION).count() == 1
@@ -310,14 +311,14 @@ def test_a_canary_waiting_for_data_pauses_once_and_a_promote_clears_the_pause(
 
 def test_blue_green_and_shadow_desired_states(deployment: Deployment, member: Any, versions: list) -> None:
     services.deployment_rollout(deployment=deployment, model_version=versions[1], strategy="blue_green", actor=member)
-    live, _ = services.selectors.deployment_targets(deployment)
+    live, _ = selectors.deployment_targets(deployment)
     assert [(t.model_version.number, t.weight) for t in live] == [(1, 100), (2, 0)], "green loads beside blue"
     services.deployment_promote(deployment=deployment, actor=member)
     services.deployment_rollout(deployment=deployment, model_version=versions[2], strategy="shadow", actor=member)
-    live, shadow = services.selectors.deployment_targets(deployment)
+    live, shadow = selectors.deployment_targets(deployment)
     assert [(t.model_version.number, t.weight) for t in live] == [(2, 100)] and shadow.model_version.number == 3
     services.deployment_promote(deployment=deployment, actor=member)
-    live, shadow = services.selectors.deployment_targets(deployment)
+    live, shadow = selectors.deployment_targets(deployment)
     assert [(t.model_version.number, t.weight) for t in live] == [(3, 100)] and shadow is None
 
 

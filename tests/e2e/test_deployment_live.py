@@ -14,6 +14,7 @@ from django.utils import timezone
 from apps.deployments import services, views
 from apps.deployments.choices import DeploymentEventKind, DeploymentStatus
 from apps.deployments.models import Deployment, DeploymentEvent
+from apps.deployments.services import _common, commands
 from tests.deployments.test_views import DECISION, REPLICA
 from tests.e2e.conftest import browser_login
 from tests.factories import ModelVersionFactory, RegisteredModelFactory
@@ -40,7 +41,8 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def no_reconciler(monkeypatch: pytest.MonkeyPatch) -> None:
     """The services queue the reconciler once they commit; here the test plays its part."""
-    monkeypatch.setattr(services, "_queue_reconcile", lambda deployment: None)
+    monkeypatch.setattr(_common, "_queue_reconcile", lambda deployment: None)
+    monkeypatch.setattr(commands, "_queue_reconcile", lambda deployment: None)
 
 
 def reconciler_writes(deployment: Deployment, **fields: Any) -> None:

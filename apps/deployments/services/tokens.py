@@ -1,0 +1,26 @@
+"""Look-ups for the model servers' calls: the deployment of an ingest token, and the artifacts it may fetch."""
+
+from __future__ import annotations
+
+from apps.deployments.models import Deployment, DeploymentTarget
+from apps.registry.models import ModelVersion
+
+
+def deployment_for_token(token: str) -> Deployment | None:
+    if not token:
+        return None
+    return (
+        Deployment.objects.select_related("project", "registered_model")
+        .filter(ingest_token_hash=Deployment.hash_token(token))
+        .first()
+    )
+
+
+def deployment_artifact_allowed(*, deployment: Deployment, sha256: str) -> ModelVersion | None:
+    """The version with this artifact, when the deployment serves it (a pod's init container fetches it)."""
+    target = (
+        DeploymentTarget.objects.filter(deployment=deployment, model_version__sha256=sha256)
+        .select_related("model_version")
+        .first()
+    )
+    return target.model_version if target else None

@@ -1,0 +1,58 @@
+"""Use cases of registered models: create and update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from apps.core.choices import ProjectRole
+from apps.core.models import Project
+from apps.core.permissions import require_project_role
+from apps.core.services import audit_record, normalize_name
+from apps.registry.models import RegisteredModel
+from apps.registry.services._common import _clean_name, _model_for_update
+
+
+@transaction.atomic
+def registered_model_create(
+    *, project: Project, name: str, actor: AbstractBaseUser, description: str = ""
+) -> RegisteredModel:
+    require_project_role(actor, project, ProjectRole.EDITOR)
+    name = _clean_name(name)
+    if RegisteredModel.objects.filter(project=project, name_key=normalize_name(name)).exists():
+        raise ValidationError(
+            {"name": f"A model named {name!r}, or one that differs only in case or form, exists in this project."}
+        )
+    model = _model_for_update(project=project, name=name, actor=actor)
+    if description:
+        model.description = description.strip()
+        model.save(update_fields=["description", "updated_at"])
+    return model
+
+
+@transaction.atomic
+def registered_model_update(
+    *, model: RegisteredModel, actor: AbstractBaseUser, description: str | None = None, tags: dict | None = None
+) -> RegisteredModel:
+    require_project_role(actor, model.project, ProjectRole.EDITOR)
+    model = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    if description is not None and description.strip() != model.description:
+        before["description"], after["description"] = model.description, description.strip()
+    if tags is not None:
+        if not isinstance(tags, dict):
+            raise ValidationError({"tags": "Tags must be an object of name → value."})
+        if tags != model.tags:
+            before["tags"], after["tags"] = model.tags, tags
+    if after:
+        for field, value in after.items():
+            setattr(model, field, value)
+        model.save(update_fields=[*after, "updated_at"])
+        audit_record(
+            actor=actor, action="registered_model.updated", obj=model, project=model.project, before=before, after=after
+        )
+    return model
