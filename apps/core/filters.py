@@ -14,6 +14,7 @@ from django import forms
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.contrib.django_filters import DjangoFilterExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
@@ -101,6 +102,27 @@ def name_search(queryset: QuerySet, name: str, value: str) -> QuerySet:
     """A FilterSet `method`: the name contains the value as names are compared (case, Unicode form and
     URL-encoding do not matter), or the description contains it."""
     return queryset.filter(Q(name_key__contains=normalize_name(value)) | Q(description__icontains=value))
+
+
+class StrictFilterSchema(DjangoFilterExtension):
+    """The OpenAPI schema lists the filters on `list` operations only, where StrictFilterBackend applies them."""
+
+    target_class = "apps.core.filters.StrictFilterBackend"
+    priority = 1
+
+    def get_schema_operation_parameters(self, auto_schema: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        if getattr(auto_schema.view, "action", None) != "list":
+            return []
+        return super().get_schema_operation_parameters(auto_schema, *args, **kwargs)
+
+    def resolve_filter_field(self, *args: Any) -> list[dict[str, Any]]:
+        # drf-spectacular drops the help text of filters typed through @extend_schema_field (ids, flags, projects).
+        parameters = super().resolve_filter_field(*args)
+        help_text = args[-1].extra.get("help_text")
+        for parameter in parameters:
+            if help_text and "description" not in parameter:
+                parameter["description"] = help_text
+        return parameters
 
 
 def _user_projects(request: HttpRequest | None) -> QuerySet[Project]:
