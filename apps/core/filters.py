@@ -32,8 +32,12 @@ class StrictFilterForm(forms.Form):
     known_params: frozenset[str] = NON_FILTER_PARAMS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Its own element ids: a list page often holds a create form with fields of the same names.
+        kwargs.setdefault("auto_id", "filter-%s")
         super().__init__(*args, **kwargs)
         for field in self.fields.values():
+            # The help text documents the API parameter (OpenAPI); on a page the label says what a control does.
+            field.help_text = ""
             widget = field.widget
             if isinstance(widget, forms.Select):
                 widget.attrs.update({"class": "form-select form-select-sm w-auto", "onchange": "this.form.submit()"})
