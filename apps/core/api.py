@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from apps.core import services
 from apps.core.choices import ProjectRole
-from apps.core.filters import AuditEntryFilterSet, ProjectFilterSet
+from apps.core.filters import APITokenFilterSet, AuditEntryFilterSet, ProjectFilterSet
 from apps.core.models import APIToken, AuditEntry, Membership, Project
 from apps.core.permissions import require_project_role
 
@@ -156,6 +156,7 @@ class APITokenViewSet(
     """Your personal API tokens. DELETE revokes a token; it stays listed as revoked."""
 
     serializer_class = APITokenSerializer
+    filterset_class = APITokenFilterSet
     queryset = APIToken.objects.none()
 
     def get_queryset(self) -> QuerySet[APIToken]:

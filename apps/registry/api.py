@@ -34,6 +34,7 @@ from apps.registry.filters import (
     NotificationFilterSet,
     PromotionRequestFilterSet,
     RegisteredModelFilterSet,
+    WebhookFilterSet,
 )
 from apps.registry.models import (
     ModelAlias,
@@ -598,6 +599,7 @@ class WebhookViewSet(
     """Outgoing webhooks of your projects' registry events, signed with HMAC-SHA256 (owners manage them)."""
 
     serializer_class = WebhookSerializer
+    filterset_class = WebhookFilterSet
     queryset = Webhook.objects.none()
 
     def get_queryset(self) -> QuerySet[Webhook]:

@@ -39,6 +39,10 @@ class PromotionRequestFilterSet(StrictFilterSet):
         return queryset.filter(pk__in=selectors.pending_approvals(self.request.user).values("pk"))
 
 
+class WebhookFilterSet(StrictFilterSet):
+    project = ProjectFilter()
+
+
 class NotificationFilterSet(StrictFilterSet):
     show = django_filters.ChoiceFilter(
         choices=[("unread", "Unread only")], method="filter_show", help_text="unread: only unread notifications."
