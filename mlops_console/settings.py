@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
+    "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
@@ -175,6 +176,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "apps.core.api_pagination.Pagination",
+    # Lists filter through one strict FilterSet each (apps/<app>/filters.py), shared with their HTML page.
+    "DEFAULT_FILTER_BACKENDS": ["apps.core.filters.StrictFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.core.api_errors.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from apps.core import services
 from apps.core.choices import ProjectRole
+from apps.core.filters import APITokenFilterSet, AuditEntryFilterSet, ProjectFilterSet
 from apps.core.models import APIToken, AuditEntry, Membership, Project
 from apps.core.permissions import require_project_role
 
@@ -83,6 +84,7 @@ class ProjectViewSet(
     """Projects (workspaces) you belong to. Any signed-in user may create one and becomes its owner."""
 
     serializer_class = ProjectSerializer
+    filterset_class = ProjectFilterSet
     lookup_field = "slug"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
@@ -154,6 +156,7 @@ class APITokenViewSet(
     """Your personal API tokens. DELETE revokes a token; it stays listed as revoked."""
 
     serializer_class = APITokenSerializer
+    filterset_class = APITokenFilterSet
     queryset = APIToken.objects.none()
 
     def get_queryset(self) -> QuerySet[APIToken]:
@@ -191,21 +194,14 @@ class AuditEntrySerializer(serializers.ModelSerializer):
 
 
 class AuditEntryViewSet(ProjectScopedViewSetMixin, viewsets.ReadOnlyModelViewSet):
-    """The audit log of your projects. Filter with `?project=<slug>`, `?object_type=` and `?object_id=`."""
+    """The audit log of your projects, filtered by `project`, `action`, `object_type` and `object_id`."""
 
     serializer_class = AuditEntrySerializer
+    filterset_class = AuditEntryFilterSet
     queryset = AuditEntry.objects.none()
 
     def get_queryset(self) -> QuerySet[AuditEntry]:
-        queryset = self.scope(AuditEntry.objects.select_related("project"))
-        params = self.request.query_params
-        if params.get("project"):
-            queryset = queryset.filter(project__slug=params["project"])
-        if params.get("object_type"):
-            queryset = queryset.filter(object_type=params["object_type"])
-        if params.get("object_id"):
-            queryset = queryset.filter(object_id=params["object_id"])
-        return queryset
+        return self.scope(AuditEntry.objects.select_related("project"))
 
 
 router = routers.SimpleRouter()

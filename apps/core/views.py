@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.core import services
 from apps.core.choices import ProjectRole
+from apps.core.filters import AuditEntryFilterSet, ProjectFilterSet, filter_page
 from apps.core.forms import APITokenForm, MembershipForm, ProjectForm
 from apps.core.models import APIToken, AuditEntry, Membership, Project
 from apps.core.permissions import has_project_role, require_project_role
@@ -58,12 +59,10 @@ def project_list(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Project {project.name} created. You are its owner.")
             return redirect(project)
-    query = request.GET.get("q", "").strip()
-    projects = Project.objects.for_user(request.user)
-    if query:
-        projects = projects.filter(name__icontains=query)
+    filterset = ProjectFilterSet(request.GET, Project.objects.for_user(request.user), request=request)
+    projects, status = filter_page(filterset)
     page = Paginator(projects, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "core/project_list.html", {"page": page, "form": form, "q": query})
+    return render(request, "core/project_list.html", {"page": page, "form": form, "filter": filterset}, status=status)
 
 
 @login_required
@@ -123,12 +122,12 @@ def membership_remove(request: HttpRequest, slug: str, membership_id: int) -> Ht
 @require_GET
 def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
-    entries = project.audit.all()
-    action = request.GET.get("action", "").strip()
-    if action:
-        entries = entries.filter(action__startswith=action)
+    filterset = AuditEntryFilterSet(request.GET, project.audit.all(), request=request)
+    entries, status = filter_page(filterset)
     page = Paginator(entries, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "core/audit_log.html", {"project": project, "page": page, "action": action})
+    return render(
+        request, "core/audit_log.html", {"project": project, "page": page, "filter": filterset}, status=status
+    )
 
 
 @login_required

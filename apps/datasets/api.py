@@ -9,11 +9,9 @@ from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
-    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     extend_schema_field,
-    extend_schema_view,
 )
 from rest_framework import exceptions, mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -29,6 +27,7 @@ from apps.core.permissions import require_project_role
 from apps.core.services import artifact_verified_path
 from apps.datasets import selectors, services
 from apps.datasets.choices import ValidationStatus
+from apps.datasets.filters import DatasetFilterSet
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
 
 
@@ -145,13 +144,6 @@ class DatasetSplitCreateSerializer(serializers.Serializer):
     stratify = serializers.CharField(required=False, allow_blank=True, default="", help_text="A column name.")
 
 
-SEARCH_PARAMETERS = [
-    OpenApiParameter("project", str, description="Only datasets of this project (slug)."),
-    OpenApiParameter("search", str, description="Name or description contains this (case and form do not matter)."),
-]
-
-
-@extend_schema_view(list=extend_schema(parameters=SEARCH_PARAMETERS))
 class DatasetViewSet(
     ProjectScopedViewSetMixin,
     mixins.ListModelMixin,
@@ -163,14 +155,12 @@ class DatasetViewSet(
     """Datasets of your projects. Viewers read; editors create datasets, change rules and upload versions."""
 
     serializer_class = DatasetSerializer
+    filterset_class = DatasetFilterSet
     queryset = Dataset.objects.none()
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> QuerySet[Dataset]:
-        params = self.request.query_params
-        return selectors.dataset_list(
-            user=self.request.user, project=params.get("project", ""), search=params.get("search", "")
-        )
+        return selectors.dataset_list(user=self.request.user)
 
     def perform_create(self, serializer: DatasetSerializer) -> None:
         data = serializer.validated_data

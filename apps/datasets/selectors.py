@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from django.db.models import Count, Prefetch, QuerySet
 
-from apps.core.services import normalize_name
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
 
 
-def dataset_list(*, user: object, project: str = "", search: str = "") -> QuerySet[Dataset]:
+def dataset_list(*, user: object, project: str = "") -> QuerySet[Dataset]:
     """The datasets the user may see, with version counts and the latest version, in a fixed number of queries.
 
-    `project` is a project slug; `search` matches names as they are compared (case, Unicode form and
-    URL-encoding do not matter) and descriptions.
+    `project` is a project slug; lists filter further through `DatasetFilterSet`.
     """
     datasets = Dataset.objects.for_user(user).select_related("project", "created_by")
     if project:
         datasets = datasets.filter(project__slug=project)
-    if search:
-        key = normalize_name(search)
-        datasets = datasets.filter(name_key__contains=key) | datasets.filter(description__icontains=search.strip())
     latest = DatasetVersion.objects.order_by("-number")[:1]
     return (
         datasets.annotate(version_count=Count("versions"))

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.artifacts import ArtifactError, ArtifactIntegrityError
 from apps.core.choices import ProjectRole
+from apps.core.filters import filter_page
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, require_project_role
 from apps.core.services import artifact_verified_path
@@ -27,6 +28,7 @@ from apps.core.uploads import UploadTooLarge
 from apps.core.views import form_errors_from
 from apps.datasets import charts, selectors, services
 from apps.datasets.choices import DatasetVersionStatus
+from apps.datasets.filters import DatasetFilterSet
 from apps.datasets.forms import DatasetCreateForm, DatasetRulesForm, DatasetVersionUploadForm
 from apps.datasets.models import Dataset, DatasetVersion
 from worker.datasets.schema import schema_columns
@@ -85,27 +87,24 @@ def _version_or_404(dataset: Dataset, number: int) -> DatasetVersion:
 def _render_list(
     request: HttpRequest, form: DatasetCreateForm | None = None, *, status: int = 200, upload_error: str = ""
 ) -> HttpResponse:
-    query = request.GET.get("q", "").strip()
-    project_slug = request.GET.get("project", "").strip()
-    datasets = selectors.dataset_list(user=request.user, project=project_slug, search=query)
+    filterset = DatasetFilterSet(request.GET, selectors.dataset_list(user=request.user), request=request)
+    datasets, filter_status = filter_page(filterset)
     page = Paginator(datasets, PAGE_SIZE).get_page(request.GET.get("page"))
     editable = _editable_projects(request.user)
     if form is None:
-        form = DatasetCreateForm(projects=editable, initial={"project": editable.filter(slug=project_slug).first()})
+        form = DatasetCreateForm(projects=editable, initial={"project": filterset.form.cleaned_data.get("project")})
     return render(
         request,
         "datasets/dataset_list.html",
         {
             "page": page,
             "rows": [(dataset, selectors.latest_version(dataset)) for dataset in page.object_list],
-            "q": query,
-            "project_slug": project_slug,
-            "projects": Project.objects.for_user(request.user),
+            "filter": filterset,
             "form": form,
             "can_create": editable.exists(),
             "upload_error": upload_error,
         },
-        status=status,
+        status=status if status != 200 else filter_status,
     )
 
 

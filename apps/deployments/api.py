@@ -30,6 +30,7 @@ from apps.core.choices import ProjectRole
 from apps.core.permissions import require_project_role
 from apps.deployments import selectors, services
 from apps.deployments.choices import DeploymentBackendKind, DeploymentEnvironment, DeploymentStrategy
+from apps.deployments.filters import DeploymentFilterSet
 from apps.deployments.models import Deployment, DeploymentEvent
 from apps.registry.api import ProjectSlugField
 from apps.registry.models import ModelVersion
@@ -200,18 +201,13 @@ class DeploymentViewSet(
     """Deployments of your projects. Editors create and change them; viewers read; others see nothing."""
 
     serializer_class = DeploymentSerializer
+    filterset_class = DeploymentFilterSet
     queryset = Deployment.objects.none()
 
     def get_queryset(self) -> QuerySet[Deployment]:
-        queryset = self.scope(Deployment.objects.select_related("project", "registered_model")).prefetch_related(
+        return self.scope(Deployment.objects.select_related("project", "registered_model")).prefetch_related(
             "targets__model_version"
         )
-        params = self.request.query_params
-        if params.get("project"):
-            queryset = queryset.filter(project__slug=params["project"])
-        if params.get("status"):
-            queryset = queryset.filter(status=params["status"])
-        return queryset
 
     def _editable(self) -> Deployment:
         deployment = self.get_object()

@@ -27,10 +27,11 @@ from django.utils.http import quote_etag
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.choices import ProjectRole
-from apps.core.models import Project
+from apps.core.filters import filter_page
 from apps.core.permissions import has_project_role, require_project_role
 from apps.deployments import charts, selectors, services
 from apps.deployments.choices import DeploymentStatus
+from apps.deployments.filters import DeploymentFilterSet
 from apps.deployments.forms import GenerationForm, RolloutForm, ScaleForm, TryItForm
 from apps.deployments.models import Deployment
 from apps.registry.choices import ModelVersionStage
@@ -58,26 +59,12 @@ def _editable(request: HttpRequest, pk: int) -> Deployment:
 @require_GET
 def deployment_list(request: HttpRequest) -> HttpResponse:
     deployments = Deployment.objects.for_user(request.user).select_related("project", "registered_model")
-    project_slug = request.GET.get("project", "").strip()
-    status = request.GET.get("status", "").strip()
-    if project_slug:
-        deployments = deployments.filter(project__slug=project_slug)
-    if status:
-        deployments = deployments.filter(status=status)
-    page = Paginator(deployments.prefetch_related("targets__model_version"), PAGE_SIZE).get_page(
-        request.GET.get("page")
+    filterset = DeploymentFilterSet(
+        request.GET, deployments.prefetch_related("targets__model_version"), request=request
     )
-    return render(
-        request,
-        "deployments/deployment_list.html",
-        {
-            "page": page,
-            "projects": Project.objects.for_user(request.user),
-            "project_slug": project_slug,
-            "status": status,
-            "statuses": DeploymentStatus.choices,
-        },
-    )
+    deployments, status = filter_page(filterset)
+    page = Paginator(deployments, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "deployments/deployment_list.html", {"page": page, "filter": filterset}, status=status)
 
 
 def _example_body(deployment: Deployment) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -18,7 +18,8 @@ from apps.core.choices import ProjectRole
 from apps.core.permissions import require_project_role
 from apps.datasets.models import Dataset, DatasetVersion
 from apps.experiments import selectors, services
-from apps.experiments.choices import RUN_END_CHOICES, PipelineRunStatus, StudyStatus
+from apps.experiments.choices import RUN_END_CHOICES
+from apps.experiments.filters import ExperimentFilterSet, PipelineRunFilterSet, RunFilterSet, StudyFilterSet
 from apps.experiments.models import Experiment, PipelineRun, PipelineStage, Run, RunArtifact, RunMetric, Study
 from apps.experiments.pipeline_config import STAGE_GROUPS
 
@@ -40,22 +41,17 @@ class ExperimentSerializer(serializers.ModelSerializer):
         fields = ["id", "project", "name", "description", "run_count", "created_by", "created_at"]
 
 
-@extend_schema_view(
-    list=extend_schema(parameters=[_param("project", "Project slug."), _param("q", "Name or description contains.")])
-)
 class ExperimentViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
 ):
     """Experiments group runs. Viewers read; editors create."""
 
     serializer_class = ExperimentSerializer
+    filterset_class = ExperimentFilterSet
     queryset = Experiment.objects.none()
 
     def get_queryset(self) -> QuerySet[Experiment]:
-        params = self.request.query_params
-        return selectors.experiment_list(
-            user=self.request.user, project=params.get("project", ""), search=params.get("q", "")
-        )
+        return selectors.experiment_list(user=self.request.user)
 
     def perform_create(self, serializer: ExperimentSerializer) -> None:
         data = serializer.validated_data
@@ -194,40 +190,17 @@ class RunMetricSerializer(serializers.ModelSerializer):
         fields = ["name", "step", "value", "timestamp"]
 
 
-RUN_FILTERS = [
-    _param("project", "Project slug."),
-    _param("experiment", "Experiment id.", OpenApiTypes.INT),
-    _param("status", "queued, running, succeeded, failed or cancelled."),
-    _param("q", "Name or algorithm contains."),
-    _param("parent", "Children of this run (HPO trials).", OpenApiTypes.INT),
-    _param("top_level", "1: only runs without a parent."),
-    _param("pipeline_run", "Runs of this pipeline run.", OpenApiTypes.INT),
-    _param("study", "Trials of this study.", OpenApiTypes.INT),
-]
-
-
-@extend_schema_view(list=extend_schema(parameters=RUN_FILTERS))
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Runs: list and read (viewers); create and log params, metrics and the end state (editors), MLflow-style."""
 
+    filterset_class = RunFilterSet
     queryset = Run.objects.none()
 
     def get_serializer_class(self) -> type[serializers.Serializer]:
         return RunDetailSerializer if self.action == "retrieve" else RunSerializer
 
     def get_queryset(self) -> QuerySet[Run]:
-        params = self.request.query_params
-        return selectors.run_list(
-            user=self.request.user,
-            project=params.get("project", ""),
-            experiment=_int(params.get("experiment")),
-            status=params.get("status", ""),
-            search=params.get("q", ""),
-            parent=_int(params.get("parent")),
-            top_level=params.get("top_level") in ("1", "true"),
-            pipeline_run=_int(params.get("pipeline_run")),
-            study=_int(params.get("study")),
-        ).prefetch_related("artifacts", "created_by")
+        return selectors.run_list(user=self.request.user).prefetch_related("artifacts", "created_by")
 
     def _editable_run(self) -> Run:
         run = self.get_object()
@@ -298,13 +271,6 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         if request.query_params.get("name"):
             points = points.filter(name=request.query_params["name"])
         return Response(RunMetricSerializer(points, many=True).data)
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 # Pipeline runs
@@ -383,29 +349,15 @@ class PipelineRunCreateSerializer(serializers.Serializer):
         return attrs
 
 
-@extend_schema_view(
-    list=extend_schema(
-        parameters=[
-            _param("project", "Project slug."),
-            _param("status", ", ".join(PipelineRunStatus.values)),
-            _param("experiment", "Experiment id.", OpenApiTypes.INT),
-        ]
-    )
-)
 class PipelineRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Pipeline runs: start one from a config (editors), follow its stages, cancel it (editors)."""
 
     serializer_class = PipelineRunSerializer
+    filterset_class = PipelineRunFilterSet
     queryset = PipelineRun.objects.none()
 
     def get_queryset(self) -> QuerySet[PipelineRun]:
-        params = self.request.query_params
-        return selectors.pipeline_run_list(
-            user=self.request.user,
-            project=params.get("project", ""),
-            status=params.get("status", ""),
-            experiment=_int(params.get("experiment")),
-        ).select_related("study", "created_by")
+        return selectors.pipeline_run_list(user=self.request.user).select_related("study", "created_by")
 
     @extend_schema(request=PipelineRunCreateSerializer, responses={201: PipelineRunSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -471,20 +423,15 @@ class StudySerializer(serializers.ModelSerializer):
         ]
 
 
-@extend_schema_view(
-    list=extend_schema(parameters=[_param("project", "Project slug."), _param("status", ", ".join(StudyStatus.values))])
-)
 class StudyViewSet(viewsets.ReadOnlyModelViewSet):
     """Hyperparameter searches; their trials are runs (`GET /runs/?study=<id>`)."""
 
     serializer_class = StudySerializer
+    filterset_class = StudyFilterSet
     queryset = Study.objects.none()
 
     def get_queryset(self) -> QuerySet[Study]:
-        params = self.request.query_params
-        return selectors.study_list(
-            user=self.request.user, project=params.get("project", ""), status=params.get("status", "")
-        )
+        return selectors.study_list(user=self.request.user)
 
 
 router = routers.SimpleRouter()

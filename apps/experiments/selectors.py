@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
-from apps.core.services import normalize_name
-from apps.experiments.choices import RunStatus
 from apps.experiments.models import Experiment, PipelineRun, PipelineStage, Run, RunMetric, Study
 
 # The most runs a comparison shows, and the most points per metric curve it draws.
@@ -15,46 +13,16 @@ MAX_COMPARE_RUNS = 20
 MAX_CURVE_POINTS = 2000
 
 
-def experiment_list(*, user: object, project: str = "", search: str = "") -> QuerySet[Experiment]:
+def experiment_list(*, user: object, project: str = "") -> QuerySet[Experiment]:
     experiments = Experiment.objects.for_user(user).select_related("project")
     if project:
         experiments = experiments.filter(project__slug=project)
-    if search:
-        experiments = experiments.filter(
-            Q(name_key__contains=normalize_name(search)) | Q(description__icontains=search.strip())
-        )
     return experiments.annotate(run_count=Count("runs")).order_by("-created_at", "-id")
 
 
-def run_list(
-    *,
-    user: object,
-    project: str = "",
-    experiment: Any = None,
-    status: str = "",
-    search: str = "",
-    parent: Any = None,
-    top_level: bool = False,
-    pipeline_run: Any = None,
-    study: Any = None,
-) -> QuerySet[Run]:
+def run_list(*, user: object) -> QuerySet[Run]:
+    """The runs the user may see, newest first; lists filter them through `RunFilterSet`."""
     runs = Run.objects.for_user(user).select_related("experiment__project", "dataset_version__dataset")
-    if project:
-        runs = runs.filter(experiment__project__slug=project)
-    if experiment:
-        runs = runs.filter(experiment_id=experiment)
-    if status in RunStatus.values:
-        runs = runs.filter(status=status)
-    if search:
-        runs = runs.filter(Q(name__icontains=search.strip()) | Q(algorithm__icontains=search.strip()))
-    if parent:
-        runs = runs.filter(parent_id=parent)
-    if top_level:
-        runs = runs.filter(parent__isnull=True)
-    if pipeline_run:
-        runs = runs.filter(pipeline_run_id=pipeline_run)
-    if study:
-        runs = runs.filter(study_id=study)
     return runs.order_by("-created_at", "-id")
 
 
@@ -88,22 +56,16 @@ def metric_series(run_ids: list[int], names: list[str] | None = None) -> dict[in
     return series
 
 
-def pipeline_run_list(*, user: object, project: str = "", status: str = "", experiment: Any = None) -> QuerySet:
+def pipeline_run_list(*, user: object, project: str = "", experiment: Any = None) -> QuerySet:
     runs = PipelineRun.objects.for_user(user).select_related("project", "experiment", "dataset_version__dataset", "run")
     if project:
         runs = runs.filter(project__slug=project)
-    if status:
-        runs = runs.filter(status=status)
     if experiment:
         runs = runs.filter(experiment_id=experiment)
     stages = PipelineStage.objects.order_by("position")
     return runs.prefetch_related(Prefetch("stages", queryset=stages)).order_by("-created_at", "-id")
 
 
-def study_list(*, user: object, project: str = "", status: str = "") -> QuerySet[Study]:
+def study_list(*, user: object) -> QuerySet[Study]:
     studies = Study.objects.for_user(user).select_related("project", "experiment", "best_run", "pipeline_run")
-    if project:
-        studies = studies.filter(project__slug=project)
-    if status:
-        studies = studies.filter(status=status)
     return studies.annotate(trial_count=Count("trial_runs")).order_by("-created_at", "-id")

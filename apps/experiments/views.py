@@ -14,12 +14,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.core.artifacts import ArtifactError
 from apps.core.choices import ProjectRole
+from apps.core.filters import filter_page
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, require_project_role
 from apps.core.services import artifact_verified_path
 from apps.core.views import form_errors_from
 from apps.experiments import charts, selectors, services
-from apps.experiments.choices import PipelineRunStatus, RunStatus, StudyStatus
+from apps.experiments.choices import RunStatus
+from apps.experiments.filters import ExperimentFilterSet, PipelineRunFilterSet, RunFilterSet, StudyFilterSet
 from apps.experiments.forms import ExperimentForm, PipelineRunForm
 from apps.experiments.models import Experiment, PipelineRun, Run, Study
 
@@ -59,30 +61,30 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Experiment {experiment.name} created.")
                 return redirect(experiment)
         status = 400
-    query = request.GET.get("q", "").strip()
-    project = request.GET.get("project", "").strip()
-    page = _page(request, selectors.experiment_list(user=request.user, project=project, search=query))
+    filterset = ExperimentFilterSet(request.GET, selectors.experiment_list(user=request.user), request=request)
+    experiments, filter_status = filter_page(filterset)
     context = {
-        "page": page,
-        "q": query,
-        "project_slug": project,
-        "projects": Project.objects.for_user(request.user),
+        "page": _page(request, experiments),
+        "filter": filterset,
         "form": form,
         "can_create": editable.exists(),
     }
-    return render(request, "experiments/experiment_list.html", context, status=status)
+    return render(
+        request, "experiments/experiment_list.html", context, status=status if status != 200 else filter_status
+    )
 
 
 @login_required
 @require_GET
 def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     experiment = get_object_or_404(Experiment.objects.for_user(request.user).select_related("project"), pk=pk)
-    status = request.GET.get("status", "")
-    query = request.GET.get("q", "").strip()
+    # The "include HPO trials" box is the page's own parameter: without it, the page lists top-level runs only.
     trials = request.GET.get("trials") == "1"
-    runs = selectors.run_list(
-        user=request.user, experiment=experiment.pk, status=status, search=query, top_level=not trials
-    ).prefetch_related("children")
+    runs = selectors.run_list(user=request.user).filter(experiment=experiment)
+    if not trials:
+        runs = runs.filter(parent__isnull=True)
+    filterset = RunFilterSet(request.GET, runs.prefetch_related("children"), request=request, page_params=["trials"])
+    runs, status = filter_page(filterset)
     page = _page(request, runs)
     metric_names = sorted({name for run in page.object_list for name in run.metrics})[:8]
     return render(
@@ -92,13 +94,12 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "experiment": experiment,
             "project": experiment.project,
             "page": page,
-            "status": status,
-            "q": query,
+            "filter": filterset,
             "trials": trials,
-            "statuses": RunStatus.choices,
             "metric_names": metric_names,
             "pipelines": selectors.pipeline_run_list(user=request.user, experiment=experiment.pk)[:5],
         },
+        status=status,
     )
 
 
@@ -249,19 +250,15 @@ def pipeline_list(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Pipeline run {pipeline_run.pk} queued.")
                 return redirect(pipeline_run)
         status = 400
-    project = request.GET.get("project", "").strip()
-    state = request.GET.get("status", "")
-    page = _page(request, selectors.pipeline_run_list(user=request.user, project=project, status=state))
+    filterset = PipelineRunFilterSet(request.GET, selectors.pipeline_run_list(user=request.user), request=request)
+    pipeline_runs, filter_status = filter_page(filterset)
     context = {
-        "page": page,
-        "project_slug": project,
-        "status": state,
-        "statuses": PipelineRunStatus.choices,
-        "projects": Project.objects.for_user(request.user),
+        "page": _page(request, pipeline_runs),
+        "filter": filterset,
         "form": form,
         "can_create": editable.exists(),
     }
-    return render(request, "experiments/pipeline_list.html", context, status=status)
+    return render(request, "experiments/pipeline_list.html", context, status=status if status != 200 else filter_status)
 
 
 def _visible_pipeline(request: HttpRequest, pk: int) -> PipelineRun:
@@ -322,19 +319,10 @@ def pipeline_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def study_list(request: HttpRequest) -> HttpResponse:
-    project = request.GET.get("project", "").strip()
-    state = request.GET.get("status", "")
-    page = _page(request, selectors.study_list(user=request.user, project=project, status=state))
+    filterset = StudyFilterSet(request.GET, selectors.study_list(user=request.user), request=request)
+    studies, status = filter_page(filterset)
     return render(
-        request,
-        "experiments/study_list.html",
-        {
-            "page": page,
-            "project_slug": project,
-            "status": state,
-            "statuses": StudyStatus.choices,
-            "projects": Project.objects.for_user(request.user),
-        },
+        request, "experiments/study_list.html", {"page": _page(request, studies), "filter": filterset}, status=status
     )
 
 

@@ -12,11 +12,9 @@ from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
-    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     extend_schema_field,
-    extend_schema_view,
 )
 from rest_framework import exceptions, mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -30,7 +28,14 @@ from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
 from apps.registry import selectors, services
-from apps.registry.choices import ModelVersionStage, PromotionRequestStatus, RegistryEventType
+from apps.registry.choices import ModelVersionStage, RegistryEventType
+from apps.registry.filters import (
+    ModelVersionFilterSet,
+    NotificationFilterSet,
+    PromotionRequestFilterSet,
+    RegisteredModelFilterSet,
+    WebhookFilterSet,
+)
 from apps.registry.models import (
     ModelAlias,
     ModelVersion,
@@ -107,13 +112,6 @@ class RegisteredModelUpdateSerializer(serializers.Serializer):
     tags = serializers.DictField(required=False)
 
 
-MODEL_FILTERS = [
-    OpenApiParameter("project", str, description="Only models of this project (slug)."),
-    OpenApiParameter("search", str, description="Name or description contains this (case and form do not matter)."),
-]
-
-
-@extend_schema_view(list=extend_schema(parameters=MODEL_FILTERS))
 class RegisteredModelViewSet(
     ProjectScopedViewSetMixin,
     mixins.ListModelMixin,
@@ -124,14 +122,12 @@ class RegisteredModelViewSet(
     """Registered models of your projects. Editors create models and edit descriptions and tags."""
 
     serializer_class = RegisteredModelSerializer
+    filterset_class = RegisteredModelFilterSet
     queryset = RegisteredModel.objects.none()
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> QuerySet[RegisteredModel]:
-        params = self.request.query_params
-        return selectors.model_list(
-            user=self.request.user, project=params.get("project", ""), search=params.get("search", "")
-        )
+        return selectors.model_list(user=self.request.user)
 
     def perform_create(self, serializer: RegisteredModelSerializer) -> None:
         data = serializer.validated_data
@@ -251,20 +247,13 @@ class AliasRequestSerializer(serializers.Serializer):
     )
 
 
-VERSION_FILTERS = [
-    OpenApiParameter("model", int, description="Only versions of this registered model (id)."),
-    OpenApiParameter("project", str, description="Only versions in this project (slug)."),
-    OpenApiParameter("stage", str, enum=ModelVersionStage.values, description="Only versions in this stage."),
-]
-
-
-@extend_schema_view(list=extend_schema(parameters=VERSION_FILTERS))
 class ModelVersionViewSet(
     ProjectScopedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
     """Model versions. POST registers one: multipart with a model file, or JSON with a run id (editors)."""
 
     serializer_class = ModelVersionSerializer
+    filterset_class = ModelVersionFilterSet
     queryset = ModelVersion.objects.none()
     project_path = "model__project"
     parser_classes = [JSONParser, MultiPartParser, FormParser]
@@ -273,13 +262,6 @@ class ModelVersionViewSet(
         versions = self.scope(
             ModelVersion.objects.select_related("model__project", "created_by").prefetch_related("aliases")
         )
-        params = self.request.query_params
-        if params.get("model", "").isdigit():
-            versions = versions.filter(model_id=int(params["model"]))
-        if params.get("project"):
-            versions = versions.filter(model__project__slug=params["project"])
-        if params.get("stage"):
-            versions = versions.filter(stage=params["stage"])
         return versions.order_by("-created_at", "-id")
 
     @extend_schema(
@@ -474,15 +456,6 @@ class PromotionDecisionSerializer(serializers.Serializer):
     )
 
 
-REQUEST_FILTERS = [
-    OpenApiParameter("status", str, enum=PromotionRequestStatus.values, description="Only requests in this status."),
-    OpenApiParameter("project", str, description="Only requests in this project (slug)."),
-    OpenApiParameter("model", int, description="Only requests for this registered model (id)."),
-    OpenApiParameter("inbox", bool, description="Only open requests you can approve."),
-]
-
-
-@extend_schema_view(list=extend_schema(parameters=REQUEST_FILTERS))
 class PromotionRequestViewSet(
     ProjectScopedViewSetMixin,
     mixins.ListModelMixin,
@@ -492,19 +465,12 @@ class PromotionRequestViewSet(
     """Promotion requests: editors ask, approvers other than the requester decide, the requester may withdraw."""
 
     serializer_class = PromotionRequestSerializer
+    filterset_class = PromotionRequestFilterSet
     queryset = PromotionRequest.objects.none()
     project_path = "model__project"
 
     def get_queryset(self) -> QuerySet[PromotionRequest]:
-        params = self.request.query_params
-        requests = selectors.request_list(
-            user=self.request.user,
-            status=params.get("status", ""),
-            project=params.get("project", ""),
-            model=int(params["model"]) if params.get("model", "").isdigit() else None,
-        )
-        if params.get("inbox") in ("1", "true"):
-            requests = requests.filter(pk__in=selectors.pending_approvals(self.request.user).values("pk"))
+        requests = selectors.request_list(user=self.request.user)
         return requests.prefetch_related("approvals__approver").order_by("-created_at", "-id")
 
     @extend_schema(request=PromotionRequestCreateSerializer, responses={201: PromotionRequestSerializer})
@@ -633,6 +599,7 @@ class WebhookViewSet(
     """Outgoing webhooks of your projects' registry events, signed with HMAC-SHA256 (owners manage them)."""
 
     serializer_class = WebhookSerializer
+    filterset_class = WebhookFilterSet
     queryset = Webhook.objects.none()
 
     def get_queryset(self) -> QuerySet[Webhook]:
@@ -689,6 +656,7 @@ class NotificationViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Your in-app notifications of registry events, newest first."""
 
     serializer_class = NotificationSerializer
+    filterset_class = NotificationFilterSet
     queryset = Notification.objects.none()
 
     def get_queryset(self) -> QuerySet[Notification]:

@@ -10,7 +10,6 @@ from django.db.models import Count, F, Func, Prefetch, Q, QuerySet, Subquery
 
 from apps.core.choices import ProjectRole
 from apps.core.models import Membership, Project
-from apps.core.services import normalize_name
 from apps.registry.choices import GateCheckStatus, ModelVersionStage, RegistryEventType
 from apps.registry.models import (
     ModelAlias,
@@ -34,13 +33,8 @@ UNGATED_STAGES = frozenset({ModelVersionStage.ARCHIVED, ModelVersionStage.NONE})
 # Models and versions
 
 
-def model_list(*, user: object, project: str = "", search: str = "") -> QuerySet[RegisteredModel]:
+def model_list(*, user: object) -> QuerySet[RegisteredModel]:
     models = RegisteredModel.objects.for_user(user).select_related("project")
-    if project:
-        models = models.filter(project__slug=project)
-    if search:
-        key = normalize_name(search)
-        models = models.filter(Q(name_key__contains=key) | Q(description__icontains=search.strip()))
     production = ModelVersion.objects.filter(stage=ModelVersionStage.PRODUCTION).only("id", "model_id", "number")
     return (
         models.annotate(version_count=Count("versions", distinct=True))
@@ -126,14 +120,12 @@ def unread_notifications_badge(user: object) -> int:
     return navigation_badges(user)["unread"]
 
 
-def request_list(*, user: object, status: str = "", project: str = "", model: int | None = None) -> QuerySet:
+def request_list(*, user: object, status: str = "", model: int | None = None) -> QuerySet:
     requests = PromotionRequest.objects.for_user(user).select_related(
         "model__project", "version", "requested_by", "decided_by"
     )
     if status:
         requests = requests.filter(status=status)
-    if project:
-        requests = requests.filter(model__project__slug=project)
     if model:
         requests = requests.filter(model_id=model)
     approvals = Count("approvals", filter=Q(approvals__decision="approve"), distinct=True)

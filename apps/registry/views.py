@@ -15,12 +15,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.choices import ProjectRole
+from apps.core.filters import filter_page
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, project_role
 from apps.core.views import form_errors_from
 from apps.datasets.views import upload_view
 from apps.registry import charts, selectors, services
 from apps.registry.choices import GateCheckStatus, PromotionRequestStatus
+from apps.registry.filters import NotificationFilterSet, PromotionRequestFilterSet, RegisteredModelFilterSet
 from apps.registry.forms import DecisionForm, ModelUploadForm, PromotionRequestForm
 from apps.registry.models import ModelVersion, Notification, PromotionRequest, RegisteredModel
 
@@ -49,25 +51,17 @@ def _visible_version(request: HttpRequest, model_pk: int, number: int) -> ModelV
 
 
 def _render_list(request: HttpRequest, form: ModelUploadForm | None = None, status: int = 200) -> HttpResponse:
-    query = request.GET.get("q", "").strip()
-    project_slug = request.GET.get("project", "").strip()
-    models = selectors.model_list(user=request.user, project=project_slug, search=query)
+    filterset = RegisteredModelFilterSet(request.GET, selectors.model_list(user=request.user), request=request)
+    models, filter_status = filter_page(filterset)
     page = Paginator(models, PAGE_SIZE).get_page(request.GET.get("page"))
     editable = _editable_projects(request.user)
     if form is None:
-        form = ModelUploadForm(projects=editable, initial={"project": editable.filter(slug=project_slug).first()})
+        form = ModelUploadForm(projects=editable, initial={"project": filterset.form.cleaned_data.get("project")})
     return render(
         request,
         "registry/model_list.html",
-        {
-            "page": page,
-            "q": query,
-            "project_slug": project_slug,
-            "projects": Project.objects.for_user(request.user),
-            "form": form,
-            "can_register": editable.exists(),
-        },
-        status=status,
+        {"page": page, "filter": filterset, "form": form, "can_register": editable.exists()},
+        status=status if status != 200 else filter_status,
     )
 
 
@@ -250,27 +244,23 @@ def version_compare(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def approval_inbox(request: HttpRequest) -> HttpResponse:
-    status = request.GET.get("status", "")
-    if status not in PromotionRequestStatus.values:
-        status = ""
     pending = selectors.pending_approvals(request.user).select_related("model__project", "version", "requested_by")
     mine = selectors.request_list(user=request.user, status=PromotionRequestStatus.OPEN).filter(
         requested_by=request.user
     )
-    history = Paginator(selectors.request_list(user=request.user, status=status), PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    filterset = PromotionRequestFilterSet(request.GET, selectors.request_list(user=request.user), request=request)
+    history, status = filter_page(filterset)
     return render(
         request,
         "registry/approval_inbox.html",
         {
             "pending": pending,
             "mine": mine,
-            "page": history,
-            "status": status,
-            "statuses": PromotionRequestStatus.choices,
+            "page": Paginator(history, PAGE_SIZE).get_page(request.GET.get("page")),
+            "filter": filterset,
             "can_approve_anywhere": selectors.approvable_projects(request.user).exists(),
         },
+        status=status,
     )
 
 
@@ -378,14 +368,13 @@ def request_withdraw(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def notification_list(request: HttpRequest) -> HttpResponse:
-    show = request.GET.get("show", "")
     notifications = Notification.objects.filter(user=request.user).select_related(
         "event__project", "event__model", "event__request", "event__actor"
     )
-    if show == "unread":
-        notifications = notifications.filter(read_at__isnull=True)
+    filterset = NotificationFilterSet(request.GET, notifications, request=request)
+    notifications, status = filter_page(filterset)
     page = Paginator(notifications, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "registry/notification_list.html", {"page": page, "show": show})
+    return render(request, "registry/notification_list.html", {"page": page, "filter": filterset}, status=status)
 
 
 @login_required
