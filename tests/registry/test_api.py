@@ -184,6 +184,9 @@ def test_decisions_on_a_closed_request_conflict(version, member, approver, owner
     expect(client_for(approver).post(f"/api/v1/promotion-requests/{promotion.pk}/approve/"), 200)
     expect(client_for(owner).post(f"/api/v1/promotion-requests/{promotion.pk}/approve/"), 409)
     expect(client_for(owner).post(f"/api/v1/promotion-requests/{promotion.pk}/reject/", {"comment": "x"}), 409)
+    promotion.refresh_from_db()
+    assert (promotion.status, promotion.decided_by) == (PromotionRequestStatus.APPROVED, approver)
+    assert promotion.approvals.count() == 1
 
 
 def test_promotion_request_bad_input(version, register, member, approver) -> None:
