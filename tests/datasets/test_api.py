@@ -199,7 +199,9 @@ def test_split_errors_name_the_field(ready_dataset_version: DatasetVersion, memb
     url = f"/api/v1/dataset-versions/{ready_dataset_version.pk}/splits/"
     response = client_for(member).post(url, {"stratify": "ghost"}, format="json")
     assert response.status_code == 400 and "ghost" in response.json()["stratify"][0]
-    assert client_for(member).post(url, {"test_size": 2}, format="json").status_code == 400
+    response = client_for(member).post(url, {"test_size": 2}, format="json")
+    assert response.status_code == 400 and "test_size" in response.json(), response.json()
+    assert not DatasetSplit.objects.exists()
 
 
 @pytest.mark.parametrize(("role", "status"), [("owner", 202), ("member", 202), ("viewer", 403), ("outsider", 404)])

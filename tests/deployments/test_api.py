@@ -95,25 +95,31 @@ def test_reading_by_role(deployment: Deployment, viewer: Any, outsider: Any) -> 
 
 
 @pytest.mark.parametrize(
-    ("body", "field"),
+    ("body", "field", "message"),
     [
-        ({"model_version": 999_999}, "model_version"),
-        ({"traffic": [{"model_version": "V1", "weight": 60}, {"model_version": "V2", "weight": 30}]}, "traffic"),
-        ({"model_version": "V1", "replicas": 11}, "replicas"),
-        ({"model_version": "V1", "replicas": 0}, "replicas"),
-        ({"model_version": "V1", "autoscale_min": 3, "autoscale_max": 2}, "autoscale_max"),
-        ({"model_version": "V1", "name": "Not A Name"}, "name"),
+        ({"model_version": 999_999}, "model_version", "does not exist"),
+        (
+            {"traffic": [{"model_version": "V1", "weight": 60}, {"model_version": "V2", "weight": 30}]},
+            "traffic",
+            "sum to 100",
+        ),
+        ({"model_version": "V1", "replicas": 11}, "replicas", "between 1 and 10"),
+        ({"model_version": "V1", "replicas": 0}, "replicas", "between 1 and 10"),
+        ({"model_version": "V1", "autoscale_min": 3, "autoscale_max": 2}, "autoscale_max", "at least autoscale_min"),
+        ({"model_version": "V1", "name": "Not A Name"}, "name", "lower-case letters"),
     ],
 )
-def test_bad_input_names_the_field(project: Any, versions: list, member: Any, body: dict, field: str) -> None:
+def test_bad_input_names_the_field(
+    project: Any, versions: list, member: Any, body: dict, field: str, message: str
+) -> None:
     ids = {"V1": versions[0].pk, "V2": versions[1].pk}
     body = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
     if "traffic" in body:
         body["traffic"] = [{**t, "model_version": ids[t["model_version"]]} for t in body["traffic"]]
     response = create(member, project, **body)
     assert response.status_code == 400, response.json()
-    assert field in response.json(), response.json()
-    assert "sum to 100" in str(response.json()) if field == "traffic" else True
+    assert message in str(response.json()[field]), response.json()
+    assert not Deployment.objects.exists(), "a refused request writes nothing"
 
 
 def test_kubernetes_allows_more_replicas(project: Any, versions: list, member: Any) -> None:

@@ -110,7 +110,7 @@ def test_try_it_without_a_ready_replica_and_manifests(deployment: Deployment, vi
     bad = browser(viewer).post(
         reverse("deployments:deployment-try", args=[deployment.pk]), {"body": "{", "protocol": "v2"}
     )
-    assert bad.status_code == 400
+    assert bad.status_code == 400 and "Not valid JSON" in bad.content.decode()
     manifests = browser(viewer).get(reverse("deployments:deployment-manifests", args=[deployment.pk]))
     assert manifests.status_code == 200 and b"kind: Deployment" in manifests.content
 

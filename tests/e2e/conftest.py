@@ -12,7 +12,8 @@
   picture in var/screenshots/.
 - `wait_for(predicate, timeout=…)` polls until something is true.
 
-Everything skips, with the reason, when Redis or Chromium is missing.
+Everything skips, with the reason, when Redis or Chromium is missing; under CI it fails instead
+(`tests.required_services.require_service`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection, connections
+
+from tests.required_services import require_service
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -128,7 +131,7 @@ def celery_worker(
 
     broker = django_settings.CELERY_BROKER_URL
     if not broker.startswith("redis://") or not _redis_reachable(broker):
-        pytest.skip(f"the e2e worker needs a reachable Redis broker; CELERY_BROKER_URL is {broker!r}")
+        require_service(f"the e2e worker needs a reachable Redis broker; CELERY_BROKER_URL is {broker!r}")
     queue = f"e2e-{uuid.uuid4().hex[:10]}"
     var_dir = tmp_path_factory.mktemp("e2e-worker")
     env = {
@@ -179,7 +182,7 @@ def celery_worker(
 def browser() -> Iterator[object]:
     """Chromium for one test module; Playwright's event loop and the flag below end with the module."""
     if not CHROMIUM.exists():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM}; the browser tests need it")
+        require_service(f"Chromium is not installed at {CHROMIUM}; the browser tests need it")
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop in this thread, which makes Django refuse ORM calls as if

@@ -83,7 +83,9 @@ def test_bad_logging_input_is_a_400_naming_the_field(project, owner, tracked_run
     response = client.post(f"{base}/log-params/", {"params": {"lr": 0.2}}, format="json")
     assert response.status_code == 400 and "cannot change" in response.json()["params"][0]
     response = client.post(f"{base}/set-terminated/", {"status": "running"}, format="json")
-    assert response.status_code == 400
+    assert response.status_code == 400 and "status" in response.json(), response.json()
+    tracked_run.refresh_from_db()
+    assert tracked_run.status == "running" and tracked_run.ended_at is None
     response = client.post("/api/v1/runs/", {"name": "x"}, format="json")
     assert response.status_code == 400 and "experiment" in response.json()["non_field_errors"][0]
 
@@ -170,7 +172,8 @@ def test_a_blocked_dataset_version_is_a_400(project, owner, dataset_version) -> 
 
 def test_config_must_be_given_once(project, owner) -> None:
     response = client_for(owner).post("/api/v1/pipeline-runs/", {"project": project.slug}, format="json")
-    assert response.status_code == 400
+    assert response.status_code == 400 and "config_yaml" in str(response.json()), response.json()
+    assert not PipelineRun.objects.exists()
 
 
 @pytest.mark.parametrize(("role", "expected"), [("owner", 202), ("member", 202), ("viewer", 403), ("outsider", 404)])

@@ -57,11 +57,9 @@ def test_the_best_trial_becomes_the_pipelines_candidate(project, owner, breast_c
     loaded = optuna.load_study(study_name=study.storage_name, storage=hpo.storage())
     assert len(loaded.trials) == 4 and loaded.best_value == study.best_value
     for trial in completed:
-        assert (
-            {k: trial.params[k] for k in ("max_depth", "n_estimators")} == loaded.trials[trial.trial_number].params | {}
-            and True
-            or True
-        )
+        sampled = loaded.trials[trial.trial_number].params
+        assert set(sampled) == {"n_estimators", "max_depth", "learning_rate"}
+        assert {name: trial.params[name] for name in sampled} == sampled, "the run trained with what Optuna sampled"
 
 
 def test_a_search_over_several_algorithms_selects_a_model(project, owner, iris, run_pipeline) -> None:

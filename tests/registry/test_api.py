@@ -13,6 +13,7 @@ import zipfile
 import pytest
 from django.test import override_settings
 
+from apps.core.models import AuditEntry
 from apps.registry import services
 from apps.registry.choices import PromotionRequestStatus
 from apps.registry.models import ModelVersion, PromotionRequest, Webhook
@@ -44,6 +45,12 @@ def version(register):
 
 def expect(response, code: int) -> None:
     assert response.status_code == code, (response.status_code, response.content[:300])
+
+
+def audited(obj, action: str) -> list[object]:
+    """The actors of the audit entries with `action` on `obj`."""
+    entries = AuditEntry.objects.filter(object_id=str(obj.pk), action=action)
+    return [entry.actor for entry in entries]
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -80,10 +87,15 @@ def test_create_registered_model(role, code, users, project) -> None:
     ("role", "code"), [("viewer", 403), ("member", 200), ("approver", 200), ("owner", 200), ("outsider", 404)]
 )
 def test_update_registered_model(role, code, users, version) -> None:
+    description = version.model.description
     response = client_for(users[role]).patch(
         f"/api/v1/registered-models/{version.model_id}/", {"description": "# Iris\nA *forest*."}
     )
     expect(response, code)
+    version.model.refresh_from_db()
+    updated = code == 200
+    assert version.model.description == ("# Iris\nA *forest*." if updated else description)
+    assert audited(version.model, "registered_model.updated") == ([users[role]] if updated else [])
 
 
 def test_duplicate_model_name_is_a_400_naming_the_field(member, project, version) -> None:
@@ -138,6 +150,12 @@ def test_reject(role, code, users, version, requester) -> None:
     promotion = services.promotion_request_create(version=version, actor=requester, target_stage="production")
     response = client_for(users[role]).post(f"/api/v1/promotion-requests/{promotion.pk}/reject/", {"comment": "no"})
     expect(response, code)
+    promotion.refresh_from_db()
+    rejected = code == 200
+    assert promotion.status == (PromotionRequestStatus.REJECTED if rejected else PromotionRequestStatus.OPEN)
+    assert (promotion.decided_by, promotion.decision_comment) == ((users[role], "no") if rejected else (None, ""))
+    assert audited(promotion, "promotion_request.rejected") == ([users[role]] if rejected else [])
+    assert ModelVersion.objects.get(pk=version.pk).stage == version.stage
 
 
 @pytest.mark.parametrize(
@@ -147,6 +165,11 @@ def test_withdraw_only_by_the_requester(role, code, users, version) -> None:
     promotion = services.promotion_request_create(version=version, actor=users["member"], target_stage="production")
     response = client_for(users[role]).post(f"/api/v1/promotion-requests/{promotion.pk}/withdraw/")
     expect(response, code)
+    promotion.refresh_from_db()
+    withdrawn = code == 200
+    assert promotion.status == (PromotionRequestStatus.WITHDRAWN if withdrawn else PromotionRequestStatus.OPEN)
+    assert promotion.decided_by == (users["member"] if withdrawn else None)
+    assert audited(promotion, "promotion_request.withdrawn") == ([users["member"]] if withdrawn else [])
 
 
 def test_nobody_approves_their_own_request_through_the_api(version, approver) -> None:
@@ -161,6 +184,9 @@ def test_decisions_on_a_closed_request_conflict(version, member, approver, owner
     expect(client_for(approver).post(f"/api/v1/promotion-requests/{promotion.pk}/approve/"), 200)
     expect(client_for(owner).post(f"/api/v1/promotion-requests/{promotion.pk}/approve/"), 409)
     expect(client_for(owner).post(f"/api/v1/promotion-requests/{promotion.pk}/reject/", {"comment": "x"}), 409)
+    promotion.refresh_from_db()
+    assert (promotion.status, promotion.decided_by) == (PromotionRequestStatus.APPROVED, approver)
+    assert promotion.approvals.count() == 1
 
 
 def test_promotion_request_bad_input(version, register, member, approver) -> None:

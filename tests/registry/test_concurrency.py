@@ -18,8 +18,10 @@ from tests.factories import MembershipFactory, UserFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def race(*calls: Callable[[], Any]) -> list[Any]:
-    """Run the calls at the same moment in threads; returns each call's result or the exception it raised."""
+def race(*calls: Callable[[], Any], timeout: float = 60.0) -> list[Any]:
+    """Run the calls at the same moment in threads; returns each call's result or the exception it raised.
+
+    A call still running after `timeout` seconds fails the test: it has no result to count (a deadlock, say)."""
     barrier = threading.Barrier(len(calls))
     results: list[Any] = [None] * len(calls)
 
@@ -36,8 +38,20 @@ def race(*calls: Callable[[], Any]) -> list[Any]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=timeout)
+    stuck = [index for index, thread in enumerate(threads) if thread.is_alive()]
+    if stuck:
+        pytest.fail(f"calls {stuck} of the race were still running after {timeout:.0f} s")
     return results
+
+
+def test_a_call_still_running_after_the_timeout_fails_the_race() -> None:
+    release = threading.Event()
+    try:
+        with pytest.raises(pytest.fail.Exception, match=r"calls \[1\] of the race were still running"):
+            race(lambda: "done", lambda: release.wait(30), timeout=0.5)
+    finally:
+        release.set()
 
 
 def test_two_racing_approvals_make_exactly_one_transition(project, two_versions, member, approver) -> None:

@@ -355,9 +355,22 @@ def test_metrics_exposition(server: ServerProcess) -> None:
             previous = current
         raise AssertionError(f"the request count never settled: {previous}")
 
+    def shadow_predictions() -> float:
+        return server.metric("model_server_shadow_predictions_total", version="shadow", status="200")
+
+    def bad_requests() -> float:
+        return server.metric("model_server_request_errors_total", status="400")
+
+    def shipped() -> float:
+        return server.metric("model_server_events_shipped_total")
+
+    # The counts start from what this test sends, so it does not depend on the tests before it.
     before = settled()
+    shadow_before, bad_before, shipped_before = shadow_predictions(), bad_requests(), shipped()
     for _ in range(20):
         assert server.post("/v2/models/churn/versions/canary/infer", v2_request(rows(3)))[0] == 200
+    bad_body = {"inputs": [{"name": "x1", "shape": [2], "datatype": "FP64", "data": [1.0]}]}
+    assert server.post("/v2/models/churn/versions/canary/infer", bad_body)[0] == 400
     wait_until(lambda: canary_requests() >= before + 20, timeout=15)
     status, headers, text = server.get("/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -374,9 +387,9 @@ def test_metrics_exposition(server: ServerProcess) -> None:
         "model_server_ready 1",
     ]:
         assert line in text, line
-    assert server.metric("model_server_shadow_predictions_total", version="shadow", status="200") > 0
-    assert server.metric("model_server_events_shipped_total") > 0
-    assert server.metric("model_server_request_errors_total", status="400") > 0
+    wait_until(lambda: shadow_predictions() > shadow_before, timeout=15)
+    wait_until(lambda: bad_requests() > bad_before, timeout=15)
+    wait_until(lambda: shipped() > shipped_before, timeout=15)
 
 
 def test_artifact_paths_in_the_spec_may_be_relative(tmp_path: Path, bundles: dict[str, Bundle]) -> None:

@@ -2,7 +2,7 @@
 
 The build context is checked on its own first (no engine needed); then an image is built with
 `serving/Dockerfile` from the offline base image, containers run on the host network, answer predictions,
-are replaced on a spec change and restarted after a crash. Without dockerd these tests are skipped.
+are replaced on a spec change and restarted after a crash. Without dockerd these tests are skipped (under CI they fail).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.required_services import require_service
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_ROOT = Path(os.environ.get("MLOPS_TEST_DOCKER_ROOT", "/tmp/mlops-docker"))
 SOCKET = DOCKER_ROOT / "docker.sock"
@@ -226,7 +228,7 @@ def docker_client() -> Iterator[object]:
 
     dockerd = shutil.which("dockerd")
     if dockerd is None:
-        pytest.skip("dockerd is not installed (apt-get install -y docker.io)")
+        require_service("dockerd is not installed (apt-get install -y docker.io)")
     process = None
     if not _socket_answers():
         DOCKER_ROOT.mkdir(parents=True, exist_ok=True)
@@ -251,7 +253,7 @@ def docker_client() -> Iterator[object]:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 tail = (DOCKER_ROOT / "dockerd.log").read_text(errors="replace")[-2000:]
-                pytest.skip(f"dockerd could not start here:\n{tail}")
+                require_service(f"dockerd could not start here:\n{tail}")
             time.sleep(0.3)
     client = docker.DockerClient(base_url=f"unix://{SOCKET}", timeout=600)
     yield client
