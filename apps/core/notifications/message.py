@@ -12,7 +12,8 @@ class Message:
 
     - `subject`: one line (the email subject, the Slack header and notification text).
     - `text`: a paragraph or two of plain text.
-    - `fields`: labelled values shown as a list (email) or as Block Kit fields (Slack), in order.
+    - `fields`: (label, value) pairs shown as a list (email) or as Block Kit fields (Slack), in order (pairs,
+      not a dict: a JSON object's key order does not survive Postgres' jsonb).
     - `link`: an absolute URL of the console page to open.
     - `kind`: a machine name of what happened (`request.created`), sent as webhooks' `X-MLOps-Event`.
     - `data`: the structured document that webhooks POST (merged with the keys above).
@@ -20,7 +21,7 @@ class Message:
 
     subject: str
     text: str = ""
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: tuple[tuple[str, str], ...] = ()
     link: str = ""
     kind: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -30,4 +31,6 @@ class Message:
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Message:
-        return cls(**{key: document[key] for key in cls.__dataclass_fields__ if key in document})
+        values = {key: document[key] for key in cls.__dataclass_fields__ if key in document}
+        values["fields"] = tuple((str(label), str(value)) for label, value in values.get("fields", ()))
+        return cls(**values)

@@ -18,8 +18,8 @@ SUBJECT_MAX = 200
 def body(message: Message) -> str:
     lines = [message.text] if message.text else []
     if message.fields:
-        width = max(len(label) for label in message.fields) + 2
-        lines.append("\n".join(f"{label + ':':<{width}}{value}" for label, value in message.fields.items()))
+        width = max(len(label) for label, _ in message.fields) + 2
+        lines.append("\n".join(f"{label + ':':<{width}}{value}" for label, value in message.fields))
     if message.link:
         lines.append(f"Open it in the console: {message.link}")
     lines.append("— MLOps console")

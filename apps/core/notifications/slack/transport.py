@@ -50,7 +50,7 @@ def blocks(message: Message) -> list[Block]:
         built.append(SectionBlock(text=MarkdownTextObject(text=_escape(message.text)[:3000])))
     fields = [
         MarkdownTextObject(text=f"*{_escape(label)}*\n{_escape(value)}"[:2000])
-        for label, value in list(message.fields.items())[:MAX_FIELDS]
+        for label, value in message.fields[:MAX_FIELDS]
     ]
     if fields:
         built.append(SectionBlock(fields=fields))

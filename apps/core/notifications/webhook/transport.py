@@ -31,7 +31,7 @@ def body(message: Message) -> bytes:
         "type": message.kind,
         "subject": message.subject,
         "text": message.text,
-        "fields": message.fields,
+        "fields": dict(message.fields),
         "url": message.link,
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
