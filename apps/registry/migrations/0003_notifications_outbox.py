@@ -75,10 +75,6 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunPython(copy_deliveries_to_outbox, migrations.RunPython.noop),
-        migrations.RemoveField(
-            model_name="webhookdeliveryattempt",
-            name="delivery",
-        ),
         migrations.AddField(
             model_name="registryevent",
             name="claimed_until",
@@ -110,9 +106,9 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.DeleteModel(
-            name="WebhookDelivery",
+            name="WebhookDeliveryAttempt",
         ),
         migrations.DeleteModel(
-            name="WebhookDeliveryAttempt",
+            name="WebhookDelivery",
         ),
     ]
