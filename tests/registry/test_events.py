@@ -188,7 +188,7 @@ def test_failed_deliveries_are_retried_with_backoff_and_every_attempt_recorded(
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.RETRYING, 1)
     # Each retry waits its turn (30 s, 60 s, 120 s, …); here the clock is moved on and the beat sweep runs.
     for _ in range(outbox.MAX_ATTEMPTS - 1):
-        Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - outbox.SWEEP_GRACE)
         assert notifications_deliver_due_task() == 1
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED
@@ -381,8 +381,10 @@ def test_a_dispatcher_killed_after_its_claim_loses_nothing(
     event.refresh_from_db()
     assert event.dispatched_at is None and event.claimed_until is not None
     assert not Notification.objects.filter(event=event).exists()
-    # Time passes: the event is a straggler and the dead dispatcher's lease is over; beat runs its two sweeps.
+    # An hour passes: the event is a straggler, the dead dispatcher's lease is over, the deliveries' queue
+    # messages are long late; beat runs its two sweeps.
     RegistryEvent.objects.update(created_at=timezone.now() - timedelta(hours=1))
+    Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(hours=1))
     RegistryEvent.objects.filter(pk=event.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
     registry_events_dispatch_pending_task()
     notifications_deliver_due_task()

@@ -27,6 +27,8 @@ MAX_ATTEMPTS = 6
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 3600
 DUE_BATCH = 200
+# The sweep leaves a due row this long to its own queued message, so a busy queue does not fill with copies.
+SWEEP_GRACE = timedelta(seconds=60)
 # Slack accepts about one message per second per incoming webhook; paced targets get no more than this.
 THROTTLE_INTERVAL = timedelta(seconds=1)
 # A throttled delivery waits at least this long, so a retry never spins on a slot about to open.
@@ -154,6 +156,7 @@ def _record(delivery: Delivery, result: SendResult, *, duration_ms: float, throt
 
 
 def deliveries_due_ids(*, limit: int = DUE_BATCH) -> list[int]:
-    """Deliveries due and not held by a live lease: lost queue messages, dead workers, retries."""
-    due = _due(timezone.now()).order_by("next_attempt_at", "pk")
-    return list(due.values_list("pk", flat=True)[:limit])
+    """Due deliveries no live lease holds, whose own queue message is late (lost) or whose worker died."""
+    now = timezone.now()
+    late = _due(now).filter(Q(next_attempt_at__lte=now - SWEEP_GRACE) | Q(claimed_until__isnull=False))
+    return list(late.order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:limit])
