@@ -401,3 +401,20 @@ def test_a_dispatcher_killed_after_its_claim_loses_nothing(
         "approver@example.com",
         "owner@example.com",
     ]
+
+
+def test_deleting_a_subscription_cancels_its_deliveries_and_forgets_its_url(
+    settings, project, owner, register, hook_server, django_capture_on_commit_callbacks
+) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    webhook = services.webhook_create(project=project, kind="slack", url=hook_server.url("/fail"), actor=owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        register()
+    delivery = Delivery.objects.get()
+    assert delivery.status == DeliveryStatus.RETRYING and delivery.target == {"url": hook_server.url("/fail")}
+    services.webhook_delete(webhook=webhook, actor=owner)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.FAILED and delivery.target == {}
+    assert delivery.last_error == "cancelled: the webhook was deleted"
+    Delivery.objects.update(next_attempt_at=timezone.now() - timedelta(hours=1))
+    assert notifications_deliver_due_task() == 0 and len(hook_server.received) == 1

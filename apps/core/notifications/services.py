@@ -58,6 +58,18 @@ def notification_enqueue(*, channel: str, target: dict[str, Any], message: Messa
     return delivery
 
 
+@transaction.atomic
+def deliveries_cancel(*, source: str, reason: str) -> int:
+    """The target is gone (a subscription deleted): open deliveries of `source` fail with `reason`, and every
+    delivery of it forgets its target, whose secrets (a Slack URL, an HMAC key) must not outlive it."""
+    rows = Delivery.objects.filter(source=source)
+    cancelled = rows.filter(status__in=OPEN_STATUSES).update(
+        status=DeliveryStatus.FAILED, claimed_until=None, last_error=f"cancelled: {reason}"
+    )
+    rows.update(target={})
+    return cancelled
+
+
 def _due(now: datetime) -> QuerySet[Delivery]:
     return Delivery.objects.filter(
         Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), status__in=OPEN_STATUSES, next_attempt_at__lte=now

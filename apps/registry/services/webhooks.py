@@ -9,6 +9,7 @@ from django.db import transaction
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.notifications.channels import TRANSPORTS
+from apps.core.notifications.services import deliveries_cancel
 from apps.core.permissions import require_project_role
 from apps.core.services import audit_record
 from apps.registry.choices import RegistryEventType, WebhookKind
@@ -54,4 +55,5 @@ def webhook_delete(*, webhook: Webhook, actor: AbstractBaseUser) -> None:
     audit_record(
         actor=actor, action="webhook.deleted", obj=webhook, project=webhook.project, before={"url": webhook.shown_url}
     )
+    deliveries_cancel(source=webhook.source, reason="the webhook was deleted")
     webhook.delete()
