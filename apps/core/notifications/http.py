@@ -25,8 +25,10 @@ from django.utils import timezone
 
 MAX_REDIRECTS = 3
 RESPONSE_READ_LIMIT = 64 * 1024
-# A Retry-After longer than this is treated as this (a receiver asking for days is better retried sooner).
+# A Retry-After longer than this is treated as this (a receiver asking for days is better retried sooner);
+# one shorter than the minimum as the minimum, so a "0" never turns into a burst of immediate retries.
 RETRY_AFTER_MAX_SECONDS = 3600
+RETRY_AFTER_MIN_SECONDS = 1.0
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 # 4xx answers mean the receiver will not accept this payload; retrying cannot help, except for these.
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
@@ -168,7 +170,7 @@ def retry_after_seconds(value: str | None) -> float | None:
             seconds = (parsedate_to_datetime(value) - timezone.now()).total_seconds()
         except (TypeError, ValueError):
             return None
-    return min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
+    return min(max(seconds, RETRY_AFTER_MIN_SECONDS), RETRY_AFTER_MAX_SECONDS)
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, shown: Callable[[str], str] = str) -> SendResult:

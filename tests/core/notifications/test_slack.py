@@ -137,3 +137,21 @@ def test_the_pace_holds_across_concurrent_workers() -> None:
 )
 def test_the_url_is_masked(url, shown) -> None:
     assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("17", 17.0), ("0", 1.0), ("86400", 3600.0), ("soon", None), (None, None)],
+)
+def test_retry_after_is_read_and_bounded(header, seconds) -> None:
+    from apps.core.notifications.http import retry_after_seconds
+
+    assert retry_after_seconds(header) == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    from email.utils import format_datetime
+
+    from apps.core.notifications.http import retry_after_seconds
+
+    assert 25 < retry_after_seconds(format_datetime(timezone.now() + timedelta(seconds=30), usegmt=True)) <= 30
