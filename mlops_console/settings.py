@@ -46,10 +46,12 @@ try:
     CONSOLE_BASE_URL = env_str("CONSOLE_BASE_URL", "http://localhost:8000").rstrip("/")
     REGISTRY_TRUST_PICKLE = env_bool("REGISTRY_TRUST_PICKLE", False)
     REGISTRY_REQUEST_TTL_HOURS = env_int("REGISTRY_REQUEST_TTL_HOURS", 72, minimum=1)
-    # Webhooks never reach loopback, link-local or private addresses unless allowed (tests, closed networks).
+    # Webhooks and Slack never reach loopback, link-local or private addresses unless allowed (tests, closed networks).
     WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
     WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")
     WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
+    # How long a worker holds a delivery it claimed; a worker that dies leaves it to the sweep after this.
+    NOTIFICATIONS_CLAIM_LEASE_SECONDS = env_int("NOTIFICATIONS_CLAIM_LEASE_SECONDS", 300, minimum=1)
     # Deployments (docs/deployments.md). Model servers ship prediction events to CONSOLE_INTERNAL_URL.
     CONSOLE_INTERNAL_URL = env_str("CONSOLE_INTERNAL_URL", "http://127.0.0.1:8000").rstrip("/")
     DEPLOYMENTS_DEFAULT_BACKEND = env_str("DEPLOYMENTS_DEFAULT_BACKEND", "local")
@@ -200,7 +202,7 @@ SPECTACULAR_SETTINGS = {
         "StudyStatusEnum": "apps.experiments.choices.StudyStatus",
         "ModelVersionStageEnum": "apps.registry.choices.ModelVersionStage",
         "PromotionRequestStatusEnum": "apps.registry.choices.PromotionRequestStatus",
-        "WebhookDeliveryStatusEnum": "apps.registry.choices.WebhookDeliveryStatus",
+        "DeliveryStatusEnum": "apps.core.notifications.choices.DeliveryStatus",
         "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
     },
 }
@@ -231,6 +233,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "experiments-reap-stale": {"task": "experiments.reap_stale", "schedule": 30.0},
     "registry-expire-requests": {"task": "registry.promotion_requests_expire", "schedule": 300.0},
     "registry-dispatch-stragglers": {"task": "registry.events_dispatch_pending", "schedule": 120.0},
+    # Sends due notification deliveries: retries, lost queue messages, deliveries of dead workers.
+    "notifications-deliver-due": {"task": "notifications.deliver_due", "schedule": 30.0},
     # Makes every deployment's backend match its desired state; notices dead model servers.
     "deployments-reconcile": {"task": "deployments.reconcile_all", "schedule": float(DEPLOYMENTS_RECONCILE_SECONDS)},
 }

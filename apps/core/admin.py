@@ -56,3 +56,7 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+# The notification outbox registers its own admin.
+from apps.core.notifications import admin as notifications_admin  # noqa: E402, F401

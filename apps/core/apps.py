@@ -12,6 +12,9 @@ class CoreConfig(AppConfig):
     verbose_name = "Core"
 
     def ready(self) -> None:
+        # The outbox's tasks live in the notifications package, which Celery's autodiscovery does not look in.
+        from apps.core.notifications import tasks  # noqa: F401
+
         # Uploads are written here before they are renamed into the store, so it must exist
         # and sit on the same filesystem as ARTIFACT_ROOT.
         Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)

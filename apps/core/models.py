@@ -169,3 +169,7 @@ class Job(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+# The notification outbox lives in its own package; importing it here makes its models part of the core app.
+from apps.core.notifications.models import Delivery, DeliveryAttempt, DeliveryThrottle  # noqa: E402, F401

@@ -17,8 +17,6 @@ from apps.registry.models import (
     RegisteredModel,
     RegistryEvent,
     Webhook,
-    WebhookDelivery,
-    WebhookDeliveryAttempt,
 )
 
 
@@ -107,19 +105,13 @@ class RegistryEventAdmin(ReadOnlyAdmin):
 
 @admin.register(Webhook)
 class WebhookAdmin(ReadOnlyAdmin):
-    list_display = ["url", "project", "is_active", "created_at"]
-    exclude = ["secret"]
+    """A Slack URL is a secret, and so is a webhook's HMAC key: the admin shows neither (the URL masked)."""
 
+    list_display = ["shown_url", "kind", "project", "is_active", "created_at"]
+    list_filter = ["kind"]
+    fields = ["project", "kind", "shown_url", "event_types", "is_active", "created_by", "created_at"]
+    readonly_fields = fields
 
-class WebhookDeliveryAttemptInline(admin.TabularInline):
-    model = WebhookDeliveryAttempt
-    extra = 0
-    can_delete = False
-    readonly_fields = ["number", "url", "status_code", "error", "duration_ms", "created_at"]
-
-
-@admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(ReadOnlyAdmin):
-    list_display = ["__str__", "status", "attempts", "next_attempt_at", "finished_at"]
-    list_filter = ["status"]
-    inlines = [WebhookDeliveryAttemptInline]
+    @admin.display(description="URL")
+    def shown_url(self, webhook: Webhook) -> str:
+        return webhook.shown_url

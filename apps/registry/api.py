@@ -26,9 +26,11 @@ from apps.core.api import ProjectField, ProjectScopedViewSetMixin
 from apps.core.api_errors import Conflict
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
+from apps.core.notifications.api import DeliverySerializer
+from apps.core.notifications.models import Delivery
 from apps.core.permissions import require_project_role
 from apps.registry import selectors, services
-from apps.registry.choices import ModelVersionStage, RegistryEventType
+from apps.registry.choices import ModelVersionStage, RegistryEventType, WebhookKind
 from apps.registry.filters import (
     ModelVersionFilterSet,
     NotificationFilterSet,
@@ -44,8 +46,6 @@ from apps.registry.models import (
     PromotionRequest,
     RegisteredModel,
     Webhook,
-    WebhookDelivery,
-    WebhookDeliveryAttempt,
 )
 
 
@@ -547,45 +547,30 @@ class PromotionRequestViewSet(
 
 class WebhookSerializer(serializers.ModelSerializer):
     project = ProjectField()
+    kind = serializers.ChoiceField(choices=WebhookKind.choices, default=WebhookKind.WEBHOOK)
+    url = serializers.URLField(
+        max_length=500, help_text="The endpoint. A Slack URL is a secret: it is shown masked, never in full."
+    )
     event_types = serializers.ListField(
         child=serializers.ChoiceField(choices=RegistryEventType.choices), required=False, help_text="Empty: all."
     )
-    secret = serializers.SerializerMethodField(help_text="The HMAC key; shown to owners only.")
+    secret = serializers.SerializerMethodField(help_text="The HMAC key of a webhook; shown to owners only.")
     created_by = UsernameField()
 
     class Meta:
         model = Webhook
-        fields = ["id", "project", "url", "event_types", "is_active", "secret", "created_by", "created_at"]
+        fields = ["id", "project", "kind", "url", "event_types", "is_active", "secret", "created_by", "created_at"]
         read_only_fields = ["is_active", "created_at"]
+
+    def to_representation(self, webhook: Webhook) -> dict[str, Any]:
+        data = super().to_representation(webhook)
+        data["url"] = webhook.shown_url
+        return data
 
     def get_secret(self, webhook: Webhook) -> str | None:
         owner_projects = self.context.get("owner_projects")
-        return webhook.secret if owner_projects is not None and webhook.project_id in owner_projects else None
-
-
-class WebhookDeliveryAttemptSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = WebhookDeliveryAttempt
-        fields = ["number", "url", "status_code", "error", "duration_ms", "created_at"]
-
-
-class WebhookDeliverySerializer(serializers.ModelSerializer):
-    event_type = serializers.CharField(source="event.type", read_only=True)
-    attempt_log = WebhookDeliveryAttemptSerializer(many=True, read_only=True)
-
-    class Meta:
-        model = WebhookDelivery
-        fields = [
-            "id",
-            "event",
-            "event_type",
-            "status",
-            "attempts",
-            "next_attempt_at",
-            "created_at",
-            "finished_at",
-            "attempt_log",
-        ]
+        is_owner = owner_projects is not None and webhook.project_id in owner_projects
+        return webhook.secret if is_owner and webhook.kind == WebhookKind.WEBHOOK else None
 
 
 class WebhookViewSet(
@@ -596,7 +581,8 @@ class WebhookViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Outgoing webhooks of your projects' registry events, signed with HMAC-SHA256 (owners manage them)."""
+    """Webhooks (signed with HMAC-SHA256) and Slack incoming webhooks that receive your projects' registry events
+    (owners manage them)."""
 
     serializer_class = WebhookSerializer
     filterset_class = WebhookFilterSet
@@ -617,20 +603,24 @@ class WebhookViewSet(
     def perform_create(self, serializer: WebhookSerializer) -> None:
         data = serializer.validated_data
         serializer.instance = services.webhook_create(
-            project=data["project"], url=data["url"], event_types=data.get("event_types"), actor=self.request.user
+            project=data["project"],
+            kind=data["kind"],
+            url=data["url"],
+            event_types=data.get("event_types"),
+            actor=self.request.user,
         )
 
     def perform_destroy(self, instance: Webhook) -> None:
         services.webhook_delete(webhook=instance, actor=self.request.user)
 
-    @extend_schema(responses=WebhookDeliverySerializer(many=True))
+    @extend_schema(responses=DeliverySerializer(many=True))
     @action(detail=True, methods=["get"])
     def deliveries(self, request: Request, pk: str | None = None) -> Response:
-        """Deliveries of this webhook, newest first, each with its attempts (status code, error, duration)."""
+        """Deliveries of this webhook, newest first, each with its attempts (outcome, status code, error, duration)."""
         webhook = self.get_object()
-        deliveries = webhook.deliveries.select_related("event").prefetch_related("attempt_log")
+        deliveries = Delivery.objects.filter(source=webhook.source).prefetch_related("attempt_log")
         page = self.paginate_queryset(deliveries)
-        return self.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
+        return self.get_paginated_response(DeliverySerializer(page, many=True).data)
 
 
 # Notifications

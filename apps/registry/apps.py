@@ -10,13 +10,11 @@ class RegistryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from apps.registry import events
-        from apps.registry.channels import email, inapp, webhook
+        from apps.registry import events, notify
 
-        # The registry's own channels; other apps add theirs (Slack, the deployments hook) the same way.
-        events.register_event_handler("inapp", inapp.handle_event)
-        events.register_event_handler("email", email.handle_event)
-        events.register_event_handler("webhook", webhook.handle_event)
+        # In-app notifications; other apps add their hooks (deployments) the same way. Email, webhooks and
+        # Slack are not handlers: their deliveries are stored with the event (apps/registry/notify.py).
+        events.register_event_handler("inapp", notify.inapp_handle_event)
 
         from django.apps import apps
 

@@ -91,12 +91,8 @@ class RegistryEventType(models.TextChoices):
         }[kind]
 
 
-class WebhookDeliveryStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    RETRYING = "retrying", "Retrying"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
+class WebhookKind(models.TextChoices):
+    """What a webhook subscription posts to; each value names a channel of apps/core/notifications."""
 
-    @classmethod
-    def colour(cls, status: str) -> str:
-        return {"pending": "secondary", "retrying": "warning", "succeeded": "success", "failed": "danger"}[status]
+    WEBHOOK = "webhook", "Webhook (signed JSON)"
+    SLACK = "slack", "Slack (incoming webhook)"

@@ -1,11 +1,14 @@
-"""Registry events and the handlers that receive them (the channels, and hooks of other apps).
+"""Registry events and the handlers that receive them (in-app notifications, and hooks of other apps).
 
 The contract (see docs/registry.md):
 
 - A service stores a `RegistryEvent` row in its own transaction (`event_emit`), so an event exists exactly
-  when the change it describes was committed.
-- After the commit, a Celery task runs every registered handler with the event (`event_dispatch`). A beat
-  task picks up events whose dispatch was lost (a worker crash, a broker outage).
+  when the change it describes was committed. The event's email, webhook and Slack deliveries are stored
+  in the same transaction (apps/registry/notify.py) and sent by the notification outbox of apps/core.
+- After the commit, a Celery task runs every registered handler with the event (`event_dispatch`): it
+  claims the event with a lease, runs the handlers, and only then marks it dispatched. A worker that dies
+  in between leaves the event undispatched; when the lease is over, a beat task dispatches it again
+  (at least once, so handlers must be idempotent).
 - A handler is `handler(event: RegistryEvent) -> None`, registered once from an `AppConfig.ready()` with
   `register_event_handler(name, handler)`. It must be quick and idempotent: slow or fallible work (HTTP,
   SMTP) is queued as its own task with its own retries. A handler that raises is logged and the others
@@ -18,11 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.core.models import Project
@@ -34,8 +38,10 @@ logger = logging.getLogger(__name__)
 
 EventHandler = Callable[["RegistryEvent"], None]
 _HANDLERS: dict[str, EventHandler] = {}
-# An event not dispatched after this long lost its queue message; the beat task dispatches it.
+# An event not dispatched after this long lost its queue message or its worker; the beat task dispatches it.
 STRAGGLER_AFTER = timedelta(minutes=2)
+# How long a dispatcher holds an event it claimed: longer than the dispatch task's hard time limit (90 s).
+DISPATCH_LEASE = timedelta(minutes=2)
 STRAGGLER_BATCH = 200
 
 
@@ -58,8 +64,9 @@ def event_emit(
     request: PromotionRequest | None = None,
     payload: dict[str, Any] | None = None,
 ) -> RegistryEvent:
-    """Store an event in the caller's transaction and dispatch it to the handlers once that commits."""
+    """Store an event and its deliveries in the caller's transaction; dispatch it to the handlers after commit."""
     from apps.registry.models import RegistryEvent
+    from apps.registry.notify import event_notify
     from apps.registry.tasks import registry_event_dispatch_task
 
     body = {
@@ -78,16 +85,29 @@ def event_emit(
         actor=actor if getattr(actor, "is_authenticated", False) else None,
         payload=body,
     )
+    event_notify(event)
     transaction.on_commit(lambda: registry_event_dispatch_task.delay(event.pk))
     return event
 
 
-def event_dispatch(*, event_id: int) -> bool:
-    """Run every handler once for the event; False when another worker already did (safe to call twice)."""
+def _undispatched(now: datetime) -> QuerySet[RegistryEvent]:
     from apps.registry.models import RegistryEvent
 
-    claimed = RegistryEvent.objects.filter(pk=event_id, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
-    if not claimed:
+    return RegistryEvent.objects.filter(
+        Q(claimed_until__isnull=True) | Q(claimed_until__lt=now), dispatched_at__isnull=True
+    )
+
+
+def event_dispatch(*, event_id: int) -> bool:
+    """Run every handler for the event; False when it is dispatched or another worker holds it (safe twice).
+
+    The event is marked dispatched after the handlers ran, not before: a worker killed in between leaves
+    its lease to run out, and the sweep runs the handlers again.
+    """
+    from apps.registry.models import RegistryEvent
+
+    now = timezone.now()
+    if not _undispatched(now).filter(pk=event_id).update(claimed_until=now + DISPATCH_LEASE):
         return False
     event = RegistryEvent.objects.select_related("project", "model", "version", "request", "actor").get(pk=event_id)
     for name, handler in event_handlers().items():
@@ -95,12 +115,12 @@ def event_dispatch(*, event_id: int) -> bool:
             handler(event)
         except Exception:  # one broken channel must not keep the event from the others
             logger.exception("registry event handler %r failed for event %s", name, event_id)
+    RegistryEvent.objects.filter(pk=event_id).update(dispatched_at=timezone.now(), claimed_until=None)
     return True
 
 
 def events_pending_ids() -> list[int]:
-    from apps.registry.models import RegistryEvent
-
-    cutoff = timezone.now() - STRAGGLER_AFTER
-    pending = RegistryEvent.objects.filter(dispatched_at__isnull=True, created_at__lt=cutoff)
+    """Events whose dispatch was lost: old enough, not dispatched, and not held by a live lease."""
+    now = timezone.now()
+    pending = _undispatched(now).filter(created_at__lt=now - STRAGGLER_AFTER)
     return list(pending.order_by("pk").values_list("pk", flat=True)[:STRAGGLER_BATCH])

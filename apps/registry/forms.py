@@ -7,7 +7,7 @@ from django import forms
 
 from apps.core.forms import StyledForm
 from apps.core.models import Project
-from apps.registry.choices import ModelVersionStage
+from apps.registry.choices import ModelVersionStage, RegistryEventType, WebhookKind
 
 SIGNATURE_EXAMPLE = (
     '{"inputs": [{"name": "sepal_length", "type": "number"}], '
@@ -78,3 +78,33 @@ class DecisionForm(StyledForm):
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text="Owners only, when a gate check failed: why approve anyway. It is recorded.",
     )
+
+
+class SecretURLInput(forms.URLInput):
+    """Never renders the value back: a form shown again after an error must not echo a Slack URL (a secret)."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
+class WebhookForm(StyledForm):
+    """A webhook or Slack subscription of a project's registry events (owners)."""
+
+    project = forms.ModelChoiceField(queryset=Project.objects.none(), empty_label=None)
+    kind = forms.ChoiceField(choices=WebhookKind.choices)
+    url = forms.URLField(
+        max_length=500,
+        assume_scheme="https",
+        widget=SecretURLInput,
+        help_text="For Slack, the incoming webhook URL (https://hooks.slack.com/services/…); it is kept secret.",
+    )
+    event_types = forms.MultipleChoiceField(
+        choices=RegistryEventType.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every event.",
+    )
+
+    def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects

@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.urls import reverse
 
 from apps.core.models import Project
+from apps.core.notifications.channels import TRANSPORTS
 from apps.registry.choices import (
     GateCheckStatus,
     ModelFlavor,
@@ -23,7 +24,7 @@ from apps.registry.choices import (
     PromotionDecision,
     PromotionRequestStatus,
     RegistryEventType,
-    WebhookDeliveryStatus,
+    WebhookKind,
 )
 
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
@@ -303,7 +304,10 @@ class RegistryEvent(models.Model):
     )
     payload = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When the handlers were run.")
+    claimed_until = models.DateTimeField(
+        null=True, blank=True, help_text="A worker runs the handlers until then; after that the sweep may."
+    )
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When the handlers had all run.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -342,11 +346,13 @@ def _webhook_secret() -> str:
 
 
 class Webhook(models.Model):
-    """An outgoing HTTP endpoint that receives the project's registry events, signed with its secret."""
+    """A subscription of an outgoing endpoint to the project's registry events: a signed JSON webhook, or a
+    Slack incoming webhook (whose URL is itself the secret, so it is only ever shown masked)."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="webhooks")
+    kind = models.CharField(max_length=16, choices=WebhookKind.choices, default=WebhookKind.WEBHOOK)
     url = models.URLField(max_length=500)
-    secret = models.CharField(max_length=100, default=_webhook_secret, help_text="The HMAC-SHA256 key.")
+    secret = models.CharField(max_length=100, default=_webhook_secret, help_text="The HMAC-SHA256 key (webhooks).")
     event_types = models.JSONField(default=list, blank=True, help_text="Event types to send; empty means all.")
     is_active = models.BooleanField(default=True)
     created_by = models.ForeignKey(
@@ -358,52 +364,24 @@ class Webhook(models.Model):
         ordering = ["project__name", "url"]
 
     def __str__(self) -> str:
-        return self.url
+        return self.shown_url
 
     def wants(self, event_type: str) -> bool:
         return self.is_active and (not self.event_types or event_type in self.event_types)
 
-
-class WebhookDelivery(models.Model):
-    """One event sent to one webhook, with its attempts; retried with exponential backoff until it succeeds."""
-
-    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
-    event = models.ForeignKey(RegistryEvent, on_delete=models.CASCADE, related_name="webhook_deliveries")
-    status = models.CharField(
-        max_length=16, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING, db_index=True
-    )
-    attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        constraints = [models.UniqueConstraint(fields=["webhook", "event"], name="registry_one_delivery_per_event")]
-        verbose_name_plural = "webhook deliveries"
-
-    def __str__(self) -> str:
-        return f"{self.event} → {self.webhook}"
+    @property
+    def target(self) -> dict[str, str]:
+        """Where the notification outbox sends to (holds the secrets)."""
+        if self.kind == WebhookKind.SLACK:
+            return {"url": self.url}
+        return {"url": self.url, "secret": self.secret}
 
     @property
-    def status_colour(self) -> str:
-        return WebhookDeliveryStatus.colour(self.status)
+    def shown_url(self) -> str:
+        """The URL as the UI, the API and the admin show it: a Slack URL masked."""
+        return TRANSPORTS[self.kind].shown(self.target)
 
-
-class WebhookDeliveryAttempt(models.Model):
-    """One HTTP attempt: the status code (or the error) and how long it took."""
-
-    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
-    number = models.PositiveSmallIntegerField()
-    url = models.CharField(max_length=500, help_text="The last URL tried (after redirects).")
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    error = models.TextField(blank=True)
-    duration_ms = models.FloatField(default=0.0)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["delivery", "number"]
-        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="registry_delivery_attempt_unique")]
-
-    def __str__(self) -> str:
-        return f"attempt {self.number} of {self.delivery_id}: {self.status_code or self.error[:40]}"
+    @property
+    def source(self) -> str:
+        """How the outbox's deliveries name this subscription."""
+        return f"registry.webhook:{self.pk}"

@@ -22,4 +22,7 @@ urlpatterns = [
     path("approvals/<int:pk>/withdraw/", views.request_withdraw, name="request-withdraw"),
     path("notifications/", views.notification_list, name="notification-list"),
     path("notifications/read/", views.notifications_read, name="notifications-read"),
+    path("webhooks/", views.webhook_list, name="webhook-list"),
+    path("webhooks/<int:pk>/", views.webhook_detail, name="webhook-detail"),
+    path("webhooks/<int:pk>/delete/", views.webhook_delete, name="webhook-delete"),
 ]

@@ -1,5 +1,6 @@
 """The registry pages: models, model and version detail (lineage, load test), compare, the approvals inbox,
-promotion requests with their decisions, and notifications. Thin: every change goes through a service."""
+promotion requests with their decisions, notifications, and webhook/Slack subscriptions with their deliveries.
+Thin: every change goes through a service."""
 
 from __future__ import annotations
 
@@ -17,14 +18,20 @@ from django.views.decorators.http import require_GET, require_POST
 from apps.core.choices import ProjectRole
 from apps.core.filters import filter_page
 from apps.core.models import Project
+from apps.core.notifications.models import Delivery
 from apps.core.permissions import has_project_role, project_role
 from apps.core.views import form_errors_from
 from apps.datasets.views import upload_view
 from apps.registry import charts, selectors, services
 from apps.registry.choices import GateCheckStatus, PromotionRequestStatus
-from apps.registry.filters import NotificationFilterSet, PromotionRequestFilterSet, RegisteredModelFilterSet
-from apps.registry.forms import DecisionForm, ModelUploadForm, PromotionRequestForm
-from apps.registry.models import ModelVersion, Notification, PromotionRequest, RegisteredModel
+from apps.registry.filters import (
+    NotificationFilterSet,
+    PromotionRequestFilterSet,
+    RegisteredModelFilterSet,
+    WebhookFilterSet,
+)
+from apps.registry.forms import DecisionForm, ModelUploadForm, PromotionRequestForm, WebhookForm
+from apps.registry.models import ModelVersion, Notification, PromotionRequest, RegisteredModel, Webhook
 
 PAGE_SIZE = 25
 VERSIONS_PAGE_SIZE = 20
@@ -384,3 +391,71 @@ def notifications_read(request: HttpRequest) -> HttpResponse:
     changed = services.notifications_mark_read(user=request.user, ids=ids)
     messages.info(request, f"Marked {changed} notification{'s' if changed != 1 else ''} read.")
     return redirect("registry:notification-list")
+
+
+# Webhooks and Slack
+
+
+def _owned_projects(user: object) -> Any:
+    projects = Project.objects.for_user(user)
+    if getattr(user, "is_staff", False):
+        return projects
+    return projects.filter(memberships__user=user, memberships__role=ProjectRole.OWNER)
+
+
+def _render_webhooks(request: HttpRequest, form: WebhookForm | None = None, status: int = 200) -> HttpResponse:
+    webhooks = Webhook.objects.filter(project__in=Project.objects.for_user(request.user)).select_related("project")
+    filterset = WebhookFilterSet(request.GET, webhooks, request=request)
+    webhooks, filter_status = filter_page(filterset)
+    page = Paginator(webhooks, PAGE_SIZE).get_page(request.GET.get("page"))
+    owned = _owned_projects(request.user)
+    context = {
+        "page": page,
+        "filter": filterset,
+        "form": form or WebhookForm(projects=owned),
+        "can_add": owned.exists(),
+    }
+    return render(request, "registry/webhook_list.html", context, status=max(status, filter_status))
+
+
+@login_required
+def webhook_list(request: HttpRequest) -> HttpResponse:
+    """The project's webhooks and Slack subscriptions (Slack URLs masked); owners add and delete them."""
+    if request.method != "POST":
+        return _render_webhooks(request)
+    form = WebhookForm(request.POST, projects=_owned_projects(request.user))
+    if not form.is_valid():
+        return _render_webhooks(request, form=form, status=400)
+    try:
+        webhook = services.webhook_create(actor=request.user, **form.cleaned_data)
+    except ValidationError as exc:
+        form_errors_from(exc, form)
+        return _render_webhooks(request, form=form, status=400)
+    messages.success(request, f"Added {webhook.get_kind_display()} {webhook.shown_url}.")
+    return redirect("registry:webhook-detail", pk=webhook.pk)
+
+
+def _visible_webhook(request: HttpRequest, pk: int) -> Webhook:
+    visible = Webhook.objects.filter(project__in=Project.objects.for_user(request.user)).select_related("project")
+    return get_object_or_404(visible, pk=pk)
+
+
+@login_required
+@require_GET
+def webhook_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A subscription's deliveries, newest first, each with its attempts."""
+    webhook = _visible_webhook(request, pk)
+    deliveries = Delivery.objects.filter(source=webhook.source).prefetch_related("attempt_log")
+    page = Paginator(deliveries, PAGE_SIZE).get_page(request.GET.get("page"))
+    is_owner = has_project_role(request.user, webhook.project, ProjectRole.OWNER)
+    return render(request, "registry/webhook_detail.html", {"webhook": webhook, "page": page, "is_owner": is_owner})
+
+
+@login_required
+@require_POST
+def webhook_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    webhook = _visible_webhook(request, pk)
+    shown = webhook.shown_url
+    services.webhook_delete(webhook=webhook, actor=request.user)
+    messages.info(request, f"Deleted {shown}.")
+    return redirect("registry:webhook-list")
