@@ -19,6 +19,9 @@ from apps.core.choices import ProjectRole
 from apps.core.middleware import current_ip
 from apps.core.models import APIToken, AuditEntry, Membership, Project
 
+# The length of every user-given name and of its compared form (`name` and `name_key` columns).
+NAME_MAX_LENGTH = 100
+
 
 def normalize_name(value: str) -> str:
     """The form in which two names are compared: URL-decoded, Unicode NFKC, case-folded, trimmed.
@@ -26,6 +29,30 @@ def normalize_name(value: str) -> str:
     Names that differ only in these ways would look the same to a person, so they must not coexist.
     """
     return unicodedata.normalize("NFKC", unquote(value)).casefold().strip()
+
+
+def clean_name(value: Any, *, missing: str, field: str = "name", max_length: int = NAME_MAX_LENGTH) -> tuple[str, str]:
+    """A user-given name as stored (NFKC, trimmed) and its compared form (`normalize_name`), both checked.
+
+    Both must fit `max_length`: case folding can lengthen a name ('ß' compares as 'ss'), so a name that fits
+    as typed can still be too long as compared. Errors name `field`; `missing` is the message for no name.
+    """
+    name = unicodedata.normalize("NFKC", str(value or "")).strip()
+    if not name:
+        raise ValidationError({field: missing})
+    if len(name) > max_length:
+        raise ValidationError({field: f"The name is {len(name)} characters long; the limit is {max_length}."})
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise ValidationError({field: "The name contains control characters."})
+    key = normalize_name(name)
+    if len(key) > max_length:
+        raise ValidationError(
+            {
+                field: f"The name is {len(key)} characters long as compared, where case is folded ('ß' becomes "
+                f"'ss'); the limit is {max_length}."
+            }
+        )
+    return name, key
 
 
 def audit_record(
@@ -56,13 +83,10 @@ def audit_record(
 
 @transaction.atomic
 def project_create(*, name: str, description: str = "", owner: AbstractBaseUser) -> Project:
-    name = unicodedata.normalize("NFKC", name).strip()
-    if not name:
-        raise ValidationError({"name": "A project needs a name."})
+    name, name_key = clean_name(name, missing="A project needs a name.")
     slug = slugify(name)[:100]
     if not slug:
         raise ValidationError({"name": "The name must contain at least one letter or digit."})
-    name_key = normalize_name(name)
     if Project.objects.filter(Q(slug=slug) | Q(name_key=name_key)).exists():
         raise ValidationError({"name": f"A project named {name!r}, or one that differs only in case or form, exists."})
     project = Project.objects.create(name=name, name_key=name_key, slug=slug, description=description, created_by=owner)

@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.core.artifacts import get_artifact_store, hash_file
 from apps.core.jobs import JobProgress, job_claim, job_finish, job_start
 from apps.core.models import Project
-from apps.core.services import artifact_verified_path, audit_record, normalize_name
+from apps.core.services import artifact_verified_path, audit_record, clean_name
 from apps.datasets import selectors
 from apps.datasets.choices import DatasetVersionStatus
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
@@ -52,17 +52,6 @@ STALE_PENDING_AFTER = timedelta(minutes=10)
 # Datasets
 
 
-def _clean_name(name: str) -> str:
-    name = unicodedata.normalize("NFKC", name or "").strip()
-    if not name:
-        raise ValidationError({"name": "A dataset needs a name."})
-    if len(name) > 100:
-        raise ValidationError({"name": f"The name is {len(name)} characters long; the limit is 100."})
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ValidationError({"name": "The name contains control characters."})
-    return name
-
-
 def _clean_rules(rules: Any) -> dict[str, Any]:
     try:
         return parse_rules(rules)
@@ -84,8 +73,7 @@ def dataset_create(
     description: str = "",
     rules: dict[str, Any] | None = None,
 ) -> Dataset:
-    name = _clean_name(name)
-    name_key = normalize_name(name)
+    name, name_key = clean_name(name, missing="A dataset needs a name.")
     rules = _clean_rules(rules)
     if Dataset.objects.filter(project=project, name_key=name_key).exists():
         raise _name_taken(name)

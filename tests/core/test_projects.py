@@ -45,6 +45,13 @@ def test_project_name_errors(outsider: object) -> None:
     assert "name" in client_for(outsider).post("/api/v1/projects/", {}, format="json").json()
 
 
+def test_a_project_name_too_long_once_case_folded_is_a_400_naming_the_field(outsider: object) -> None:
+    response = client_for(outsider).post("/api/v1/projects/", {"name": "ß" * 100}, format="json")
+    assert response.status_code == 400
+    assert "limit is 100" in response.json()["name"][0]
+    assert not Project.objects.exists()
+
+
 def test_only_owners_manage_members(project: Project, owner: object, member: object, viewer: object) -> None:
     url = f"/api/v1/projects/{project.slug}/members/"
     assert client_for(member).post(url, {"username": "viewer", "role": "editor"}, format="json").status_code == 403

@@ -172,7 +172,9 @@ def pipeline_run_create(
     version = _dataset_version(project, normalised["data"])
     _check_columns(version, normalised["train"])
     with transaction.atomic():
-        experiment = experiment_get_or_create(project=project, name=normalised["experiment_id"], actor=actor)
+        experiment = experiment_get_or_create(
+            project=project, name=normalised["experiment_id"], actor=actor, field="experiment_id"
+        )
         train = normalised["train"]
         run = Run.objects.create(
             experiment=experiment,

@@ -11,9 +11,9 @@ from django.db import transaction
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
-from apps.core.services import audit_record, normalize_name
+from apps.core.services import audit_record, clean_name
 from apps.registry.models import RegisteredModel
-from apps.registry.services._common import _clean_name, _model_for_update
+from apps.registry.services._common import MODEL_NAME_MISSING, _model_for_update
 
 
 @transaction.atomic
@@ -21,8 +21,8 @@ def registered_model_create(
     *, project: Project, name: str, actor: AbstractBaseUser, description: str = ""
 ) -> RegisteredModel:
     require_project_role(actor, project, ProjectRole.EDITOR)
-    name = _clean_name(name)
-    if RegisteredModel.objects.filter(project=project, name_key=normalize_name(name)).exists():
+    name, key = clean_name(name, missing=MODEL_NAME_MISSING)
+    if RegisteredModel.objects.filter(project=project, name_key=key).exists():
         raise ValidationError(
             {"name": f"A model named {name!r}, or one that differs only in case or form, exists in this project."}
         )
