@@ -5,7 +5,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -27,6 +28,11 @@ class ProjectField(serializers.SlugRelatedField):
 
     def get_queryset(self) -> QuerySet[Project]:
         return Project.objects.for_user(self.context["request"].user)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class ProjectSlugField(ProjectField):
+    """A project slug in a serializer without a model (the schema cannot derive its type)."""
 
 
 class ProjectScopedViewSetMixin:
