@@ -19,6 +19,7 @@ from apps.deployments.choices import DeploymentStatus, DeploymentStrategy
 from apps.deployments.models import Deployment
 from apps.registry.choices import ModelVersionStage, RegistryEventType
 from apps.registry.models import ModelVersion
+from worker.deployments.spec import NAME_MAX_LENGTH, default_deployment_name
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict
     if not registered.get("model_version_id"):
         raise StageSkipped("no model version was registered, so there is nothing to deploy")
     version = ModelVersion.objects.select_related("model__project").get(pk=registered["model_version_id"])
-    name = str(config.get("name") or version.model.name.lower().replace("_", "-"))[:40]
+    name = str(config.get("name") or default_deployment_name(version.model.name))[:NAME_MAX_LENGTH]
     strategy = str(config.get("strategy") or DeploymentStrategy.DIRECT)
     actor = context.get("actor")
     deployment = Deployment.objects.filter(name=name).first()
