@@ -105,15 +105,11 @@ class ProjectViewSet(
         )
 
     def perform_update(self, serializer: ProjectSerializer) -> None:
-        project = serializer.instance
-        require_project_role(self.request.user, project, ProjectRole.OWNER)
-        before = {"description": project.description, "required_approvals": project.required_approvals}
-        data = {k: v for k, v in serializer.validated_data.items() if k in before}
-        for key, value in data.items():
-            setattr(project, key, value)
-        project.save(update_fields=list(data) or None)
-        services.audit_record(
-            actor=self.request.user, action="project.updated", obj=project, project=project, before=before, after=data
+        serializer.instance = services.project_update(
+            project=serializer.instance,
+            actor=self.request.user,
+            description=serializer.validated_data.get("description"),
+            required_approvals=serializer.validated_data.get("required_approvals"),
         )
 
     @extend_schema(request=MembershipWriteSerializer, responses=MembershipSerializer(many=True))

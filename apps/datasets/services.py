@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.core.artifacts import get_artifact_store, hash_file
 from apps.core.jobs import JobProgress, job_claim, job_finish, job_start
 from apps.core.models import Project
-from apps.core.services import artifact_verified_path, audit_record, clean_name
+from apps.core.services import artifact_verified_path, audit_record, audited_update, clean_name
 from apps.datasets import selectors
 from apps.datasets.choices import DatasetVersionStatus
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
@@ -106,21 +106,12 @@ def dataset_update(
 ) -> Dataset:
     """Change the description and/or the validation rules. New rules apply to versions profiled from now on."""
     dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
-    before: dict[str, Any] = {}
-    after: dict[str, Any] = {}
-    if description is not None and description.strip() != dataset.description:
-        before["description"], after["description"] = dataset.description, description.strip()
+    changes: dict[str, Any] = {}
+    if description is not None:
+        changes["description"] = description.strip()
     if rules is not None:
-        rules = _clean_rules(rules)
-        if rules != dataset.rules:
-            before["rules"], after["rules"] = dataset.rules, rules
-    if after:
-        for field, value in after.items():
-            setattr(dataset, field, value)
-        dataset.save(update_fields=[*after, "updated_at"])
-        audit_record(
-            actor=actor, action="dataset.updated", obj=dataset, project=dataset.project, before=before, after=after
-        )
+        changes["rules"] = _clean_rules(rules)
+    audited_update(obj=dataset, actor=actor, action="dataset.updated", project=dataset.project, changes=changes)
     return dataset
 
 
