@@ -88,6 +88,16 @@ def test_owner_updates_settings_others_cannot(project: Project, owner: object, a
     assert project.required_approvals == 2
 
 
+def test_a_settings_change_audits_only_what_changed(project: Project, owner: object) -> None:
+    url = f"/api/v1/projects/{project.slug}/"
+    payload = {"description": project.description, "required_approvals": 3}
+    assert client_for(owner).patch(url, payload, format="json").status_code == 200
+    entry = AuditEntry.objects.get(action="project.updated")
+    assert entry.before == {"required_approvals": 1} and entry.after == {"required_approvals": 3}
+    assert client_for(owner).patch(url, payload, format="json").status_code == 200
+    assert AuditEntry.objects.filter(action="project.updated").count() == 1
+
+
 def test_audit_api_is_scoped(project: Project, owner: object, outsider: object) -> None:
     client_for(owner).patch(f"/api/v1/projects/{project.slug}/", {"description": "new"}, format="json")
     assert client_for(owner).get(f"/api/v1/audit/?project={project.slug}").json()["count"] == 1
