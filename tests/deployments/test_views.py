@@ -161,8 +161,8 @@ def test_try_it_shows_the_model_servers_answer(
     )
     assert response.status_code == 200
     answer = response.context["answer"]
-    assert answer["status"] == 200 and answer["version"] == "v2" and answer["url"] == model_server + path
-    assert answer["body"] == {"path": path, "predictions": [2]}
+    assert answer.status == 200 and answer.version == "v2" and answer.url == model_server + path
+    assert answer.body == {"path": path, "predictions": [2]}
     assert f"HTTP 200 from v2 ({model_server}{path})" in response.content.decode()
 
 
