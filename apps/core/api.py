@@ -5,7 +5,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -27,6 +28,11 @@ class ProjectField(serializers.SlugRelatedField):
 
     def get_queryset(self) -> QuerySet[Project]:
         return Project.objects.for_user(self.context["request"].user)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class ProjectSlugField(ProjectField):
+    """A project slug in a serializer without a model (the schema cannot derive its type)."""
 
 
 class ProjectScopedViewSetMixin:
@@ -99,15 +105,11 @@ class ProjectViewSet(
         )
 
     def perform_update(self, serializer: ProjectSerializer) -> None:
-        project = serializer.instance
-        require_project_role(self.request.user, project, ProjectRole.OWNER)
-        before = {"description": project.description, "required_approvals": project.required_approvals}
-        data = {k: v for k, v in serializer.validated_data.items() if k in before}
-        for key, value in data.items():
-            setattr(project, key, value)
-        project.save(update_fields=list(data) or None)
-        services.audit_record(
-            actor=self.request.user, action="project.updated", obj=project, project=project, before=before, after=data
+        serializer.instance = services.project_update(
+            project=serializer.instance,
+            actor=self.request.user,
+            description=serializer.validated_data.get("description"),
+            required_approvals=serializer.validated_data.get("required_approvals"),
         )
 
     @extend_schema(request=MembershipWriteSerializer, responses=MembershipSerializer(many=True))

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Model, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -18,6 +18,10 @@ from apps.core.artifacts import ArtifactIntegrityError, get_artifact_store
 from apps.core.choices import ProjectRole
 from apps.core.middleware import current_ip
 from apps.core.models import APIToken, AuditEntry, Membership, Project
+from apps.core.permissions import require_project_role
+
+# The length of every user-given name and of its compared form (`name` and `name_key` columns).
+NAME_MAX_LENGTH = 100
 
 
 def normalize_name(value: str) -> str:
@@ -26,6 +30,30 @@ def normalize_name(value: str) -> str:
     Names that differ only in these ways would look the same to a person, so they must not coexist.
     """
     return unicodedata.normalize("NFKC", unquote(value)).casefold().strip()
+
+
+def clean_name(value: Any, *, missing: str, field: str = "name", max_length: int = NAME_MAX_LENGTH) -> tuple[str, str]:
+    """A user-given name as stored (NFKC, trimmed) and its compared form (`normalize_name`), both checked.
+
+    Both must fit `max_length`: case folding can lengthen a name ('ß' compares as 'ss'), so a name that fits
+    as typed can still be too long as compared. Errors name `field`; `missing` is the message for no name.
+    """
+    name = unicodedata.normalize("NFKC", str(value or "")).strip()
+    if not name:
+        raise ValidationError({field: missing})
+    if len(name) > max_length:
+        raise ValidationError({field: f"The name is {len(name)} characters long; the limit is {max_length}."})
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise ValidationError({field: "The name contains control characters."})
+    key = normalize_name(name)
+    if len(key) > max_length:
+        raise ValidationError(
+            {
+                field: f"The name is {len(key)} characters long as compared, where case is folded ('ß' becomes "
+                f"'ss'); the limit is {max_length}."
+            }
+        )
+    return name, key
 
 
 def audit_record(
@@ -54,20 +82,52 @@ def audit_record(
     )
 
 
+def audited_update(
+    *, obj: Model, actor: AbstractBaseUser | None, action: str, project: Project | None, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """Set the fields of `changes` that differ on `obj` (locked by the caller), save them and audit before/after.
+
+    Returns what changed; when nothing does, nothing is saved or audited. `auto_now` fields (`updated_at`) are
+    saved along, since `update_fields` would leave them out.
+    """
+    before = {field: getattr(obj, field) for field, value in changes.items() if getattr(obj, field) != value}
+    after = {field: changes[field] for field in before}
+    if after:
+        for field, value in after.items():
+            setattr(obj, field, value)
+        touched = [f.name for f in obj._meta.concrete_fields if getattr(f, "auto_now", False)]
+        obj.save(update_fields=[*after, *touched])
+        audit_record(actor=actor, action=action, obj=obj, project=project, before=before, after=after)
+    return after
+
+
 @transaction.atomic
 def project_create(*, name: str, description: str = "", owner: AbstractBaseUser) -> Project:
-    name = unicodedata.normalize("NFKC", name).strip()
-    if not name:
-        raise ValidationError({"name": "A project needs a name."})
+    name, name_key = clean_name(name, missing="A project needs a name.")
     slug = slugify(name)[:100]
     if not slug:
         raise ValidationError({"name": "The name must contain at least one letter or digit."})
-    name_key = normalize_name(name)
     if Project.objects.filter(Q(slug=slug) | Q(name_key=name_key)).exists():
         raise ValidationError({"name": f"A project named {name!r}, or one that differs only in case or form, exists."})
     project = Project.objects.create(name=name, name_key=name_key, slug=slug, description=description, created_by=owner)
     Membership.objects.create(project=project, user=owner, role=ProjectRole.OWNER)
     audit_record(actor=owner, action="project.created", obj=project, project=project, after={"name": name})
+    return project
+
+
+@transaction.atomic
+def project_update(
+    *, project: Project, actor: AbstractBaseUser, description: str | None = None, required_approvals: int | None = None
+) -> Project:
+    """Change a project's settings (owners only)."""
+    require_project_role(actor, project, ProjectRole.OWNER)
+    project = Project.objects.select_for_update().get(pk=project.pk)
+    changes: dict[str, Any] = {}
+    if description is not None:
+        changes["description"] = description
+    if required_approvals is not None:
+        changes["required_approvals"] = required_approvals
+    audited_update(obj=project, actor=actor, action="project.updated", project=project, changes=changes)
     return project
 
 

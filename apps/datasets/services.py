@@ -8,8 +8,6 @@ and reads `version.schema`, `version.profile`, `version.blocking_failed`, `versi
 from __future__ import annotations
 
 import logging
-import time
-import traceback
 import unicodedata
 from datetime import timedelta
 from pathlib import Path
@@ -20,14 +18,13 @@ import pandas as pd
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Value
-from django.db.models.functions import Concat
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store, hash_file
-from apps.core.choices import JobStatus
-from apps.core.models import Job, Project
-from apps.core.services import artifact_verified_path, audit_record, normalize_name
+from apps.core.jobs import JobProgress, job_claim, job_finish, job_start
+from apps.core.models import Project
+from apps.core.services import artifact_verified_path, audit_record, audited_update, clean_name
 from apps.datasets import selectors
 from apps.datasets.choices import DatasetVersionStatus
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
@@ -41,7 +38,6 @@ from worker.datasets.validation import RulesError, parse_rules
 logger = logging.getLogger(__name__)
 
 JOB_KIND_PROFILE = "dataset.profile"
-VERSION_OBJECT_TYPE = DatasetVersion._meta.label_lower
 FILE_NAME_MAX_LENGTH = 255
 # An integer column with more distinct values than this is a quantity, not a class label.
 MAX_STRATIFY_CLASSES = 100
@@ -51,22 +47,9 @@ MAX_PARENT_DEPTH = 50
 STALE_CLAIM_AFTER = timedelta(seconds=PROFILE_TIME_LIMIT + 60)
 # A version still pending this long after upload lost its queue message.
 STALE_PENDING_AFTER = timedelta(minutes=10)
-# Progress is written to the job row at most this often, so a wide table does not hammer the database.
-PROGRESS_INTERVAL_SECONDS = 0.5
 
 
 # Datasets
-
-
-def _clean_name(name: str) -> str:
-    name = unicodedata.normalize("NFKC", name or "").strip()
-    if not name:
-        raise ValidationError({"name": "A dataset needs a name."})
-    if len(name) > 100:
-        raise ValidationError({"name": f"The name is {len(name)} characters long; the limit is 100."})
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ValidationError({"name": "The name contains control characters."})
-    return name
 
 
 def _clean_rules(rules: Any) -> dict[str, Any]:
@@ -90,8 +73,7 @@ def dataset_create(
     description: str = "",
     rules: dict[str, Any] | None = None,
 ) -> Dataset:
-    name = _clean_name(name)
-    name_key = normalize_name(name)
+    name, name_key = clean_name(name, missing="A dataset needs a name.")
     rules = _clean_rules(rules)
     if Dataset.objects.filter(project=project, name_key=name_key).exists():
         raise _name_taken(name)
@@ -124,21 +106,12 @@ def dataset_update(
 ) -> Dataset:
     """Change the description and/or the validation rules. New rules apply to versions profiled from now on."""
     dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
-    before: dict[str, Any] = {}
-    after: dict[str, Any] = {}
-    if description is not None and description.strip() != dataset.description:
-        before["description"], after["description"] = dataset.description, description.strip()
+    changes: dict[str, Any] = {}
+    if description is not None:
+        changes["description"] = description.strip()
     if rules is not None:
-        rules = _clean_rules(rules)
-        if rules != dataset.rules:
-            before["rules"], after["rules"] = dataset.rules, rules
-    if after:
-        for field, value in after.items():
-            setattr(dataset, field, value)
-        dataset.save(update_fields=[*after, "updated_at"])
-        audit_record(
-            actor=actor, action="dataset.updated", obj=dataset, project=dataset.project, before=before, after=after
-        )
+        changes["rules"] = _clean_rules(rules)
+    audited_update(obj=dataset, actor=actor, action="dataset.updated", project=dataset.project, changes=changes)
     return dataset
 
 
@@ -167,16 +140,6 @@ def _send_profile_task(version_id: int) -> None:
 
 def _enqueue_profile(version_id: int) -> None:
     transaction.on_commit(lambda: _send_profile_task(version_id))
-
-
-def _new_profile_job(*, project: Project, actor: AbstractBaseUser | None, version_id: int | None = None) -> Job:
-    return Job.objects.create(
-        project=project,
-        kind=JOB_KIND_PROFILE,
-        object_type=VERSION_OBJECT_TYPE,
-        object_id=str(version_id or ""),
-        created_by=actor if getattr(actor, "is_authenticated", False) else None,
-    )
 
 
 def dataset_version_create(
@@ -218,7 +181,6 @@ def dataset_version_create(
                 return existing, False
             parent = locked.versions.order_by("-number").first()
             store.put_hashed_file(path, sha256=sha256, size=size)
-            job = _new_profile_job(project=locked.project, actor=actor)
             version = DatasetVersion.objects.create(
                 dataset=locked,
                 number=(parent.number + 1) if parent else 1,
@@ -229,10 +191,10 @@ def dataset_version_create(
                 row_count=info.row_count,
                 column_count=len(info.columns),
                 parent=parent,
-                job=job,
                 created_by=actor if getattr(actor, "is_authenticated", False) else None,
             )
-            Job.objects.filter(pk=job.pk).update(object_id=str(version.pk))
+            version.job = job_start(kind=JOB_KIND_PROFILE, project=locked.project, actor=actor, obj=version)
+            version.save(update_fields=["job"])
             audit_record(
                 actor=actor,
                 action="dataset_version.created",
@@ -253,30 +215,6 @@ def dataset_version_create(
             store.delete(sha256)
         raise
     return version, True
-
-
-class _JobProgress:
-    """Writes the worker's progress and log lines to the job row, batched to one write per interval."""
-
-    def __init__(self, job_id: int | None) -> None:
-        self.job_id = job_id
-        self.lines: list[str] = []
-        self.fraction = 0.0
-        self.last_write = 0.0
-
-    def __call__(self, fraction: float, message: str) -> None:
-        self.fraction = fraction
-        self.lines.append(message)
-        if time.monotonic() - self.last_write >= PROGRESS_INTERVAL_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.job_id is None or not self.lines:
-            return
-        text = "".join(f"{line}\n" for line in self.lines)
-        Job.objects.filter(pk=self.job_id).update(progress=self.fraction, log=Concat(F("log"), Value(text)))
-        self.lines = []
-        self.last_write = time.monotonic()
 
 
 def _comparison_parent(version: DatasetVersion) -> DatasetVersion | None:
@@ -308,13 +246,11 @@ def dataset_version_profile(*, version_id: int) -> DatasetVersion | None:
     if not claimed:
         logger.info("dataset version %s is not waiting for profiling; nothing to do", version_id)
         return None
-    version = DatasetVersion.objects.select_related("dataset__project", "parent").get(pk=version_id)
+    version = DatasetVersion.objects.select_related("dataset__project", "parent", "job").get(pk=version_id)
     project = version.dataset.project
-    if version.job_id:
-        Job.objects.filter(pk=version.job_id).update(
-            status=JobStatus.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error=""
-        )
-    progress = _JobProgress(version.job_id)
+    # The job is claimed at the version's claim time, so both go stale, and are taken over, together.
+    job = job_claim(job=version.job, stale_after=STALE_CLAIM_AFTER, now=now) if version.job else None
+    progress = JobProgress(job)
     try:
         rules = parse_rules(version.dataset.rules)
         path = artifact_verified_path(sha256=version.sha256, project=project, obj=version)
@@ -330,15 +266,14 @@ def dataset_version_profile(*, version_id: int) -> DatasetVersion | None:
         )
     except Exception as exc:
         # The row is the truth the UI shows: record the failure there rather than let the task retry it.
-        progress.flush()
-        return _profile_failed(version_id=version_id, claimed_at=now, exc=exc)
-    progress.flush()
+        return _profile_failed(version_id=version_id, claimed_at=now, exc=exc, progress=progress)
 
     with transaction.atomic():
         locked = DatasetVersion.objects.select_for_update().get(pk=version_id)
         if locked.status != DatasetVersionStatus.PROFILING or locked.claimed_at != now:
             logger.warning("dataset version %s was taken over by another worker; dropping this result", version_id)
             return locked
+        progress.flush()
         locked.schema = result.schema
         locked.profile = result.profile
         locked.validation = result.report
@@ -359,10 +294,8 @@ def dataset_version_profile(*, version_id: int) -> DatasetVersion | None:
                 "profiled_at",
             ]
         )
-        if locked.job_id:
-            Job.objects.filter(pk=locked.job_id).update(
-                status=JobStatus.SUCCEEDED, progress=1.0, finished_at=locked.profiled_at
-            )
+        if progress.job:
+            job_finish(job=progress.job)
         audit_record(
             actor=None,
             action="dataset_version.profiled",
@@ -379,7 +312,7 @@ def dataset_version_profile(*, version_id: int) -> DatasetVersion | None:
     return locked
 
 
-def _profile_failed(*, version_id: int, claimed_at: Any, exc: BaseException) -> DatasetVersion:
+def _profile_failed(*, version_id: int, claimed_at: Any, exc: BaseException, progress: JobProgress) -> DatasetVersion:
     message = f"{type(exc).__name__}: {exc}"
     with transaction.atomic():
         locked = DatasetVersion.objects.select_for_update().select_related("dataset__project").get(pk=version_id)
@@ -388,13 +321,9 @@ def _profile_failed(*, version_id: int, claimed_at: Any, exc: BaseException) -> 
         locked.status = DatasetVersionStatus.FAILED
         locked.error = message[:2000]
         locked.save(update_fields=["status", "error"])
-        if locked.job_id:
-            Job.objects.filter(pk=locked.job_id).update(
-                status=JobStatus.FAILED,
-                error="".join(traceback.format_exception(exc))[-10000:],
-                log=Concat(F("log"), Value(f"failed: {message}\n")),
-                finished_at=timezone.now(),
-            )
+        progress.flush()
+        if progress.job:
+            job_finish(job=progress.job, error=exc)
         audit_record(
             actor=None,
             action="dataset_version.failed",
@@ -419,9 +348,8 @@ def dataset_version_revalidate(*, version: DatasetVersion, actor: AbstractBaseUs
         "validation": locked.validation_status,
         "blocking_failed": locked.blocking_failed,
     }
-    job = _new_profile_job(project=locked.dataset.project, actor=actor, version_id=locked.pk)
     locked.status = DatasetVersionStatus.PENDING
-    locked.job = job
+    locked.job = job_start(kind=JOB_KIND_PROFILE, project=locked.dataset.project, actor=actor, obj=locked)
     locked.error = ""
     locked.claimed_at = None
     locked.save(update_fields=["status", "job", "error", "claimed_at"])

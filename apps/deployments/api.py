@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api import ProjectScopedViewSetMixin
+from apps.core.api import ProjectScopedViewSetMixin, ProjectSlugField
 from apps.core.api_errors import Conflict
 from apps.core.artifacts import get_artifact_store
 from apps.core.choices import ProjectRole
@@ -32,7 +32,6 @@ from apps.deployments import selectors, services
 from apps.deployments.choices import DeploymentBackendKind, DeploymentEnvironment, DeploymentStrategy
 from apps.deployments.filters import DeploymentFilterSet
 from apps.deployments.models import Deployment, DeploymentEvent
-from apps.registry.api import ProjectSlugField
 from apps.registry.models import ModelVersion
 
 

@@ -17,8 +17,10 @@ from django.db import transaction
 from apps.deployments import services
 from apps.deployments.choices import DeploymentStatus, DeploymentStrategy
 from apps.deployments.models import Deployment
+from apps.experiments.stages import StageContext, StageSkipped
 from apps.registry.choices import ModelVersionStage, RegistryEventType
 from apps.registry.models import ModelVersion
+from worker.deployments.spec import NAME_MAX_LENGTH, default_deployment_name
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +59,9 @@ def deployment_rollout_approved(*, deployment_id: int, model_version_id: int) ->
     return "started"
 
 
-def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline's deploy stage (see apps/experiments/stages.py for the calling convention)."""
-    from apps.experiments.stages import StageSkipped
-
-    config = context.get("config") or {}
+def deploy_stage(context: StageContext) -> dict[str, Any]:
+    """The pipeline's deploy stage (a `StageHandler`, see apps/experiments/stages.py)."""
+    config = context.config
     if not config:
         raise StageSkipped("the pipeline has no deployment_config, so it deploys nothing")
     unknown = sorted(set(config) - set(STAGE_CONFIG_KEYS))
@@ -69,13 +69,13 @@ def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict
         raise ValueError(
             f"deployment_config: unknown keys {', '.join(unknown)}; allowed: {', '.join(STAGE_CONFIG_KEYS)}"
         )
-    registered = (context.get("outputs") or {}).get("register") or {}
+    registered = context.outputs.get("register") or {}
     if not registered.get("model_version_id"):
         raise StageSkipped("no model version was registered, so there is nothing to deploy")
     version = ModelVersion.objects.select_related("model__project").get(pk=registered["model_version_id"])
-    name = str(config.get("name") or version.model.name.lower().replace("_", "-"))[:40]
+    name = str(config.get("name") or default_deployment_name(version.model.name))[:NAME_MAX_LENGTH]
     strategy = str(config.get("strategy") or DeploymentStrategy.DIRECT)
-    actor = context.get("actor")
+    actor = context.actor
     deployment = Deployment.objects.filter(name=name).first()
     if deployment is None:
         deployment = services.deployment_create(
@@ -87,12 +87,12 @@ def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict
             environment=str(config.get("environment") or "staging"),
             replicas=int(config.get("replicas") or 1),
         )
-        context["log"](f"created deployment {deployment.name} serving {version}")
+        context.log(f"created deployment {deployment.name} serving {version}")
         return {"deployment_id": deployment.pk, "deployment": deployment.name, "strategy": "direct"}
     if deployment.project_id != version.model.project_id:
         raise ValidationError({"name": f"Deployment {name} belongs to another project."})
     if deployment.targets.filter(model_version=version, shadow=False, weight__gt=0).exists():
-        context["log"](f"{deployment.name} already serves {version}")
+        context.log(f"{deployment.name} already serves {version}")
         return {"deployment_id": deployment.pk, "deployment": deployment.name, "strategy": deployment.strategy}
     if config.get("replicas") and int(config["replicas"]) != deployment.replicas:
         services.deployment_scale(deployment=deployment, actor=actor, replicas=int(config["replicas"]))
@@ -103,6 +103,6 @@ def deploy_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict
         actor=actor,
         traffic_percentage=int(config["traffic_percentage"]) if config.get("traffic_percentage") else None,
     )
-    context["log"](f"started a {strategy} rollout of {version} on {deployment.name}")
+    context.log(f"started a {strategy} rollout of {version} on {deployment.name}")
     phase = Deployment.objects.values_list("phase", flat=True).get(pk=deployment.pk)
     return {"deployment_id": deployment.pk, "deployment": deployment.name, "strategy": strategy, "phase": phase}

@@ -25,9 +25,9 @@ from apps.deployments.choices import (
     DeploymentStrategy,
     RolloutPhase,
 )
+from worker.deployments.spec import NAME_MAX_LENGTH, NAME_PATTERN
 
 INGEST_TOKEN_PREFIX = "mld_"
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 
 
 class DeploymentQuerySet(models.QuerySet):
@@ -41,7 +41,7 @@ class DeploymentQuerySet(models.QuerySet):
 class Deployment(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deployments")
     name = models.CharField(
-        max_length=40,
+        max_length=NAME_MAX_LENGTH,
         unique=True,
         validators=[
             RegexValidator(NAME_PATTERN, "Lower-case letters, digits and '-', starting with a letter or digit.")

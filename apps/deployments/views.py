@@ -6,13 +6,11 @@ Outsiders get 404, viewers read, editors act."""
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlparse
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -38,7 +36,6 @@ from apps.registry.choices import ModelVersionStage
 
 PAGE_SIZE = 25
 EVENTS_PAGE_SIZE = 30
-TRY_TIMEOUT_SECONDS = 10
 LIVE_POLL_SECONDS = 3
 # A masked CSRF token differs on every render; the ETag of the live sections must change only with what they show.
 CSRF_INPUT = re.compile(r'<input type="hidden" name="csrfmiddlewaretoken" value="[^"]*">')
@@ -289,23 +286,6 @@ def deployment_rollout(request: HttpRequest, pk: int) -> HttpResponse:
     return _act(request, pk, rollout)
 
 
-def _send_prediction(url: str, path: str, body: bytes) -> tuple[int, Any]:
-    parsed = urlparse(url)
-    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=TRY_TIMEOUT_SECONDS)
-    try:
-        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        payload = response.read()
-        version = response.getheader("X-Model-Version")
-    finally:
-        connection.close()
-    try:
-        decoded = json.loads(payload)
-    except ValueError:
-        decoded = payload.decode(errors="replace")
-    return response.status, {"body": decoded, "version": version}
-
-
 @login_required
 @require_POST
 def deployment_try(request: HttpRequest, pk: int) -> HttpResponse:
@@ -319,18 +299,16 @@ def deployment_try(request: HttpRequest, pk: int) -> HttpResponse:
     except ValueError as exc:
         form.add_error("body", f"Not valid JSON: {exc}")
         return _render_detail(request, deployment, try_form=form, status=400)
-    url = deployment.url
-    if url is None:
-        form.add_error(None, "No replica is ready to answer.")
-        return _render_detail(request, deployment, try_form=form, status=409)
-    path = "/invocations" if form.cleaned_data["protocol"] == "mlflow" else f"/v2/models/{deployment.name}/infer"
     try:
-        status, answer = _send_prediction(url, path, form.cleaned_data["body"].encode())
+        answer = services.deployment_predict(
+            deployment=deployment, body=form.cleaned_data["body"], protocol=form.cleaned_data["protocol"]
+        )
+    except services.DeploymentConflict as exc:
+        form.add_error(None, str(exc))
+        return _render_detail(request, deployment, try_form=form, status=409)
     except OSError as exc:
         form.add_error(None, f"The model server did not answer: {exc}")
         return _render_detail(request, deployment, try_form=form, status=502)
-    version = _server_version_label(deployment)(answer["version"]) if answer["version"] else None
-    answer.update(status=status, version=version, url=url + path, pretty=json.dumps(answer["body"], indent=2))
     return _render_detail(request, deployment, try_form=form, answer=answer)
 
 

@@ -13,7 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.core.api import ProjectField
+from apps.core.api import ProjectField, ProjectSlugField
 from apps.core.choices import ProjectRole
 from apps.core.permissions import require_project_role
 from apps.datasets.models import Dataset, DatasetVersion
@@ -121,11 +121,6 @@ class RunSerializer(serializers.ModelSerializer):
 class RunDetailSerializer(RunSerializer):
     class Meta(RunSerializer.Meta):
         fields = [*RunSerializer.Meta.fields, "plots", "log"]
-
-
-@extend_schema_field(OpenApiTypes.STR)
-class ProjectSlugField(ProjectField):
-    """A project slug among the user's projects, in a serializer that has no model."""
 
 
 @extend_schema_field(OpenApiTypes.INT)

@@ -14,7 +14,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
-    extend_schema_field,
 )
 from rest_framework import exceptions, mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -22,7 +21,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.core.api import ProjectField, ProjectScopedViewSetMixin
+from apps.core.api import ProjectField, ProjectScopedViewSetMixin, ProjectSlugField
 from apps.core.api_errors import Conflict
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
@@ -58,11 +57,6 @@ def domain_errors() -> Iterator[None]:
         raise Conflict(str(exc)) from None
     except services.ModelLoadError as exc:
         raise Conflict(str(exc)) from None
-
-
-@extend_schema_field(OpenApiTypes.STR)
-class ProjectSlugField(ProjectField):
-    """A project slug in a serializer without a model (the schema cannot derive its type)."""
 
 
 class UsernameField(serializers.SlugRelatedField):

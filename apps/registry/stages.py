@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apps.experiments.stages import StageContext, StageSkipped
 from apps.registry import services
 from apps.registry.choices import ModelVersionSource
 from apps.registry.models import ModelVersion
@@ -16,24 +17,23 @@ from apps.registry.models import ModelVersion
 CONFIG_KEYS = ("model_name", "label", "description", "tags")
 
 
-def model_version_register_stage(pipeline_run: Any, stage: Any, context: dict[str, Any]) -> dict[str, Any]:
-    from apps.experiments.stages import StageSkipped
-
-    config = context.get("config") or {}
+def model_version_register_stage(context: StageContext) -> dict[str, Any]:
+    config = context.config
     unknown = sorted(set(config) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"registry_config: unknown keys {', '.join(unknown)}; allowed: {', '.join(CONFIG_KEYS)}")
-    run = context.get("candidate_run")
-    if run is None or context.get("model_artifact") is None:
+    run = context.candidate_run
+    if context.model_artifact is None:
         raise StageSkipped("the pipeline produced no model bundle to register")
     # A stage task that runs twice (a redelivered message) finds the version it registered the first time.
+    pipeline_run = context.pipeline_run
     existing = ModelVersion.objects.filter(pipeline_run=pipeline_run, run=run).select_related("model").first()
     if existing is not None:
-        context["log"](f"already registered as {existing}")
+        context.log(f"already registered as {existing}")
     else:
         existing = services.model_version_register_from_run(
             run=run,
-            actor=context.get("actor"),
+            actor=context.actor,
             model_name=str(config.get("model_name") or pipeline_run.experiment.name),
             label=str(config.get("label") or ""),
             description=str(config.get("description") or ""),
@@ -41,7 +41,7 @@ def model_version_register_stage(pipeline_run: Any, stage: Any, context: dict[st
             pipeline_run=pipeline_run,
             source=ModelVersionSource.PIPELINE,
         )
-        context["log"](f"registered {existing} ({existing.sha256[:12]}…)")
+        context.log(f"registered {existing} ({existing.sha256[:12]}…)")
     return {
         "model_version_id": existing.pk,
         "version": existing.number,

@@ -45,6 +45,13 @@ def test_project_name_errors(outsider: object) -> None:
     assert "name" in client_for(outsider).post("/api/v1/projects/", {}, format="json").json()
 
 
+def test_a_project_name_too_long_once_case_folded_is_a_400_naming_the_field(outsider: object) -> None:
+    response = client_for(outsider).post("/api/v1/projects/", {"name": "ß" * 100}, format="json")
+    assert response.status_code == 400
+    assert "limit is 100" in response.json()["name"][0]
+    assert not Project.objects.exists()
+
+
 def test_only_owners_manage_members(project: Project, owner: object, member: object, viewer: object) -> None:
     url = f"/api/v1/projects/{project.slug}/members/"
     assert client_for(member).post(url, {"username": "viewer", "role": "editor"}, format="json").status_code == 403
@@ -79,6 +86,16 @@ def test_owner_updates_settings_others_cannot(project: Project, owner: object, a
     assert client_for(owner).patch(url, {"required_approvals": 2}, format="json").status_code == 200
     project.refresh_from_db()
     assert project.required_approvals == 2
+
+
+def test_a_settings_change_audits_only_what_changed(project: Project, owner: object) -> None:
+    url = f"/api/v1/projects/{project.slug}/"
+    payload = {"description": project.description, "required_approvals": 3}
+    assert client_for(owner).patch(url, payload, format="json").status_code == 200
+    entry = AuditEntry.objects.get(action="project.updated")
+    assert entry.before == {"required_approvals": 1} and entry.after == {"required_approvals": 3}
+    assert client_for(owner).patch(url, payload, format="json").status_code == 200
+    assert AuditEntry.objects.filter(action="project.updated").count() == 1
 
 
 def test_audit_api_is_scoped(project: Project, owner: object, outsider: object) -> None:

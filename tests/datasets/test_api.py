@@ -70,6 +70,13 @@ def test_create_refuses_a_name_that_only_looks_different(project: object, owner:
     assert Dataset.objects.count() == 1
 
 
+def test_a_name_too_long_once_case_folded_is_a_400_naming_the_field(project: object, owner: object) -> None:
+    response = client_for(owner).post("/api/v1/datasets/", {"project": project.slug, "name": "ß" * 100}, format="json")
+    assert response.status_code == 400
+    assert "limit is 100" in response.json()["name"][0]
+    assert not Dataset.objects.exists()
+
+
 @pytest.mark.parametrize(("role", "status"), [("owner", 200), ("member", 200), ("viewer", 403), ("outsider", 404)])
 def test_patch_rules(request: pytest.FixtureRequest, dataset: Dataset, role: str, status: int) -> None:
     rules = {"columns": {"age": {"min": 0, "max": 120, "blocking": True}}, "max_duplicate_rate": 0.01}

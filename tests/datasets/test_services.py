@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from apps.core.artifacts import ArtifactIntegrityError, get_artifact_store
 from apps.core.choices import JobStatus
+from apps.core.jobs import job_claim, job_progress
 from apps.core.models import AuditEntry, Job
 from apps.datasets import services
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
@@ -188,6 +189,18 @@ def test_a_claim_is_only_taken_over_once_it_is_stale(dataset: Dataset, make_data
     stale = timezone.now() - services.STALE_CLAIM_AFTER - timedelta(seconds=1)
     DatasetVersion.objects.filter(pk=version.pk).update(claimed_at=stale)
     assert services.dataset_version_profile(version_id=version.pk).status == "ready"
+
+
+def test_a_takeover_also_takes_the_dead_workers_job(dataset: Dataset, make_dataset_version: object) -> None:
+    version = make_dataset_version(dataset, SMALL_CLASSIFICATION_CSV, profile=False)
+    stale = timezone.now() - services.STALE_CLAIM_AFTER - timedelta(seconds=1)
+    DatasetVersion.objects.filter(pk=version.pk).update(status="profiling", claimed_at=stale)
+    dead_worker = job_claim(job=version.job, now=stale)
+    assert services.dataset_version_profile(version_id=version.pk).status == "ready"
+    job = Job.objects.get(pk=version.job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 2 and job.started_at > stale
+    with pytest.raises(ValidationError, match="taken over|succeeded"):
+        job_progress(job=dead_worker, fraction=0.5, message="the dead worker wakes up")
 
 
 def test_stale_versions_are_queued_again(dataset: Dataset, make_dataset_version: object) -> None:

@@ -20,6 +20,7 @@ from apps.deployments import hooks, selectors, services
 from apps.deployments.choices import DeploymentEventKind, RolloutPhase
 from apps.deployments.models import Deployment, PredictionLog
 from apps.deployments.services import reconcile
+from apps.experiments.stages import StageContext
 from apps.registry.choices import PromotionRequestStatus
 from apps.registry.models import PromotionRequest
 from tests.conftest import client_for
@@ -446,21 +447,31 @@ def test_approval_hook_rolls_out_on_following_deployments(deployment: Deployment
     )
 
 
+class _StageLog:
+    """The part of a stage's runtime that the deploy stage uses: its log."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+
 def test_deploy_stage_creates_then_rolls_out(project: Any, owner: Any, versions: list) -> None:
-    logs: list[str] = []
-    context = {
-        "config": {"name": "iris-pipe"},
-        "outputs": {"register": {"model_version_id": versions[0].pk}},
-        "log": logs.append,
-        "actor": owner,
-    }
-    assert hooks.deploy_stage(None, None, context)["deployment"] == "iris-pipe"
-    context = {**context, "config": {"name": "iris-pipe", "strategy": "canary", "traffic_percentage": 20}}
-    context["outputs"] = {"register": {"model_version_id": versions[1].pk}}
-    outputs = hooks.deploy_stage(None, None, context)
+    runtime = _StageLog()
+
+    def context(config: dict, version: Any) -> StageContext:
+        # The deploy stage reads only the config, the register stage's outputs, the actor and the log.
+        outputs = {"register": {"model_version_id": version.pk}}
+        return StageContext(stage=None, runtime=runtime, config=config, outputs=outputs, actor=owner)
+
+    assert hooks.deploy_stage(context({"name": "iris-pipe"}, versions[0]))["deployment"] == "iris-pipe"
+    canary = {"name": "iris-pipe", "strategy": "canary", "traffic_percentage": 20}
+    outputs = hooks.deploy_stage(context(canary, versions[1]))
     assert outputs["strategy"] == "canary" and outputs["phase"] == RolloutPhase.ANALYSING
+    assert runtime.lines[0].startswith("created deployment iris-pipe") and "canary rollout" in runtime.lines[1]
     with pytest.raises(ValueError, match="unknown keys"):
-        hooks.deploy_stage(None, None, {**context, "config": {"bogus": 1}})
+        hooks.deploy_stage(context({"bogus": 1}, versions[1]))
 
 
 def test_deploy_command(project: Any, versions: list) -> None:

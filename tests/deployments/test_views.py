@@ -5,6 +5,10 @@ from __future__ import annotations
 import html
 import json
 import re
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -113,6 +117,64 @@ def test_try_it_without_a_ready_replica_and_manifests(deployment: Deployment, vi
     assert bad.status_code == 400 and "Not valid JSON" in bad.content.decode()
     manifests = browser(viewer).get(reverse("deployments:deployment-manifests", args=[deployment.pk]))
     assert manifests.status_code == 200 and b"kind: Deployment" in manifests.content
+
+
+class _ModelServer(BaseHTTPRequestHandler):
+    """Answers predictions the way a model server does: JSON, with the serving version's id in a header."""
+
+    version_id = ""
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        answer = json.dumps({"path": self.path, "predictions": [len(body.get("instances", []))]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Model-Version", self.version_id)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads the answer, not the server's access log."""
+
+
+@pytest.fixture
+def model_server(deployment: Deployment) -> Iterator[str]:
+    canary = deployment.registered_model.versions.get(number=2)
+    handler = type("Handler", (_ModelServer,), {"version_id": str(canary.pk)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("protocol", "path"), [("mlflow", "/invocations"), ("v2", "/v2/models/iris/infer")])
+def test_try_it_shows_the_model_servers_answer(
+    deployment: Deployment, viewer: Any, model_server: str, protocol: str, path: str
+) -> None:
+    observe(deployment, observed={"replicas": [{**REPLICA, "url": model_server}]})
+    response = browser(viewer).post(
+        reverse("deployments:deployment-try", args=[deployment.pk]),
+        {"body": '{"instances": [[1, 2], [3, 4]]}', "protocol": protocol},
+    )
+    assert response.status_code == 200
+    answer = response.context["answer"]
+    assert answer.status == 200 and answer.version == "v2" and answer.url == model_server + path
+    assert answer.body == {"path": path, "predictions": [2]}
+    assert f"HTTP 200 from v2 ({model_server}{path})" in response.content.decode()
+
+
+def test_try_it_when_the_model_server_does_not_answer(deployment: Deployment, viewer: Any) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    observe(deployment, observed={"replicas": [{**REPLICA, "url": f"http://127.0.0.1:{port}"}]})
+    response = browser(viewer).post(
+        reverse("deployments:deployment-try", args=[deployment.pk]), {"body": "{}", "protocol": "mlflow"}
+    )
+    assert response.status_code == 502 and "The model server did not answer" in response.content.decode()
 
 
 # The live part of the page: served alone for htmx to poll, and included in the full page.

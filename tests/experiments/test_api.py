@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apps.experiments import services
-from apps.experiments.models import PipelineRun, Run, RunMetric
+from apps.experiments.models import Experiment, PipelineRun, Run, RunMetric
 from tests.conftest import client_for
 from tests.experiments.conftest import IRIS_CONFIG
 
@@ -88,6 +88,17 @@ def test_bad_logging_input_is_a_400_naming_the_field(project, owner, tracked_run
     assert tracked_run.status == "running" and tracked_run.ended_at is None
     response = client.post("/api/v1/runs/", {"name": "x"}, format="json")
     assert response.status_code == 400 and "experiment" in response.json()["non_field_errors"][0]
+
+
+def test_names_too_long_once_case_folded_are_a_400_naming_the_field(project, owner) -> None:
+    client = client_for(owner)
+    response = client.post("/api/v1/experiments/", {"project": project.slug, "name": "ß" * 100}, format="json")
+    assert response.status_code == 400 and "limit is 100" in response.json()["name"][0]
+    response = client.post(
+        "/api/v1/runs/", {"project": project.slug, "experiment_name": "ß" * 100, "name": "x"}, format="json"
+    )
+    assert response.status_code == 400 and "limit is 100" in response.json()["experiment_name"][0]
+    assert not Experiment.objects.exists() and not Run.objects.exists()
 
 
 @pytest.mark.parametrize(("role", "expected"), [("owner", 201), ("member", 201), ("viewer", 403), ("outsider", 400)])

@@ -15,7 +15,7 @@ from apps.core.models import AuditEntry
 from apps.experiments import services
 from apps.experiments.models import PipelineRun, PipelineStage, Run, RunMetric
 from apps.experiments.services import pipelines
-from apps.experiments.stages import StageSkipped, register_stage_handler
+from apps.experiments.stages import StageContext, StageSkipped, register_stage_handler
 from serving.loader import load_predictor
 from tests.experiments.conftest import IRIS_CONFIG
 from worker.datasets.demo import demo_frame
@@ -119,14 +119,14 @@ def test_a_stage_selection_runs_the_data_stages_only(project, owner, iris, run_p
 def test_registered_handlers_run_register_and_deploy(project, owner, iris, run_pipeline, stage_handlers) -> None:
     seen = {}
 
-    def register(pipeline_run, stage, context):
+    def register(context: StageContext) -> dict:
         seen["register"] = context
-        context["log"]("registered version 1")
-        return {"model_version": 1, "sha256": context["model_artifact"].sha256}
+        context.log("registered version 1")
+        return {"model_version": 1, "sha256": context.model_artifact.sha256}
 
-    def deploy(pipeline_run, stage, context):
+    def deploy(context: StageContext) -> dict:
         seen["deploy"] = context
-        return {"deployment": context["config"]["strategy"], "version": context["outputs"]["register"]["model_version"]}
+        return {"deployment": context.config["strategy"], "version": context.outputs["register"]["model_version"]}
 
     stage_handlers("register", register)
     stage_handlers("deploy", deploy)
@@ -134,14 +134,16 @@ def test_registered_handlers_run_register_and_deploy(project, owner, iris, run_p
     assert pipeline_run.status == "succeeded"
     assert pipeline_run.stages.get(name="deploy").outputs == {"deployment": "blue_green", "version": 1}
     context = seen["register"]
-    assert context["run"] == pipeline_run.run and context["candidate_run"] == pipeline_run.run
-    assert context["outputs"]["evaluate"]["passes_thresholds"] is True and context["actor"] == owner
+    assert context.pipeline_run == pipeline_run and context.stage.name == "register"
+    assert context.run == pipeline_run.run and context.candidate_run == pipeline_run.run
+    assert context.outputs["evaluate"]["passes_thresholds"] is True and context.actor == owner
+    assert seen["deploy"].config == {"strategy": "blue_green", "replicas": 3}
     assert "registered version 1" in pipeline_run.stages.get(name="register").log
 
 
 def test_deploy_does_not_run_for_a_model_below_its_thresholds(project, owner, iris, run_pipeline, stage_handlers):
-    stage_handlers("register", lambda pipeline_run, stage, context: {"model_version": 1})
-    stage_handlers("deploy", lambda pipeline_run, stage, context: pytest.fail("must not deploy"))
+    stage_handlers("register", lambda context: {"model_version": 1})
+    stage_handlers("deploy", lambda context: pytest.fail("must not deploy"))
     config = IRIS_CONFIG.replace("n_estimators: 10", "n_estimators: 10, thresholds: {accuracy: '>= 0.999'}")
     pipeline_run = run_pipeline(project, owner, config)
     assert pipeline_run.status == "succeeded"
@@ -150,7 +152,7 @@ def test_deploy_does_not_run_for_a_model_below_its_thresholds(project, owner, ir
 
 
 def test_a_handler_may_skip_or_fail_its_stage(project, owner, iris, run_pipeline, stage_handlers) -> None:
-    def skip(pipeline_run, stage, context):
+    def skip(context: StageContext) -> dict:
         raise StageSkipped("no model name configured")
 
     stage_handlers("register", skip)
@@ -159,7 +161,7 @@ def test_a_handler_may_skip_or_fail_its_stage(project, owner, iris, run_pipeline
     assert pipeline_run.stages.get(name="register").error == "no model name configured"
     assert pipeline_run.stages.get(name="deploy").status == "skipped"
 
-    def fail(pipeline_run, stage, context):
+    def fail(context: StageContext) -> dict:
         raise RuntimeError("registry is read-only")
 
     stage_handlers("register", fail)
@@ -170,7 +172,7 @@ def test_a_handler_may_skip_or_fail_its_stage(project, owner, iris, run_pipeline
 
 
 def test_a_stage_over_its_time_limit_is_failed(project, owner, iris, run_pipeline, stage_handlers, settings) -> None:
-    def slow(pipeline_run, stage, context):
+    def slow(context: StageContext) -> dict:
         raise SoftTimeLimitExceeded()
 
     stage_handlers("register", slow)
@@ -183,7 +185,7 @@ def test_a_stage_over_its_time_limit_is_failed(project, owner, iris, run_pipelin
 
 def test_pluggable_stages_only() -> None:
     with pytest.raises(ValueError, match="not a pluggable stage"):
-        register_stage_handler("train", lambda *args: {})
+        register_stage_handler("train", lambda context: {})
 
 
 # Bad input

@@ -16,7 +16,7 @@ from django.test import override_settings
 from apps.core.models import AuditEntry
 from apps.registry import services
 from apps.registry.choices import PromotionRequestStatus
-from apps.registry.models import ModelVersion, PromotionRequest, Webhook
+from apps.registry.models import ModelVersion, PromotionRequest, RegisteredModel, Webhook
 from tests.conftest import client_for
 from tests.factories import MembershipFactory, UserFactory
 
@@ -104,6 +104,14 @@ def test_duplicate_model_name_is_a_400_naming_the_field(member, project, version
     )
     expect(response, 400)
     assert "name" in response.json()
+
+
+def test_a_name_that_case_folding_makes_too_long_is_a_400_naming_the_field(member, project) -> None:
+    # 'ß' case-folds to 'ss': 100 characters as typed, 200 as compared; the compared form must fit too.
+    response = client_for(member).post("/api/v1/registered-models/", {"project": project.slug, "name": "ß" * 100})
+    expect(response, 400)
+    assert "limit is 100" in response.json()["name"][0]
+    assert not RegisteredModel.objects.exists()
 
 
 @pytest.mark.parametrize(

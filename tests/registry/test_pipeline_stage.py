@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from apps.experiments import services as experiment_services
-from apps.experiments.stages import stage_handler
+from apps.experiments.services.runtime import StageRuntime
+from apps.experiments.stages import StageContext, stage_handler
 from apps.registry.choices import ModelVersionSource
 from apps.registry.models import ModelVersion
 from apps.registry.stages import model_version_register_stage
@@ -52,15 +53,16 @@ def test_the_register_stage_registers_the_candidate_with_its_lineage(pipeline_ru
 
 
 def test_the_stage_is_safe_to_run_twice(pipeline_run) -> None:
-    context = {
-        "candidate_run": pipeline_run.run,
-        "model_artifact": pipeline_run.run.artifacts.get(kind="model"),
-        "config": pipeline_run.config["registry_config"],
-        "log": lambda message: None,
-        "actor": pipeline_run.created_by,
-    }
-    outputs = model_version_register_stage(pipeline_run, None, context)
+    stage = pipeline_run.stages.select_related("pipeline_run__run", "pipeline_run__experiment").get(name="register")
+    context = StageContext(
+        stage=stage,
+        runtime=StageRuntime(pipeline_run_id=pipeline_run.pk, stage_id=stage.pk),
+        config=pipeline_run.config["registry_config"],
+        actor=pipeline_run.created_by,
+    )
+    outputs = model_version_register_stage(context)
     assert outputs["version"] == 1 and ModelVersion.objects.count() == 1
+    assert outputs["model_version_id"] == stage.outputs["model_version_id"]
 
 
 def test_register_a_finished_run_through_the_api(pipeline_run, member, viewer) -> None:

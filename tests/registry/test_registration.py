@@ -96,6 +96,13 @@ def _assert_nothing_stored(artifact_root: Path) -> None:
     assert list((artifact_root / "tmp").iterdir()) == []
 
 
+def test_a_model_name_too_long_once_case_folded_is_refused(project, member, model_file, artifact_root) -> None:
+    response = upload(client_for(member), project, model_file("bundle"), model_name="ß" * 100)
+    assert response.status_code == 400, response.content
+    assert "limit is 100" in response.json()["model_name"][0]
+    _assert_nothing_stored(artifact_root)
+
+
 def test_pickle_upload_is_refused_and_never_unpickled(project, member, tmp_path, artifact_root) -> None:
     marker = tmp_path / "pwned"
     path = malicious_pickle(tmp_path / "model.pkl", marker)

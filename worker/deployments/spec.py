@@ -17,8 +17,15 @@ from typing import Any
 
 TOTAL_WEIGHT = 100
 # A Kubernetes object name (DNS-1123 label), which also suits a Docker container name and a folder.
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+NAME_RE = re.compile(NAME_PATTERN)
+NAME_MAX_LENGTH = 40
 SERVING_PORT = 8080
+
+
+def default_deployment_name(model_name: str) -> str:
+    """The name a deployment of a model gets when none is given: the model's, lower-cased, '_' as '-'."""
+    return model_name.lower().replace("_", "-")[:NAME_MAX_LENGTH]
 
 
 class DeploymentSpecError(ValueError):

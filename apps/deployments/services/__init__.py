@@ -25,6 +25,7 @@ from apps.deployments.services.commands import (
     deployment_stop,
 )
 from apps.deployments.services.ingest import INGEST_BATCH_SIZE, MAX_EVENTS_PER_BATCH, predictions_ingest
+from apps.deployments.services.predict import PredictionAnswer, deployment_predict
 from apps.deployments.services.reconcile import (
     AUTOSCALE_WINDOW_SECONDS,
     KEPT_DECISIONS,
@@ -44,6 +45,7 @@ __all__ = [
     "INGEST_BATCH_SIZE",
     "KEPT_DECISIONS",
     "MAX_EVENTS_PER_BATCH",
+    "PredictionAnswer",
     "RECONCILE_LEASE_SECONDS",
     "RECONCILE_ROUNDS",
     "artifact_base_url",
@@ -53,6 +55,7 @@ __all__ = [
     "deployment_gate_check",
     "deployment_manifests",
     "deployment_note",
+    "deployment_predict",
     "deployment_promote",
     "deployment_reconcile",
     "deployment_rollback",

@@ -30,7 +30,7 @@ from apps.deployments.choices import (
     DeploymentStrategy,
     RolloutPhase,
 )
-from apps.deployments.models import NAME_PATTERN, Deployment, DeploymentEvent, DeploymentTarget
+from apps.deployments.models import Deployment, DeploymentEvent, DeploymentTarget
 from apps.deployments.services._common import (
     ACTIVE_PHASES,
     DeploymentConflict,
@@ -49,6 +49,7 @@ from apps.deployments.services._common import (
 from apps.registry.choices import ModelVersionStage, PromotionRequestStatus
 from apps.registry.models import ModelVersion, PromotionRequest, RegisteredModel
 from worker.deployments.analysis import CanaryThresholds
+from worker.deployments.spec import NAME_RE
 
 
 def _require_editor(actor: AbstractBaseUser | None, project: Project) -> None:
@@ -162,11 +163,9 @@ def deployment_create(
 ) -> Deployment:
     """A new deployment serving one version (100%) or an explicit traffic split. `strategy` is the one later
     rollouts default to (the approval hook's)."""
-    import re
-
     _require_editor(actor, project)
     name = (name or "").strip()
-    if not re.match(NAME_PATTERN, name):
+    if not NAME_RE.match(name):
         raise ValidationError({"name": "Use 1–40 lower-case letters, digits and '-', starting with a letter or digit."})
     if Deployment.objects.filter(name=name).exists():
         raise ValidationError({"name": f"A deployment named {name!r} exists (names are unique across the console)."})

@@ -1,6 +1,6 @@
 """The bodies of the built-in stages: ingest, validate, features, train and evaluate.
 
-Each takes the claimed stage and its runtime and returns the stage's outputs (JSON). Data never
+Each is a `StageHandler` (apps/experiments/stages.py) and returns the stage's outputs (JSON). Data never
 travels between stages: each loads what it needs from the artifact store (verified by hash) and the
 rows of the stages before (the split, the inferred task).
 """
@@ -21,10 +21,10 @@ from apps.datasets.models import DatasetSplit
 from apps.datasets.services import dataset_split_indices, dataset_version_load_frame, dataset_version_split
 from apps.experiments import pipeline_config
 from apps.experiments.choices import PipelineStageName, RunArtifactKind
-from apps.experiments.models import PipelineRun, PipelineStage, Run
-from apps.experiments.services.pipelines import WAITING, StageFailed
+from apps.experiments.models import PipelineRun, Run
 from apps.experiments.services.runtime import StageRuntime
 from apps.experiments.services.tracking import package_versions, run_artifact_store, run_metrics_record
+from apps.experiments.stages import WAITING, StageContext, StageFailed, StageHandler, Waiting
 from serving.loader import load_predictor
 from worker.datasets.schema import BOOLEAN, CATEGORICAL, INTEGER, schema_columns
 from worker.training.algorithms import ALGORITHMS
@@ -59,9 +59,9 @@ def load_frames(pipeline_run: PipelineRun, columns: list[str] | None = None) -> 
     return frame.iloc[train_rows].reset_index(drop=True), frame.iloc[test_rows].reset_index(drop=True)
 
 
-def ingest(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
+def ingest(context: StageContext) -> dict[str, Any]:
     """Resolve the dataset version and make (or find) the reproducible train/test split."""
-    pipeline_run = stage.pipeline_run
+    pipeline_run = context.pipeline_run
     version = pipeline_run.dataset_version
     data = pipeline_run.config["data"]
     target = pipeline_run.config["train"]["target"]
@@ -76,12 +76,12 @@ def ingest(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
     )
     stratify = target if data["stratify"] and labels else None
     test_size = round(1.0 - data["split"], 10)
-    runtime.log(f"{version}: {version.row_count:,} rows, {version.column_count} columns, sha256 {version.sha256[:12]}…")
+    context.log(f"{version}: {version.row_count:,} rows, {version.column_count} columns, sha256 {version.sha256[:12]}…")
     split = dataset_version_split(
         version=version, test_size=test_size, seed=data["seed"], stratify=stratify, actor=pipeline_run.created_by
     )
     Run.objects.filter(pk=pipeline_run.run_id).update(dataset_split=split)
-    runtime.log(
+    context.log(
         f"split {split.train_count:,} train / {split.test_count:,} test rows (seed {split.seed}"
         + (f", stratified by {split.stratify}" if split.stratified else "")
         + ")"
@@ -100,9 +100,9 @@ def ingest(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
     }
 
 
-def validate(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
+def validate(context: StageContext) -> dict[str, Any]:
     """Refuse data that may not or cannot train: blocking validation, missing columns, one class only."""
-    pipeline_run = stage.pipeline_run
+    pipeline_run = context.pipeline_run
     version = pipeline_run.dataset_version
     train_config = pipeline_run.config["train"]
     target = train_config["target"]
@@ -111,7 +111,7 @@ def validate(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
         raise StageFailed(f"{version} failed blocking validation: {'; '.join(failed) or 'see the dataset page'}")
     warnings = [c["message"] for c in version.validation.get("checks", []) if c.get("status") in ("warn", "fail")]
     for message in warnings:
-        runtime.log(f"dataset check (not blocking): {message}")
+        context.log(f"dataset check (not blocking): {message}")
     columns = schema_columns(version.schema)
     if target not in columns:
         raise StageFailed(f"the target column {target!r} is not in {version}; its columns: {', '.join(columns)}")
@@ -148,17 +148,17 @@ def validate(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
             outputs["search_metric"], outputs["search_direction"] = pipeline_config.search_metric(search, task)
         except pipeline_config.ConfigError as exc:
             raise StageFailed(f"{exc.field}: {exc.message}") from None
-    runtime.log(f"task: {task}" + (" (inferred from the target)" if outputs["task_inferred"] else ""))
+    context.log(f"task: {task}" + (" (inferred from the target)" if outputs["task_inferred"] else ""))
     return outputs
 
 
-def features(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
+def features(context: StageContext) -> dict[str, Any]:
     """Check the declared feature engineering against the data by fitting it on the training rows.
 
     The fitted transforms are not kept here: training fits them again inside the model pipeline, so
     they are saved in the model bundle and travel with the model to serving.
     """
-    pipeline_run = stage.pipeline_run
+    pipeline_run = context.pipeline_run
     train_config = pipeline_run.config["train"]
     target = train_config["target"]
     train_df, _ = load_frames(pipeline_run)
@@ -167,7 +167,7 @@ def features(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
     preprocessor = build_preprocessor(config, train_df[columns])
     matrix = preprocessor.fit_transform(train_df[columns])
     kinds = {name: [str(c) for c in cols] for name, _, cols in preprocessor.transformers_}
-    runtime.log(f"{len(columns)} feature columns → {matrix.shape[1]} model inputs ({', '.join(kinds)})")
+    context.log(f"{len(columns)} feature columns → {matrix.shape[1]} model inputs ({', '.join(kinds)})")
     return {
         "columns": columns,
         "transformers": kinds,
@@ -228,17 +228,19 @@ def train_into_run(
     return result
 
 
-def train_stage(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any] | object:
+def train_stage(context: StageContext) -> dict[str, Any] | Waiting:
     """Train the configured model on the training rows, or run the HPO study when `search` is set."""
-    pipeline_run = stage.pipeline_run
+    pipeline_run = context.pipeline_run
     if pipeline_run.config.get("search"):
         from apps.experiments.services.studies import study_start
 
-        study = study_start(stage=stage, runtime=runtime)
+        study = study_start(stage=context.stage, runtime=context.runtime)
         return WAITING if study is not None else {}
     config = train_config_for(pipeline_run)
     train_df, test_df = load_frames(pipeline_run)
-    result = train_into_run(run=pipeline_run.run, config=config, train_df=train_df, test_df=test_df, runtime=runtime)
+    result = train_into_run(
+        run=pipeline_run.run, config=config, train_df=train_df, test_df=test_df, runtime=context.runtime
+    )
     with transaction.atomic():
         PipelineRun.objects.filter(pk=pipeline_run.pk).update(candidate_run=pipeline_run.run)
     return {
@@ -257,11 +259,13 @@ def _close(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=METRIC_TOLERANCE, abs_tol=METRIC_TOLERANCE)
 
 
-def evaluate_stage(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
+def evaluate_stage(context: StageContext) -> dict[str, Any]:
     """Load the candidate's stored bundle (hash verified), score the holdout rows, apply the thresholds."""
     from apps.core.services import artifact_verified_path
 
-    pipeline_run = PipelineRun.objects.select_related("candidate_run", "run", "project").get(pk=stage.pipeline_run_id)
+    pipeline_run = PipelineRun.objects.select_related("candidate_run", "run", "project").get(
+        pk=context.stage.pipeline_run_id
+    )
     candidate = pipeline_run.candidate_run
     if candidate is None:
         raise StageFailed("the train stage produced no candidate model")
@@ -281,11 +285,11 @@ def evaluate_stage(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any
     metrics, _ = evaluate(task, y_true, predictions, proba, predictor.classes)
     differing = [name for name, value in metrics.items() if not _close(value, candidate.metrics.get(name))]
     if differing:
-        runtime.log(f"warning: the stored model scores differently from training on {', '.join(differing)}")
+        context.log(f"warning: the stored model scores differently from training on {', '.join(differing)}")
     thresholds = pipeline_run.config["train"].get("thresholds") or {}
     passed, failures = check_thresholds(metrics, thresholds)
     Run.objects.filter(pk=pipeline_run.run_id).update(passes_thresholds=passed, threshold_failures=failures)
-    runtime.log(
+    context.log(
         "holdout: "
         + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None)
         + (f"; thresholds {'passed' if passed else 'not met: ' + '; '.join(failures)}" if thresholds else "")
@@ -301,7 +305,7 @@ def evaluate_stage(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any
     }
 
 
-BODIES = {
+BUILTIN_STAGES: dict[str, StageHandler] = {
     PipelineStageName.INGEST: ingest,
     PipelineStageName.VALIDATE: validate,
     PipelineStageName.FEATURES: features,

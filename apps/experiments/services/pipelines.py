@@ -40,9 +40,18 @@ from apps.experiments.choices import (
     StudyStatus,
 )
 from apps.experiments.models import PipelineRun, PipelineStage, Run, Study
+from apps.experiments.services.builtin_stages import BUILTIN_STAGES
 from apps.experiments.services.runtime import REAP_AFTER, TAKEOVER_AFTER, StageRuntime
 from apps.experiments.services.tracking import code_version, experiment_get_or_create
-from apps.experiments.stages import PLUGGABLE_STAGES, StageSkipped, stage_handler, unavailable_reason
+from apps.experiments.stages import (
+    PLUGGABLE_STAGES,
+    WAITING,
+    StageContext,
+    StageFailed,
+    StageSkipped,
+    stage_handler,
+    unavailable_reason,
+)
 from worker.datasets.schema import schema_columns
 from worker.training.errors import ConfigError, TrainingCancelled
 
@@ -58,14 +67,6 @@ CLAIM_WAIT_SECONDS = TAKEOVER_AFTER.total_seconds() + 5 * CLAIM_POLL_SECONDS
 STUDY_IDLE_LIMIT = timedelta(minutes=30)
 EXECUTOR_WORKER = "worker"
 EXECUTOR_INLINE = "inline"
-
-
-class StageFailed(Exception):
-    """A stage cannot go on; the message is shown to the user as the reason."""
-
-
-# A stage body returns this to say "not done yet": the HPO train stage waits for its trial tasks.
-WAITING = object()
 
 
 @dataclass
@@ -172,7 +173,9 @@ def pipeline_run_create(
     version = _dataset_version(project, normalised["data"])
     _check_columns(version, normalised["train"])
     with transaction.atomic():
-        experiment = experiment_get_or_create(project=project, name=normalised["experiment_id"], actor=actor)
+        experiment = experiment_get_or_create(
+            project=project, name=normalised["experiment_id"], actor=actor, field="experiment_id"
+        )
         train = normalised["train"]
         run = Run.objects.create(
             experiment=experiment,
@@ -312,41 +315,29 @@ def _pipeline_start(pipeline_run: PipelineRun) -> None:
             )
 
 
-def _body(name: str) -> Any:
-    from apps.experiments.services import builtin_stages
-
-    return builtin_stages.BODIES.get(name)
+# The part of the pipeline config that each pluggable stage's handler gets as `context.config`.
+PLUGGABLE_STAGE_CONFIG = {PipelineStageName.REGISTER: "registry_config", PipelineStageName.DEPLOY: "deployment_config"}
 
 
-def _stage_context(stage: PipelineStage, runtime: StageRuntime) -> dict[str, Any]:
+def _stage_context(stage: PipelineStage, runtime: StageRuntime) -> StageContext:
     pipeline_run = stage.pipeline_run
-    run = pipeline_run.run
-    candidate = pipeline_run.candidate_run or run
-    config_key = "registry_config" if stage.name == PipelineStageName.REGISTER else "deployment_config"
-    outputs = dict(pipeline_run.stages.filter(position__lt=stage.position).values_list("name", "outputs"))
-    return {
-        "run": run,
-        "candidate_run": candidate,
-        "model_artifact": candidate.artifacts.filter(kind="model").first() if candidate else None,
-        "config": pipeline_run.config.get(config_key, {}),
-        "outputs": outputs,
-        "log": runtime.log,
-        "should_stop": runtime.should_stop,
-        "actor": pipeline_run.created_by,
-    }
+    config_key = PLUGGABLE_STAGE_CONFIG.get(stage.name)
+    return StageContext(
+        stage=stage,
+        runtime=runtime,
+        config=(pipeline_run.config.get(config_key) or {}) if config_key else {},
+        outputs=dict(pipeline_run.stages.filter(position__lt=stage.position).values_list("name", "outputs")),
+        actor=pipeline_run.created_by,
+    )
 
 
 def _run_body(stage: PipelineStage, runtime: StageRuntime) -> Outcome:
     try:
         runtime.check_cancelled()
-        body = _body(stage.name)
-        if body is not None:
-            result = body(stage, runtime)
-        else:
-            handler = stage_handler(stage.name)
-            if handler is None:
-                raise StageSkipped(unavailable_reason(stage.name))
-            result = handler(stage.pipeline_run, stage, _stage_context(stage, runtime))
+        handler = BUILTIN_STAGES.get(stage.name) or stage_handler(stage.name)
+        if handler is None:
+            raise StageSkipped(unavailable_reason(stage.name))
+        result = handler(_stage_context(stage, runtime))
         if result is WAITING:
             return Outcome(PipelineStageStatus.RUNNING, waiting=True)
         return Outcome(PipelineStageStatus.SUCCEEDED, outputs=dict(result or {}))

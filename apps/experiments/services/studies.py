@@ -35,17 +35,18 @@ from apps.experiments.choices import (
     StudyStatus,
 )
 from apps.experiments.models import PipelineRun, PipelineStage, Run, Study
+from apps.experiments.services.builtin_stages import load_frames, train_config_for, train_into_run
 from apps.experiments.services.pipelines import (
     CLAIM_POLL_SECONDS,
     CLAIM_WAIT_SECONDS,
     EXECUTOR_INLINE,
     MAX_ATTEMPTS,
-    StageFailed,
     pipeline_stage_complete,
     stage_resources_add,
 )
 from apps.experiments.services.runtime import TAKEOVER_AFTER, StageRuntime
 from apps.experiments.services.tracking import code_version, run_artifact_link
+from apps.experiments.stages import StageFailed
 from worker.training.errors import ConfigError, TrainingCancelled
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,6 @@ def _budget_used(study: Study) -> bool:
 
 def study_trial_execute(*, study_id: int, slot: int, task_id: str) -> None:
     """Run trial slot `slot` of a study (the body of the trial task); safe to run twice."""
-    from apps.experiments.services.builtin_stages import load_frames, train_config_for, train_into_run
 
     study = Study.objects.select_related("pipeline_run__project", "pipeline_run__run", "parent_run").get(pk=study_id)
     pipeline_run = study.pipeline_run

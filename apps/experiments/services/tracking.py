@@ -11,7 +11,6 @@ import math
 import mimetypes
 import platform
 import subprocess
-import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from importlib import metadata
@@ -27,7 +26,7 @@ from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store
 from apps.core.models import Project
-from apps.core.services import audit_record, normalize_name
+from apps.core.services import audit_record, clean_name
 from apps.experiments.choices import RunArtifactKind, RunStatus
 from apps.experiments.models import Experiment, Run, RunArtifact, RunMetric
 
@@ -71,24 +70,14 @@ def package_versions() -> dict[str, str]:
 
 # Experiments
 
-
-def _clean_name(name: Any, field: str = "name") -> str:
-    name = unicodedata.normalize("NFKC", str(name or "")).strip()
-    if not name:
-        raise ValidationError({field: "An experiment needs a name."})
-    if len(name) > 100:
-        raise ValidationError({field: f"The name is {len(name)} characters long; the limit is 100."})
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ValidationError({field: "The name contains control characters."})
-    return name
+EXPERIMENT_NAME_MISSING = "An experiment needs a name."
 
 
 @transaction.atomic
 def experiment_create(
     *, project: Project, name: str, actor: AbstractBaseUser | None, description: str = ""
 ) -> Experiment:
-    name = _clean_name(name)
-    key = normalize_name(name)
+    name, key = clean_name(name, missing=EXPERIMENT_NAME_MISSING)
     if Experiment.objects.filter(project=project, name_key=key).exists():
         raise ValidationError({"name": f"An experiment named {name!r} exists in {project.name}."})
     experiment = Experiment.objects.create(
@@ -98,10 +87,15 @@ def experiment_create(
     return experiment
 
 
-def experiment_get_or_create(*, project: Project, name: str, actor: AbstractBaseUser | None) -> Experiment:
-    """The project's experiment of that name (compared like project names), created if missing."""
-    name = _clean_name(name, "experiment_id")
-    existing = Experiment.objects.filter(project=project, name_key=normalize_name(name)).first()
+def experiment_get_or_create(
+    *, project: Project, name: str, actor: AbstractBaseUser | None, field: str = "experiment_name"
+) -> Experiment:
+    """The project's experiment of that name (compared like project names), created if missing.
+
+    `field` is where the caller's user gave the name, so that a bad one is reported there.
+    """
+    name, key = clean_name(name, field=field, missing=EXPERIMENT_NAME_MISSING)
+    existing = Experiment.objects.filter(project=project, name_key=key).first()
     if existing is not None:
         return existing
     try:
@@ -109,7 +103,7 @@ def experiment_get_or_create(*, project: Project, name: str, actor: AbstractBase
         with transaction.atomic():
             return experiment_create(project=project, name=name, actor=actor)
     except (IntegrityError, ValidationError):
-        return Experiment.objects.get(project=project, name_key=normalize_name(name))
+        return Experiment.objects.get(project=project, name_key=key)
 
 
 # Runs

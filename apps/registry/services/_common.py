@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import unicodedata
-
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from apps.core.models import Project
-from apps.core.services import audit_record, normalize_name
+from apps.core.services import audit_record, clean_name
 from apps.registry.models import RegisteredModel
 
-NAME_MAX_LENGTH = 100
+MODEL_NAME_MISSING = "A registered model needs a name."
 
 
 class RegistryConflict(Exception):
@@ -27,21 +24,9 @@ class ModelLoadError(Exception):
         self.integrity = integrity
 
 
-def _clean_name(name: str) -> str:
-    name = unicodedata.normalize("NFKC", name or "").strip()
-    if not name:
-        raise ValidationError({"model_name": "A registered model needs a name."})
-    if len(name) > NAME_MAX_LENGTH:
-        raise ValidationError({"model_name": f"The name is {len(name)} characters long; the limit is 100."})
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ValidationError({"model_name": "The name contains control characters."})
-    return name
-
-
 def _model_for_update(*, project: Project, name: str, actor: AbstractBaseUser | None) -> RegisteredModel:
     """The named model, locked; created when it does not exist yet. Must run inside a transaction."""
-    name = _clean_name(name)
-    key = normalize_name(name)
+    name, key = clean_name(name, field="model_name", missing=MODEL_NAME_MISSING)
     model = RegisteredModel.objects.select_for_update().filter(project=project, name_key=key).first()
     if model is not None:
         return model

@@ -11,9 +11,9 @@ from django.db import transaction
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
-from apps.core.services import audit_record, normalize_name
+from apps.core.services import audited_update, clean_name
 from apps.registry.models import RegisteredModel
-from apps.registry.services._common import _clean_name, _model_for_update
+from apps.registry.services._common import MODEL_NAME_MISSING, _model_for_update
 
 
 @transaction.atomic
@@ -21,8 +21,8 @@ def registered_model_create(
     *, project: Project, name: str, actor: AbstractBaseUser, description: str = ""
 ) -> RegisteredModel:
     require_project_role(actor, project, ProjectRole.EDITOR)
-    name = _clean_name(name)
-    if RegisteredModel.objects.filter(project=project, name_key=normalize_name(name)).exists():
+    name, key = clean_name(name, missing=MODEL_NAME_MISSING)
+    if RegisteredModel.objects.filter(project=project, name_key=key).exists():
         raise ValidationError(
             {"name": f"A model named {name!r}, or one that differs only in case or form, exists in this project."}
         )
@@ -39,20 +39,12 @@ def registered_model_update(
 ) -> RegisteredModel:
     require_project_role(actor, model.project, ProjectRole.EDITOR)
     model = RegisteredModel.objects.select_for_update().get(pk=model.pk)
-    before: dict[str, Any] = {}
-    after: dict[str, Any] = {}
-    if description is not None and description.strip() != model.description:
-        before["description"], after["description"] = model.description, description.strip()
+    changes: dict[str, Any] = {}
+    if description is not None:
+        changes["description"] = description.strip()
     if tags is not None:
         if not isinstance(tags, dict):
             raise ValidationError({"tags": "Tags must be an object of name → value."})
-        if tags != model.tags:
-            before["tags"], after["tags"] = model.tags, tags
-    if after:
-        for field, value in after.items():
-            setattr(model, field, value)
-        model.save(update_fields=[*after, "updated_at"])
-        audit_record(
-            actor=actor, action="registered_model.updated", obj=model, project=model.project, before=before, after=after
-        )
+        changes["tags"] = tags
+    audited_update(obj=model, actor=actor, action="registered_model.updated", project=model.project, changes=changes)
     return model

@@ -21,11 +21,11 @@ from apps.core.artifacts import ArtifactError, ArtifactIntegrityError, StoredArt
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
-from apps.core.services import artifact_verified_path, audit_record
+from apps.core.services import artifact_verified_path, audit_record, clean_name
 from apps.registry.choices import ModelVersionSource, RegistryEventType
 from apps.registry.events import event_emit
 from apps.registry.models import LABEL_PATTERN, ModelVersion
-from apps.registry.services._common import ModelLoadError, _clean_name, _model_for_update
+from apps.registry.services._common import MODEL_NAME_MISSING, ModelLoadError, _model_for_update
 from serving.bundle import BundleError, bundle_from_upload, detect_format, read_manifest
 from serving.loader import Predictor, load_predictor
 from serving.signature import check_signature, json_scalar
@@ -219,7 +219,7 @@ def model_version_register(
     The bundle is loaded first exactly as serving will load it, so a version that exists can be served.
     Nothing is stored when any check fails.
     """
-    _clean_name(model_name)
+    clean_name(model_name, field="model_name", missing=MODEL_NAME_MISSING)
     label = _clean_label(label)
     if tags is not None and not isinstance(tags, dict):
         raise ValidationError({"tags": "Tags must be an object of name → value."})

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.artifacts import get_artifact_store
 from apps.core.models import Project
+from apps.core.services import normalize_name
 from apps.datasets import services
 from apps.datasets.models import Dataset
 from worker.datasets.demo import DEMO_DATASETS, demo_csv_bytes
@@ -35,7 +36,7 @@ class Command(BaseCommand):
             for key in ("data_folder_in", "data_folder_out", "processed_folder"):
                 Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key]).mkdir(parents=True, exist_ok=True)
         for name, (_, _, description) in DEMO_DATASETS.items():
-            dataset = Dataset.objects.filter(project=target, name_key=services.normalize_name(name)).first()
+            dataset = Dataset.objects.filter(project=target, name_key=normalize_name(name)).first()
             if dataset is None:
                 dataset = services.dataset_create(project=target, name=name, description=description, actor=actor)
             fd, temp = store.new_temp_file()

@@ -16,6 +16,7 @@ from apps.deployments.choices import (
 )
 from apps.deployments.models import Deployment
 from apps.registry.models import ModelVersion
+from worker.deployments.spec import default_deployment_name
 
 
 def parse_model_version(project: Project, text: str) -> ModelVersion:
@@ -101,7 +102,7 @@ class Command(BaseCommand):
                 "version at 100%. Leave out --strategy and --traffic-percentage to create one, or name an "
                 "existing deployment with --name."
             )
-        name = options["name"] or version.model.name.lower().replace("_", "-")[:40]
+        name = options["name"] or default_deployment_name(version.model.name)
         deployment = services.deployment_create(
             project=project,
             name=name,
