@@ -49,6 +49,15 @@ _REASONS = {
 }
 _STATUS_LINES = {status: f"{status} {reason}" for status, reason in _REASONS.items()}
 _V2_INPUT_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL"}
+# The deepest JSON nesting a request body may have. Every accepted payload is at most about 6 levels deep; the
+# limit stays far below the depth at which a parser or a recursive walk over the payload would fail.
+MAX_JSON_DEPTH = 64
+_JSON_DELETE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
+_QUOTE = ord('"')
+# +1 for an opening bracket, -1 for a closing one, 0 for a quote.
+_JSON_STEP = np.zeros(256, dtype=np.int32)
+_JSON_STEP[list(b"[{")] = 1
+_JSON_STEP[list(b"]}")] = -1
 
 
 def _encode_json(body: Any) -> bytes:
@@ -64,6 +73,24 @@ def _decode_json(body: bytes) -> Any:
         # Python's parser also takes NaN and Infinity, which clients built on Python's json (MLflow's among
         # them) send for missing values; and its error message is the one we have always given.
         return json.loads(body)
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text `body` nests arrays and objects more than `limit` levels deep, without parsing it.
+
+    A body with no more brackets than the limit cannot be too deep (most requests stop there). Otherwise the
+    depth is counted with array operations over the body's quotes and brackets (escaped backslashes and quotes
+    removed first): an odd number of quotes before a bracket puts it inside a string. A malformed body is
+    measured all the same (its parser would recurse as deep) and is otherwise left for the parser to refuse.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = np.frombuffer(body.translate(None, _JSON_DELETE), dtype=np.uint8)
+    outside = (np.cumsum(marks == _QUOTE) & 1) == 0
+    steps = _JSON_STEP[marks] * outside
+    return int(np.cumsum(steps).max()) > limit
 
 
 StartResponse = Callable[..., Any]
@@ -442,11 +469,16 @@ class ModelServer:
         started = time.perf_counter()
         timestamp = time.time()
         request_id = environ.get("HTTP_X_REQUEST_ID") or ""
-        version: LoadedVersion | None = pinned
+        # No version until the body is a JSON object: a body that is not one says nothing of any model, so its
+        # failure is counted (and its event shipped) without a version, out of every version's analysis.
+        version: LoadedVersion | None = None
         columns: Mapping[str, list] | None = None
         key: str | None = None
         try:
             body = self._read_body(environ)
+            # Checked before parsing: a parser or a walk over the payload would recurse as deep as the body nests.
+            if json_too_deep(body):
+                raise HttpError(400, f"the body nests more than {MAX_JSON_DEPTH} levels deep", "body")
             try:
                 payload = _decode_json(body)
             except ValueError as exc:
@@ -456,8 +488,7 @@ class ModelServer:
             if protocol == "v2" and not request_id and isinstance(payload.get("id"), str):
                 request_id = payload["id"]
             key = self._request_key(environ, payload)
-            if version is None:
-                version = self.versions[self.split.pick(key)]
+            version = pinned or self.versions[self.split.pick(key)]
             try:
                 columns = payload_to_columns(payload, columns=version.names)
                 rows = max(map(len, columns.values()), default=0)

@@ -22,6 +22,7 @@ TASKS = ("classification", "regression")
 TEXT_MIN_DISTINCT = 50
 TEXT_DISTINCT_RATIO = 0.5
 
+_INT64_LIMIT = 2.0**63
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -117,15 +118,26 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
+def _finite(name: str, array: np.ndarray) -> np.ndarray:
+    """`array` (floats, NaN for missing) when no value is infinite: no model takes infinity, and JSON has none."""
+    infinite = np.isinf(array)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise InputError(name, f"row {row}: infinity is not a number a model takes")
+    return array
+
+
 def _to_float(name: str, values: np.ndarray | list) -> np.ndarray:
     array = values if isinstance(values, np.ndarray) else None
     if array is not None and array.dtype.kind in "fiub":
-        return array.astype(np.float64, copy=False)
+        return _finite(name, array.astype(np.float64, copy=False))
     try:
         # numpy turns None into NaN and parses numeric strings itself, which is the common case.
-        return np.asarray(values, dtype=np.float64)
+        array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        pass
+        array = None
+    if array is not None and array.ndim == 1:
+        return _finite(name, array)
     out = np.empty(len(values), dtype=np.float64)
     for row, value in enumerate(values):
         if _is_missing(value):
@@ -137,7 +149,7 @@ def _to_float(name: str, values: np.ndarray | list) -> np.ndarray:
             out[row] = float(value)
         except (TypeError, ValueError):
             raise InputError(name, f"row {row}: cannot convert {value!r} to a number") from None
-    return out
+    return _finite(name, out)
 
 
 def _to_bool(name: str, values: np.ndarray | list) -> np.ndarray:
@@ -205,6 +217,10 @@ def _coerce(spec: Mapping, values: np.ndarray | list) -> np.ndarray:
             if len(fractional):
                 row = int(np.flatnonzero(~np.isnan(array))[fractional[0]])
                 raise InputError(name, f"row {row}: {float(array[row])!r} is not an integer")
+            beyond = np.flatnonzero(np.abs(finite) >= _INT64_LIMIT)
+            if len(beyond):
+                row = int(np.flatnonzero(~np.isnan(array))[beyond[0]])
+                raise InputError(name, f"row {row}: {float(array[row])!r} is beyond the 64-bit integer range")
             if len(finite) == len(array):
                 array = array.astype(np.int64)
     elif kind == "boolean":
@@ -277,7 +293,7 @@ def coerce_columns(data: Any, signature: Mapping, *, max_rows: int | None = None
             matrix = np.array([raw[name] for name in names], dtype=np.float64)
         except (TypeError, ValueError):
             matrix = None
-        if matrix is not None and matrix.shape == (len(names), n_rows):
+        if matrix is not None and matrix.shape == (len(names), n_rows) and not np.isinf(matrix).any():
             required = [index for index, spec in enumerate(inputs) if not spec.get("nullable", False)]
             if not np.isnan(matrix if len(required) == len(names) else matrix[required]).any():
                 return dict(zip(names, matrix, strict=True))
