@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.events import EventShipper, event
+from serving.events import EventShipper, event, event_size
 from serving.loader import load_predictor
 from serving.metrics import SNAPSHOT_INTERVAL_SECONDS, Metrics, SharedMetrics, render
 from serving.signature import InputError, payload_to_columns
@@ -277,6 +277,8 @@ class ModelServer:
                 deployment_id=spec.deployment_id,
                 metrics=self.metrics,
                 buffer_size=spec.event_buffer_size,
+                buffer_bytes=spec.event_buffer_bytes,
+                max_post_bytes=spec.event_max_post_bytes,
             )
         self._shadow_queue: queue.Queue | None = None
         if self.shadow is not None:
@@ -397,8 +399,7 @@ class ModelServer:
         }
 
     def _metrics_response(self, start_response: StartResponse) -> Iterable[bytes]:
-        if self.shipper is not None:
-            self.metrics.set("model_server_event_buffer_depth", (), self.shipper.depth())
+        self._buffer_gauges()
         if self.shared is not None:
             values, histograms = self.shared.merged()
         else:
@@ -410,6 +411,11 @@ class ModelServer:
             "200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", str(len(data)))]
         )
         return [data]
+
+    def _buffer_gauges(self) -> None:
+        if self.shipper is not None:
+            self.metrics.set("model_server_event_buffer_depth", (), self.shipper.depth())
+            self.metrics.set("model_server_event_buffer_bytes", (), self.shipper.buffered_bytes())
 
     def _info_lines(self) -> list[str]:
         """Gauges describing what this server runs (the same in every worker, so not added up)."""
@@ -474,8 +480,10 @@ class ModelServer:
         version: LoadedVersion | None = None
         columns: Mapping[str, list] | None = None
         key: str | None = None
+        body_size = 0
         try:
             body = self._read_body(environ)
+            body_size = len(body)
             # Checked before parsing: a parser or a walk over the payload would recurse as deep as the body nests.
             if json_too_deep(body):
                 raise HttpError(400, f"the body nests more than {MAX_JSON_DEPTH} levels deep", "body")
@@ -504,7 +512,9 @@ class ModelServer:
                 raise HttpError(500, f"the model failed to predict: {exc}", None) from None
         except HttpError as error:
             request_id = request_id or new_request_id()
-            return self._answer_error(start_response, error, protocol, version, request_id, columns, key, started)
+            return self._answer_error(
+                start_response, error, protocol, version, request_id, columns, key, started, body_size
+            )
 
         request_id = request_id or new_request_id()
         if protocol == "v2":
@@ -553,9 +563,10 @@ class ModelServer:
                         request_key=key,
                         shadow=False,
                         timestamp=timestamp,
-                    )
+                    ),
+                    event_size(input_bytes=body_size, outputs=predictions, probabilities=probabilities),
                 )
-            self._to_shadow(columns, request_id, key, timestamp)
+            self._to_shadow(columns, request_id, key, timestamp, body_size)
 
         return self._json(start_response, 200, response, headers, after)
 
@@ -569,6 +580,7 @@ class ModelServer:
         columns: Mapping[str, list] | None,
         key: str | None,
         started: float,
+        body_size: int,
     ) -> Iterable[bytes]:
         latency = time.perf_counter() - started
         version_id = version.id if version else "none"
@@ -595,11 +607,12 @@ class ModelServer:
                         request_key=key,
                         shadow=False,
                         timestamp=time.time(),
-                    )
+                    ),
+                    event_size(input_bytes=body_size if columns is not None else 0, outputs=None, probabilities=None),
                 )
             if columns is not None and error.status == 500:
                 # The shadow still sees requests the live version could not answer: that is what it is for.
-                self._to_shadow(columns, request_id, key, time.time())
+                self._to_shadow(columns, request_id, key, time.time(), body_size)
 
         return self._json(start_response, error.status, body, headers, after)
 
@@ -614,11 +627,13 @@ class ModelServer:
 
     # ------------------------------------------------------------------ shadow
 
-    def _to_shadow(self, columns: Mapping[str, list] | None, request_id: str, key: str | None, ts: float) -> None:
+    def _to_shadow(
+        self, columns: Mapping[str, list] | None, request_id: str, key: str | None, ts: float, body_size: int
+    ) -> None:
         if self._shadow_queue is None or columns is None:
             return
         try:
-            self._shadow_queue.put_nowait((columns, request_id, key, ts))
+            self._shadow_queue.put_nowait((columns, request_id, key, ts, body_size))
         except queue.Full:
             self.metrics.inc("model_server_shadow_skipped_total")
 
@@ -629,7 +644,7 @@ class ModelServer:
             item = self._shadow_queue.get()
             if item is None:
                 return
-            columns, request_id, key, timestamp = item
+            columns, request_id, key, timestamp, body_size = item
             started = time.perf_counter()
             predictions = probabilities = error = None
             status = 200
@@ -655,7 +670,8 @@ class ModelServer:
                         request_key=key,
                         shadow=True,
                         timestamp=timestamp,
-                    )
+                    ),
+                    event_size(input_bytes=body_size, outputs=predictions, probabilities=probabilities),
                 )
 
     # ------------------------------------------------------------------ lifecycle
@@ -664,8 +680,7 @@ class ModelServer:
         assert self.shared is not None
         ticks = 0
         while not self._stop.wait(SNAPSHOT_INTERVAL_SECONDS):
-            if self.shipper is not None:
-                self.metrics.set("model_server_event_buffer_depth", (), self.shipper.depth())
+            self._buffer_gauges()
             try:
                 self.shared.write()
                 ticks += 1
