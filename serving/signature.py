@@ -118,26 +118,17 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
-def _finite(name: str, array: np.ndarray) -> np.ndarray:
-    """`array` (floats, NaN for missing) when no value is infinite: no model takes infinity, and JSON has none."""
-    infinite = np.isinf(array)
-    if infinite.any():
-        row = int(np.flatnonzero(infinite)[0])
-        raise InputError(name, f"row {row}: infinity is not a number a model takes")
-    return array
-
-
 def _to_float(name: str, values: np.ndarray | list) -> np.ndarray:
     array = values if isinstance(values, np.ndarray) else None
     if array is not None and array.dtype.kind in "fiub":
-        return _finite(name, array.astype(np.float64, copy=False))
+        return array.astype(np.float64, copy=False)
     try:
         # numpy turns None into NaN and parses numeric strings itself, which is the common case.
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         array = None
     if array is not None and array.ndim == 1:
-        return _finite(name, array)
+        return array
     out = np.empty(len(values), dtype=np.float64)
     for row, value in enumerate(values):
         if _is_missing(value):
@@ -149,7 +140,7 @@ def _to_float(name: str, values: np.ndarray | list) -> np.ndarray:
             out[row] = float(value)
         except (TypeError, ValueError):
             raise InputError(name, f"row {row}: cannot convert {value!r} to a number") from None
-    return _finite(name, out)
+    return out
 
 
 def _to_bool(name: str, values: np.ndarray | list) -> np.ndarray:
@@ -293,7 +284,7 @@ def coerce_columns(data: Any, signature: Mapping, *, max_rows: int | None = None
             matrix = np.array([raw[name] for name in names], dtype=np.float64)
         except (TypeError, ValueError):
             matrix = None
-        if matrix is not None and matrix.shape == (len(names), n_rows) and not np.isinf(matrix).any():
+        if matrix is not None and matrix.shape == (len(names), n_rows):
             required = [index for index, spec in enumerate(inputs) if not spec.get("nullable", False)]
             if not np.isnan(matrix if len(required) == len(names) else matrix[required]).any():
                 return dict(zip(names, matrix, strict=True))
