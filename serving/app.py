@@ -55,7 +55,7 @@ MAX_JSON_DEPTH = 64
 _JSON_DELETE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
 _QUOTE = ord('"')
 # +1 for an opening bracket, -1 for a closing one, 0 for a quote.
-_JSON_STEP = np.zeros(256, dtype=np.int32)
+_JSON_STEP = np.zeros(256, dtype=np.int8)
 _JSON_STEP[list(b"[{")] = 1
 _JSON_STEP[list(b"]}")] = -1
 
@@ -88,9 +88,10 @@ def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     if b"\\" in body:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
     marks = np.frombuffer(body.translate(None, _JSON_DELETE), dtype=np.uint8)
-    outside = (np.cumsum(marks == _QUOTE) & 1) == 0
+    # Narrow types keep the temporary arrays small on a large body: quote counts wrap at 256, parity intact.
+    outside = (np.cumsum(marks == _QUOTE, dtype=np.uint8) & 1) == 0
     steps = _JSON_STEP[marks] * outside
-    return int(np.cumsum(steps).max()) > limit
+    return int(np.cumsum(steps, dtype=np.int32).max()) > limit
 
 
 StartResponse = Callable[..., Any]
