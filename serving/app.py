@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.events import EventShipper, event
+from serving.events import EventShipper, event, event_size
 from serving.loader import load_predictor
 from serving.metrics import SNAPSHOT_INTERVAL_SECONDS, Metrics, SharedMetrics, render
 from serving.signature import InputError, payload_to_columns
@@ -49,6 +49,15 @@ _REASONS = {
 }
 _STATUS_LINES = {status: f"{status} {reason}" for status, reason in _REASONS.items()}
 _V2_INPUT_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL"}
+# The deepest JSON nesting a request body may have. Every accepted payload is at most about 6 levels deep; the
+# limit stays far below the depth at which a parser or a recursive walk over the payload would fail.
+MAX_JSON_DEPTH = 64
+_JSON_DELETE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
+_QUOTE = ord('"')
+# +1 for an opening bracket, -1 for a closing one, 0 for a quote.
+_JSON_STEP = np.zeros(256, dtype=np.int8)
+_JSON_STEP[list(b"[{")] = 1
+_JSON_STEP[list(b"]}")] = -1
 
 
 def _encode_json(body: Any) -> bytes:
@@ -64,6 +73,25 @@ def _decode_json(body: bytes) -> Any:
         # Python's parser also takes NaN and Infinity, which clients built on Python's json (MLflow's among
         # them) send for missing values; and its error message is the one we have always given.
         return json.loads(body)
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text `body` nests arrays and objects more than `limit` levels deep, without parsing it.
+
+    A body with no more brackets than the limit cannot be too deep (most requests stop there). Otherwise the
+    depth is counted with array operations over the body's quotes and brackets (escaped backslashes and quotes
+    removed first): an odd number of quotes before a bracket puts it inside a string. A malformed body is
+    measured all the same (its parser would recurse as deep) and is otherwise left for the parser to refuse.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = np.frombuffer(body.translate(None, _JSON_DELETE), dtype=np.uint8)
+    # Narrow types keep the temporary arrays small on a large body: quote counts wrap at 256, parity intact.
+    outside = (np.cumsum(marks == _QUOTE, dtype=np.uint8) & 1) == 0
+    steps = _JSON_STEP[marks] * outside
+    return int(np.cumsum(steps, dtype=np.int32).max()) > limit
 
 
 StartResponse = Callable[..., Any]
@@ -250,6 +278,8 @@ class ModelServer:
                 deployment_id=spec.deployment_id,
                 metrics=self.metrics,
                 buffer_size=spec.event_buffer_size,
+                buffer_bytes=spec.event_buffer_bytes,
+                max_post_bytes=spec.event_max_post_bytes,
             )
         self._shadow_queue: queue.Queue | None = None
         if self.shadow is not None:
@@ -370,8 +400,7 @@ class ModelServer:
         }
 
     def _metrics_response(self, start_response: StartResponse) -> Iterable[bytes]:
-        if self.shipper is not None:
-            self.metrics.set("model_server_event_buffer_depth", (), self.shipper.depth())
+        self._buffer_gauges()
         if self.shared is not None:
             values, histograms = self.shared.merged()
         else:
@@ -383,6 +412,11 @@ class ModelServer:
             "200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", str(len(data)))]
         )
         return [data]
+
+    def _buffer_gauges(self) -> None:
+        if self.shipper is not None:
+            self.metrics.set("model_server_event_buffer_depth", (), self.shipper.depth())
+            self.metrics.set("model_server_event_buffer_bytes", (), self.shipper.buffered_bytes())
 
     def _info_lines(self) -> list[str]:
         """Gauges describing what this server runs (the same in every worker, so not added up)."""
@@ -442,11 +476,18 @@ class ModelServer:
         started = time.perf_counter()
         timestamp = time.time()
         request_id = environ.get("HTTP_X_REQUEST_ID") or ""
-        version: LoadedVersion | None = pinned
+        # No version until the body is a JSON object: a body that is not one says nothing of any model, so its
+        # failure is counted (and its event shipped) without a version, out of every version's analysis.
+        version: LoadedVersion | None = None
         columns: Mapping[str, list] | None = None
         key: str | None = None
+        body_size = 0
         try:
             body = self._read_body(environ)
+            body_size = len(body)
+            # Checked before parsing: a parser or a walk over the payload would recurse as deep as the body nests.
+            if json_too_deep(body):
+                raise HttpError(400, f"the body nests more than {MAX_JSON_DEPTH} levels deep", "body")
             try:
                 payload = _decode_json(body)
             except ValueError as exc:
@@ -456,8 +497,7 @@ class ModelServer:
             if protocol == "v2" and not request_id and isinstance(payload.get("id"), str):
                 request_id = payload["id"]
             key = self._request_key(environ, payload)
-            if version is None:
-                version = self.versions[self.split.pick(key)]
+            version = pinned or self.versions[self.split.pick(key)]
             try:
                 columns = payload_to_columns(payload, columns=version.names)
                 rows = max(map(len, columns.values()), default=0)
@@ -473,7 +513,9 @@ class ModelServer:
                 raise HttpError(500, f"the model failed to predict: {exc}", None) from None
         except HttpError as error:
             request_id = request_id or new_request_id()
-            return self._answer_error(start_response, error, protocol, version, request_id, columns, key, started)
+            return self._answer_error(
+                start_response, error, protocol, version, request_id, columns, key, started, body_size
+            )
 
         request_id = request_id or new_request_id()
         if protocol == "v2":
@@ -522,9 +564,10 @@ class ModelServer:
                         request_key=key,
                         shadow=False,
                         timestamp=timestamp,
-                    )
+                    ),
+                    event_size(input_bytes=body_size, outputs=predictions, probabilities=probabilities),
                 )
-            self._to_shadow(columns, request_id, key, timestamp)
+            self._to_shadow(columns, request_id, key, timestamp, body_size)
 
         return self._json(start_response, 200, response, headers, after)
 
@@ -538,6 +581,7 @@ class ModelServer:
         columns: Mapping[str, list] | None,
         key: str | None,
         started: float,
+        body_size: int,
     ) -> Iterable[bytes]:
         latency = time.perf_counter() - started
         version_id = version.id if version else "none"
@@ -564,11 +608,12 @@ class ModelServer:
                         request_key=key,
                         shadow=False,
                         timestamp=time.time(),
-                    )
+                    ),
+                    event_size(input_bytes=body_size if columns is not None else 0, outputs=None, probabilities=None),
                 )
             if columns is not None and error.status == 500:
                 # The shadow still sees requests the live version could not answer: that is what it is for.
-                self._to_shadow(columns, request_id, key, time.time())
+                self._to_shadow(columns, request_id, key, time.time(), body_size)
 
         return self._json(start_response, error.status, body, headers, after)
 
@@ -583,11 +628,13 @@ class ModelServer:
 
     # ------------------------------------------------------------------ shadow
 
-    def _to_shadow(self, columns: Mapping[str, list] | None, request_id: str, key: str | None, ts: float) -> None:
+    def _to_shadow(
+        self, columns: Mapping[str, list] | None, request_id: str, key: str | None, ts: float, body_size: int
+    ) -> None:
         if self._shadow_queue is None or columns is None:
             return
         try:
-            self._shadow_queue.put_nowait((columns, request_id, key, ts))
+            self._shadow_queue.put_nowait((columns, request_id, key, ts, body_size))
         except queue.Full:
             self.metrics.inc("model_server_shadow_skipped_total")
 
@@ -598,7 +645,7 @@ class ModelServer:
             item = self._shadow_queue.get()
             if item is None:
                 return
-            columns, request_id, key, timestamp = item
+            columns, request_id, key, timestamp, body_size = item
             started = time.perf_counter()
             predictions = probabilities = error = None
             status = 200
@@ -624,7 +671,8 @@ class ModelServer:
                         request_key=key,
                         shadow=True,
                         timestamp=timestamp,
-                    )
+                    ),
+                    event_size(input_bytes=body_size, outputs=predictions, probabilities=probabilities),
                 )
 
     # ------------------------------------------------------------------ lifecycle
@@ -633,8 +681,7 @@ class ModelServer:
         assert self.shared is not None
         ticks = 0
         while not self._stop.wait(SNAPSHOT_INTERVAL_SECONDS):
-            if self.shipper is not None:
-                self.metrics.set("model_server_event_buffer_depth", (), self.shipper.depth())
+            self._buffer_gauges()
             try:
                 self.shared.write()
                 ticks += 1

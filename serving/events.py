@@ -1,8 +1,11 @@
 """Prediction events: buffered in memory and shipped to the console in batches on a background thread.
 
-A prediction never waits for the console: `record` only appends to a bounded buffer. The buffer holds
-events while the console is away (shipping retries with backoff); when it is full the oldest events are
-dropped and counted, so that memory stays bounded and `/metrics` shows the loss.
+A prediction never waits for the console: `record` only appends to a buffer bounded in events and in bytes
+(each event comes with an estimate of its encoded size). The buffer holds events while the console is away
+(shipping retries with backoff); when it is full the oldest events are dropped. Posts are split to stay under
+a maximum body size, and a post the console refuses (413 for too large, or another 4xx) is halved and sent
+again until only the events it refuses one by one are left. Every event dropped is counted in `/metrics`
+with its reason, so that no loss is silent.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from serving.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+# An event's fields besides its inputs and outputs (ids, timestamp, latency, an error message), and the
+# encoded size of one output value: the terms of `event_size`.
+EVENT_OVERHEAD_BYTES = 512
+VALUE_BYTES = 24
+# The JSON around the events of one post: `{"events":[` ... `]}`.
+_POST_ENVELOPE = b'{"events":['
+_POST_OVERHEAD = len(_POST_ENVELOPE) + 2
 FLUSH_INTERVAL_SECONDS = 1.0
 POST_TIMEOUT_SECONDS = 5.0
 BACKOFF_START_SECONDS = 0.5
@@ -55,6 +65,24 @@ def _encode(event: dict) -> bytes:
     return orjson.dumps(event, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _post_body(encoded: list[bytes]) -> bytes:
+    return _POST_ENVELOPE + b",".join(encoded) + b"]}"
+
+
+def _chunks(items: list[tuple[tuple, int, bytes]], limit: int) -> list[list[tuple[tuple, int, bytes]]]:
+    """Consecutive runs of encoded events whose post body stays within `limit` bytes (each event fits alone)."""
+    chunks: list[list[tuple[tuple, int, bytes]]] = []
+    size = limit
+    for item in items:
+        added = len(item[2]) + 1
+        if size + added > limit:
+            chunks.append([])
+            size = _POST_OVERHEAD
+        chunks[-1].append(item)
+        size += added
+    return chunks
+
+
 class EventShipper:
     """Buffers events and POSTs them as `{"events": [...]}` with a bearer token to the console's ingest URL."""
 
@@ -66,6 +94,8 @@ class EventShipper:
         deployment_id: str | int,
         metrics: Metrics,
         buffer_size: int,
+        buffer_bytes: int,
+        max_post_bytes: int,
         batch_size: int = BATCH_SIZE,
         flush_interval: float = FLUSH_INTERVAL_SECONDS,
     ) -> None:
@@ -77,8 +107,12 @@ class EventShipper:
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self._deployment_id = deployment_id
         self._metrics = metrics
-        self._buffer: deque[tuple] = deque()
+        # (event, estimated encoded size) pairs, oldest first; `_bytes` is the sum of the estimates.
+        self._buffer: deque[tuple[tuple, int]] = deque()
+        self._bytes = 0
         self._buffer_size = buffer_size
+        self._buffer_bytes = buffer_bytes
+        self._max_post_bytes = max_post_bytes
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._lock = threading.Lock()
@@ -92,19 +126,35 @@ class EventShipper:
 
     # ------------------------------------------------------------------ request side (must stay cheap)
 
-    def record(self, event: tuple) -> None:
-        """Queue one event (a tuple in `_FIELDS` order); drops the oldest when the buffer is full."""
+    def record(self, event: tuple, size: int) -> None:
+        """Queue one event (a tuple in `_FIELDS` order) of about `size` encoded bytes; drops the oldest to make room.
+
+        An event larger than the whole byte budget is dropped itself: keeping it would empty the buffer.
+        """
+        if size > self._buffer_bytes:
+            self._drop("too_large_single_event", 1)
+            return
+        dropped = 0
         with self._lock:
-            if len(self._buffer) >= self._buffer_size:
-                self._buffer.popleft()
-                self._metrics.inc("model_server_events_dropped_total", (("reason", "buffer_full"),))
-            self._buffer.append(event)
+            while self._buffer and (len(self._buffer) >= self._buffer_size or self._bytes + size > self._buffer_bytes):
+                self._bytes -= self._buffer.popleft()[1]
+                dropped += 1
+            self._buffer.append((event, size))
+            self._bytes += size
             depth = len(self._buffer)
+        if dropped:
+            self._drop("buffer_full", dropped)
         if depth >= self._batch_size:
             self._wake.set()
 
     def depth(self) -> int:
         return len(self._buffer)
+
+    def buffered_bytes(self) -> int:
+        return self._bytes
+
+    def _drop(self, reason: str, count: int) -> None:
+        self._metrics.inc("model_server_events_dropped_total", (("reason", reason),), count)
 
     # ------------------------------------------------------------------ shipper thread
 
@@ -114,21 +164,36 @@ class EventShipper:
         data["deployment_id"] = self._deployment_id
         return data
 
-    def _take(self) -> list[tuple]:
+    def _take(self) -> list[tuple[tuple, int]]:
+        """The oldest events, up to a batch and (by their estimates) about one post's worth of bytes."""
+        taken: list[tuple[tuple, int]] = []
+        size = 0
         with self._lock:
-            count = min(self._batch_size, len(self._buffer))
-            return [self._buffer.popleft() for _ in range(count)]
+            while self._buffer and len(taken) < self._batch_size:
+                if taken and size + self._buffer[0][1] > self._max_post_bytes:
+                    break
+                item = self._buffer.popleft()
+                self._bytes -= item[1]
+                size += item[1]
+                taken.append(item)
+        return taken
 
-    def _put_back(self, batch: list[tuple]) -> None:
-        # The failed batch is older than anything queued since, so it goes back in front; what does not fit
-        # is the oldest of all and is dropped.
+    def _put_back(self, batch: list[tuple[tuple, int]]) -> None:
+        # The failed events are older than anything queued since, so they go back in front; what does not fit
+        # (in count or bytes) is the oldest of all and is dropped.
         with self._lock:
             room = max(0, self._buffer_size - len(self._buffer))
-            keep = batch[len(batch) - room :] if room < len(batch) else batch
-            dropped = len(batch) - len(keep)
-            self._buffer.extendleft(reversed(keep))
-        if dropped:
-            self._metrics.inc("model_server_events_dropped_total", (("reason", "buffer_full"),), dropped)
+            budget = self._buffer_bytes - self._bytes
+            keep: list[tuple[tuple, int]] = []
+            for item in reversed(batch):
+                if len(keep) >= room or item[1] > budget:
+                    break
+                keep.append(item)
+                budget -= item[1]
+            self._buffer.extendleft(keep)
+            self._bytes += sum(item[1] for item in keep)
+        if len(keep) < len(batch):
+            self._drop("buffer_full", len(batch) - len(keep))
 
     def _post(self, body: bytes) -> int:
         """POST once, reusing the connection; returns the HTTP status (0 for a network failure)."""
@@ -149,32 +214,53 @@ class EventShipper:
                     logger.warning("shipping prediction events failed: %s", exc)
         return 0
 
-    def _ship(self, batch: list[tuple]) -> bool:
-        """Send one batch; True when it is done with (accepted, or refused for good and counted as dropped)."""
-        try:
+    def _encoded(self, batch: list[tuple[tuple, int]]) -> list[tuple[tuple, int, bytes]]:
+        """Each event with its JSON; an event that cannot be encoded, or that no post could carry, is dropped."""
+        limit = self._max_post_bytes - _POST_OVERHEAD
+        items = []
+        for event, size in batch:
             # One encoder call per event, not one for the batch: a C call holds the worker's GIL until it
             # returns, and encoding 500 events at once would stall the request thread for that long. Between
             # events the GIL is offered to the request thread: otherwise it waits for the switch interval
             # (5 ms) each time it needs the GIL while a batch is being encoded.
-            encoded = []
-            for event in batch:
-                encoded.append(_encode(self._event_json(event)))
+            try:
+                data = _encode(self._event_json(event))
+            except (TypeError, ValueError) as exc:
+                logger.error("a prediction event could not be encoded, dropping it: %s", exc)
+                self._drop("unencodable", 1)
+                continue
+            finally:
                 time.sleep(0)
-            body = b'{"events":[' + b",".join(encoded) + b"]}"
-        except (TypeError, ValueError) as exc:
-            logger.error("prediction events could not be encoded, dropping %d: %s", len(batch), exc)
-            self._metrics.inc("model_server_events_dropped_total", (("reason", "unencodable"),), len(batch))
-            return True
-        status = self._post(body)
-        if 200 <= status < 300:
-            self._metrics.inc("model_server_events_shipped_total", (), len(batch))
-            return True
-        if status and status not in _RETRY_STATUSES:
-            # A 4xx other than "busy" will not change by sending the same batch again.
-            logger.error("the console refused %d prediction events with HTTP %d; dropping them", len(batch), status)
-            self._metrics.inc("model_server_events_dropped_total", (("reason", "rejected"),), len(batch))
-            return True
-        return False
+            if len(data) > limit:
+                logger.error("a prediction event of %d bytes exceeds the post limit %d; dropping it", len(data), limit)
+                self._drop("too_large_single_event", 1)
+                continue
+            items.append((event, size, data))
+        return items
+
+    def _ship(self, batch: list[tuple[tuple, int]]) -> list[tuple[tuple, int]]:
+        """Send a batch in posts within the size limit; returns the events to retry later (the console is away).
+
+        A post the console refuses is split in halves, each sent again: what the console takes is stored, and
+        only an event it refuses on its own is dropped (as `too_large_single_event` for a 413, else `rejected`).
+        """
+        pending = deque(_chunks(self._encoded(batch), self._max_post_bytes))
+        while pending:
+            chunk = pending.popleft()
+            status = self._post(_post_body([data for _, _, data in chunk]))
+            if 200 <= status < 300:
+                self._metrics.inc("model_server_events_shipped_total", (), len(chunk))
+                continue
+            if not status or status in _RETRY_STATUSES:
+                return [(event, size) for part in (chunk, *pending) for event, size, _ in part]
+            if len(chunk) > 1:
+                half = len(chunk) // 2
+                pending.extendleft([chunk[half:], chunk[:half]])
+                continue
+            reason = "too_large_single_event" if status == 413 else "rejected"
+            logger.error("the console refused a prediction event with HTTP %d; dropping it", status)
+            self._drop(reason, 1)
+        return []
 
     def _run(self) -> None:
         backoff = 0.0
@@ -186,8 +272,9 @@ class EventShipper:
                 if not batch:
                     backoff = 0.0
                     break
-                if not self._ship(batch):
-                    self._put_back(batch)
+                retry = self._ship(batch)
+                if retry:
+                    self._put_back(retry)
                     backoff = min(BACKOFF_MAX_SECONDS, max(BACKOFF_START_SECONDS, backoff * 2))
                     break
                 backoff = 0.0
@@ -204,14 +291,16 @@ class EventShipper:
             if self._connection is not None and self._connection.sock is not None:
                 self._connection.sock.settimeout(remaining)
             self._timeout = remaining
-            if not self._ship(batch):
-                self._put_back(batch)
+            retry = self._ship(batch)
+            if retry:
+                self._put_back(retry)
                 break
         with self._lock:
             left = len(self._buffer)
             self._buffer.clear()
+            self._bytes = 0
         if left:
-            self._metrics.inc("model_server_events_dropped_total", (("reason", "shutdown"),), left)
+            self._drop("shutdown", left)
             logger.warning("dropped %d prediction events at shutdown (console unreachable)", left)
 
     def close(self, timeout: float = SHUTDOWN_FLUSH_SECONDS) -> None:
@@ -220,6 +309,18 @@ class EventShipper:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout + 0.5)
+
+
+def event_size(*, input_bytes: int, outputs: list | None, probabilities: list | None) -> int:
+    """An estimate of an event's encoded size, made without encoding it (that happens off the request path).
+
+    The inputs are the request body's values (`input_bytes`, the body's length, is close to their JSON); each
+    output and probability is a number or a label of a few dozen bytes at most.
+    """
+    size = EVENT_OVERHEAD_BYTES + input_bytes
+    if outputs:
+        size += VALUE_BYTES * len(outputs) * (1 + (len(probabilities[0]) if probabilities else 0))
+    return size
 
 
 def event(

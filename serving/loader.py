@@ -16,7 +16,7 @@ import pandas as pd
 from serving.bundle import BundleError, import_skops, manifest_from_zip, open_zip, read_members
 from serving.fastpath import compile_transform
 from serving.forest import TreeEnsemble, compile_booster, compile_trees
-from serving.signature import coerce_columns
+from serving.signature import InputError, coerce_columns
 
 # skops may construct only types from these modules (plus skops' own defaults: builtins, basic numpy).
 TRUSTED_MODULE_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.", "serving.transforms.")
@@ -224,20 +224,41 @@ class _SklearnBackend:
         return self._trees.prepare(np.asarray(self._features(columns)))
 
     def predict(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        x = self._tree_input(columns)
-        if x is not None:
-            return self._trees.predict(x)
-        if self._transform is not None:
-            return self._estimator.predict(self._transform(columns))
-        return self._pipeline.predict(pd.DataFrame(columns, copy=False))
+        try:
+            x = self._tree_input(columns)
+            if x is not None:
+                return self._trees.predict(x)
+            if self._transform is not None:
+                return self._estimator.predict(self._transform(columns))
+            return self._pipeline.predict(pd.DataFrame(columns, copy=False))
+        except ValueError:
+            _refuse_infinity(columns)
+            raise
 
     def predict_proba(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        x = self._tree_input(columns)
-        if x is not None:
-            return self._trees.predict_proba(x)
-        if self._transform is not None:
-            return self._estimator.predict_proba(self._transform(columns))
-        return self._pipeline.predict_proba(pd.DataFrame(columns, copy=False))
+        try:
+            x = self._tree_input(columns)
+            if x is not None:
+                return self._trees.predict_proba(x)
+            if self._transform is not None:
+                return self._estimator.predict_proba(self._transform(columns))
+            return self._pipeline.predict_proba(pd.DataFrame(columns, copy=False))
+        except ValueError:
+            _refuse_infinity(columns)
+            raise
+
+
+def _refuse_infinity(columns: dict[str, np.ndarray]) -> None:
+    """After scikit-learn refused an input: an InputError naming the column when the cause is an infinite value.
+
+    scikit-learn's estimators never take infinity, so it is the client's input at fault, not the model. Checked
+    only once a prediction failed, to cost nothing on the way of a good one.
+    """
+    for name, values in columns.items():
+        if values.dtype.kind == "f":
+            infinite = np.flatnonzero(np.isinf(values))
+            if len(infinite):
+                raise InputError(name, f"row {int(infinite[0])}: infinity is not a value this model takes")
 
 
 class _CustomBackend:

@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "model_server_events_shipped_total": ("counter", "Prediction events accepted by the console."),
     "model_server_events_dropped_total": ("counter", "Prediction events dropped, by reason."),
     "model_server_event_buffer_depth": ("gauge", "Prediction events waiting to be shipped."),
+    "model_server_event_buffer_bytes": ("gauge", "Estimated encoded size of the events waiting to be shipped."),
 }
 HISTOGRAM_BUCKETS = {
     "model_server_request_duration_seconds": LATENCY_BUCKETS,

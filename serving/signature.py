@@ -22,6 +22,7 @@ TASKS = ("classification", "regression")
 TEXT_MIN_DISTINCT = 50
 TEXT_DISTINCT_RATIO = 0.5
 
+_INT64_LIMIT = 2.0**63
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -123,9 +124,11 @@ def _to_float(name: str, values: np.ndarray | list) -> np.ndarray:
         return array.astype(np.float64, copy=False)
     try:
         # numpy turns None into NaN and parses numeric strings itself, which is the common case.
-        return np.asarray(values, dtype=np.float64)
+        array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        pass
+        array = None
+    if array is not None and array.ndim == 1:
+        return array
     out = np.empty(len(values), dtype=np.float64)
     for row, value in enumerate(values):
         if _is_missing(value):
@@ -205,6 +208,10 @@ def _coerce(spec: Mapping, values: np.ndarray | list) -> np.ndarray:
             if len(fractional):
                 row = int(np.flatnonzero(~np.isnan(array))[fractional[0]])
                 raise InputError(name, f"row {row}: {float(array[row])!r} is not an integer")
+            beyond = np.flatnonzero(np.abs(finite) >= _INT64_LIMIT)
+            if len(beyond):
+                row = int(np.flatnonzero(~np.isnan(array))[beyond[0]])
+                raise InputError(name, f"row {row}: {float(array[row])!r} is beyond the 64-bit integer range")
             if len(finite) == len(array):
                 array = array.astype(np.int64)
     elif kind == "boolean":

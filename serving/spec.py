@@ -17,6 +17,9 @@ from typing import Any
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_EVENT_BUFFER_SIZE = 10_000
+DEFAULT_EVENT_BUFFER_BYTES = 64 * 1024 * 1024
+# Below the console's upload limit (DATA_UPLOAD_MAX_MEMORY_SIZE, 10 MiB), with room for a proxy's own.
+DEFAULT_EVENT_MAX_POST_BYTES = 8 * 1024 * 1024
 DEFAULT_STICKY_HEADER = "X-Request-Key"
 DEFAULT_STICKY_FIELD = "request_key"
 TOTAL_WEIGHT = 100
@@ -60,6 +63,8 @@ class Spec:
     max_body_bytes: int
     trust_pickle: bool
     event_buffer_size: int
+    event_buffer_bytes: int
+    event_max_post_bytes: int
 
     def all_models(self) -> tuple[ModelRef, ...]:
         return self.versions + ((self.shadow,) if self.shadow else ())
@@ -171,6 +176,8 @@ def parse_spec(data: Any, *, base_dir: Path | None = None) -> Spec:
         max_body_bytes=_positive_int(data, "max_body_bytes", DEFAULT_MAX_BODY_BYTES),
         trust_pickle=trust_pickle,
         event_buffer_size=_positive_int(data, "event_buffer_size", DEFAULT_EVENT_BUFFER_SIZE),
+        event_buffer_bytes=_positive_int(data, "event_buffer_bytes", DEFAULT_EVENT_BUFFER_BYTES),
+        event_max_post_bytes=_positive_int(data, "event_max_post_bytes", DEFAULT_EVENT_MAX_POST_BYTES),
     )
 
 

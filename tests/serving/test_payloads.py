@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from serving.signature import InputError, payload_to_columns, rows_to_frame
@@ -81,3 +83,19 @@ def test_kserve_v2_matrix_uses_signature_columns() -> None:
 def test_malformed_payloads(payload: object, fragment: str) -> None:
     with pytest.raises(InputError, match=fragment):
         rows_to_frame(payload)
+
+
+def test_the_depth_scan_counts_brackets_outside_strings_only() -> None:
+    from serving.app import MAX_JSON_DEPTH, json_too_deep
+
+    def nested(depth: int) -> bytes:
+        return b'{"inputs": ' + b"[" * (depth - 1) + b"1" + b"]" * (depth - 1) + b"}"
+
+    assert not json_too_deep(nested(MAX_JSON_DEPTH)) and json_too_deep(nested(MAX_JSON_DEPTH + 1))
+    # Brackets and escaped quotes inside strings are text, however many.
+    text = json.dumps({"dataframe_records": [{"note": '[[[{ \\" "' * 40, "x": [1]}] * 100}).encode()
+    assert not json_too_deep(text)
+    assert json.loads(text)
+    # An unbalanced body that opens more levels than the limit is refused too (a parser would recurse first).
+    assert json_too_deep(b"[" * 5000)
+    assert not json_too_deep(b"[}" * 100), "malformed but shallow: left to the parser"

@@ -179,6 +179,9 @@ GOOD = rows(1)[0]
         ({"something": []}, 400, "payload"),
         ([GOOD], 400, "body"),
         ({"inputs": [{"name": "x1", "shape": [2], "datatype": "FP64", "data": [1.0]}]}, 400, "x1"),
+        ({"dataframe_records": [{"x1": [1.0], "x2": 2.0, "count": 1}]}, 400, "x1"),
+        ({"dataframe_records": [{"x1": 1e400, "x2": 2.0, "count": 1}]}, 400, "x1"),
+        ({"dataframe_records": [{"x1": 1.0, "x2": 2.0, "count": 1e19}]}, 400, "count"),
     ],
     ids=[
         "missing-column",
@@ -190,6 +193,9 @@ GOOD = rows(1)[0]
         "unknown-format",
         "not-an-object",
         "bad-tensor-shape",
+        "list-in-a-cell",
+        "infinity",
+        "beyond-int64",
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_field(server: ServerProcess, payload: object, status: int, field: str) -> None:
@@ -209,6 +215,34 @@ def test_nan_where_not_allowed(server: ServerProcess) -> None:
 def test_malformed_json(server: ServerProcess) -> None:
     status, _, body = server.request("POST", "/invocations", raw=b'{"dataframe_records": [')
     assert status == 400 and body["field"] == "body"
+    assert server.post(INFER, v2_request(rows(1)))[0] == 200
+
+
+def test_deeply_nested_body_is_a_400_counted_against_no_version(server: ServerProcess, sink: EventSink) -> None:
+    nested = b"[" * 5000 + b"1" + b"]" * 5000
+    bodies = {
+        "/invocations": b'{"inputs": {"x1": ' + nested + b', "x2": [1.0], "count": [1]}}',
+        INFER: b'{"inputs": [{"name": "x1", "shape": [1], "datatype": "FP64", "data": ' + nested + b"}]}",
+        # Pinned to a version: still not that version's failure.
+        "/v2/models/churn/versions/canary/infer": b'{"inputs": {"x1": ' + b"[" * 5000 + b"}",
+    }
+    canary_errors = server.metric("model_server_request_errors_total", version="canary")
+    ids = []
+    for path, raw in bodies.items():
+        request_id = f"nested-{uuid.uuid4()}"
+        status, headers, body = server.request("POST", path, raw=raw, headers={"X-Request-Id": request_id})
+        assert status == 400, body
+        assert body["field"] == "body" and "nests more than 64 levels" in body["error"]
+        assert "model_version" not in body and "x-model-version" not in headers
+        ids.append(request_id)
+    events = sink.wait_for(lambda evs: set(ids) <= {e["request_id"] for e in evs})
+    mine = [e for e in events if e["request_id"] in ids]
+    assert [(e["version_id"], e["status"]) for e in mine] == [(None, 400)] * 3
+    wait_until(lambda: server.metric("model_server_request_errors_total", version="none", status="400") >= 3)
+    assert server.metric("model_server_request_errors_total", version="canary") == canary_errors
+    # Nesting up to the limit is only a malformed tensor, refused by the parser of tensors, not the depth check.
+    status, _, body = server.request("POST", INFER, raw=b'{"inputs": ' + b"[" * 62 + b"]" * 62 + b"}")
+    assert status == 400 and "nests" not in body["error"]
     assert server.post(INFER, v2_request(rows(1)))[0] == 200
 
 

@@ -310,7 +310,16 @@ def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bun
 
 def test_events_are_valid_json_whatever_the_values(sink: EventSink) -> None:
     """NaN inputs (nullable columns) and numpy outputs reach the console as standard JSON: null, plain lists."""
-    shipper = EventShipper(url=sink.url, token="t", deployment_id=7, metrics=Metrics(), buffer_size=10, batch_size=1)
+    shipper = EventShipper(
+        url=sink.url,
+        token="t",
+        deployment_id=7,
+        metrics=Metrics(),
+        buffer_size=10,
+        buffer_bytes=1 << 20,
+        max_post_bytes=1 << 20,
+        batch_size=1,
+    )
     try:
         shipper.record(
             event(
@@ -325,7 +334,8 @@ def test_events_are_valid_json_whatever_the_values(sink: EventSink) -> None:
                 request_key=None,
                 shadow=False,
                 timestamp=0.0,
-            )
+            ),
+            1000,
         )
         (shipped,) = [
             e

@@ -23,15 +23,17 @@ from tests.worker.test_deploy_local import load_on, predict, served_requests, ve
 from tests.worker.test_deploy_support import docker_client, ensure_base_image  # noqa: F401 (a fixture, used by name)
 from worker.deployments.docker_backend import (
     LABEL_DEPLOYMENT,
+    PIDS_LIMIT,
     DockerBackend,
     build_context,
     container_spec,
     image_tag,
+    limits,
     spec_archive,
 )
 from worker.deployments.local import REPO_ROOT
 from worker.deployments.probe import http_get_json
-from worker.deployments.spec import BackendError, DeploymentSpec, ReplicaHealth, VersionSpec
+from worker.deployments.spec import BackendError, DeploymentSpec, ReplicaHealth, Resources, VersionSpec
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +71,34 @@ def test_build_context_holds_the_runtime_and_the_models_but_no_spec(tmp_path: Pa
     assert sorted(p.name for p in context.iterdir()) == ["models", "serving"]
 
 
-def test_the_container_spec_is_relative_to_models_and_readable_only_by_the_server(bundles: dict) -> None:
+def test_the_container_spec_names_the_images_models_and_is_readable_only_by_the_server(bundles: dict) -> None:
     spec = make_spec(bundles, (90, 10), token="t")
     text = container_spec(spec)
     server_spec = json.loads(text)
     assert [(v["artifact_path"], v["weight"]) for v in server_spec["versions"]] == [
-        (f"{bundles['a'].sha256}.zip", 90),
-        (f"{bundles['b'].sha256}.zip", 10),
+        (f"/models/{bundles['a'].sha256}.zip", 90),
+        (f"/models/{bundles['b'].sha256}.zip", 10),
     ]
     assert server_spec["token"] == "t"
     with tarfile.open(fileobj=io.BytesIO(spec_archive(text))) as archive:
         (member,) = archive.getmembers()
         assert (member.name, member.mode, member.uid, member.gid) == ("spec.json", 0o400, 10001, 10001)
         assert archive.extractfile(member).read().decode() == text
+
+
+def test_container_limits_come_from_the_spec_resources() -> None:
+    assert limits(Resources(cpu_limit="500m", memory_limit="512Mi")) == {
+        "nano_cpus": 500_000_000,
+        "mem_limit": 512 * 2**20,
+        "memswap_limit": 512 * 2**20,
+        "pids_limit": PIDS_LIMIT,
+    }
+    assert limits(Resources())["mem_limit"] == 2**30 and limits(Resources())["nano_cpus"] == 10**9
+    assert limits(Resources(cpu_limit="1.5", memory_limit="2G"))["nano_cpus"] == 1_500_000_000
+    with pytest.raises(BackendError, match="resources.memory_limit"):
+        limits(Resources(memory_limit="lots"))
+    with pytest.raises(BackendError, match="resources.cpu_limit"):
+        limits(Resources(cpu_limit="0"))
 
 
 def test_build_context_refuses_a_tampered_artifact(tmp_path: Path, bundles: dict) -> None:
@@ -134,8 +151,17 @@ def test_containers_serve_reload_are_replaced_scale_and_restart_after_a_crash(
     # The container runs as the Dockerfile's unprivileged user, which alone may read the spec (the token).
     container = backend.client.containers.get(observed.replicas[0].container_id)
     assert container.exec_run(["python", "-c", "import os; print(os.getuid())"]).output.strip() == b"10001"
-    mode = "import os; s = os.stat('/models/spec.json'); print(oct(s.st_mode & 0o777), s.st_uid)"
+    mode = "import os; s = os.stat('/run/model-server/spec.json'); print(oct(s.st_mode & 0o777), s.st_uid)"
     assert container.exec_run(["python", "-c", mode]).output.strip() == b"0o400 10001"
+    # Confined: limits from the spec's resources, no privileges to gain, no capabilities, a read-only root.
+    host_config = container.attrs["HostConfig"]
+    assert host_config["Memory"] == host_config["MemorySwap"] == 2**30 and host_config["NanoCpus"] == 10**9
+    assert host_config["PidsLimit"] == PIDS_LIMIT
+    assert host_config["SecurityOpt"] == ["no-new-privileges"] and host_config["CapDrop"] == ["ALL"]
+    assert host_config["ReadonlyRootfs"] is True
+    write = "import sys\ntry:\n open('/app/x', 'w')\nexcept OSError as e:\n print(e.errno)"
+    assert container.exec_run(["python", "-c", write]).output.strip() == b"30"  # EROFS
+    assert container.exec_run(["python", "-c", "open('/tmp/x', 'w').write('ok')"]).exit_code == 0
     ids = [r.container_id for r in observed.replicas]
     assert [r.container_id for r in backend.apply(spec).replicas] == ids, "nothing changes"
 

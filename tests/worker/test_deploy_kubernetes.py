@@ -91,6 +91,21 @@ def test_deployment_probes_resources_and_spec_mount() -> None:
     assert deployment["spec"]["template"]["metadata"]["annotations"][HASH_ANNOTATION] == spec.serving_hash()
 
 
+def test_pods_have_no_api_token_the_runtime_default_seccomp_profile_and_no_privileges() -> None:
+    pod = by_kind(render_manifests(make_spec()))["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in pod["containers"] + pod["initContainers"]:
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+    # The init container writes the spec holding the ingest token for the model server's user only.
+    assert "0o600" in pod["initContainers"][0]["command"][2]
+
+
 def test_the_spec_configmap_holds_no_token_and_names_artifacts_by_hash() -> None:
     manifests = by_kind(render_manifests(make_spec()))
     server_spec = json.loads(manifests["ConfigMap"]["data"]["spec.json"])

@@ -257,3 +257,143 @@ def test_observe_reads_what_the_server_says(backend: LocalProcessBackend, bundle
     assert replica.traffic == {"1": 90, "2": 10} and replica.shadow == "3"
     status, metadata = http_get_json(replica.address, replica.port, "/v2/models/shadowed")
     assert status == 200 and metadata["parameters"]["deployment_id"] == 8
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is `pid`, read from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def served_versions(replica_url: str) -> list[str]:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(replica_url)
+    return http_get_json(parsed.hostname, parsed.port, "/v2/models/fallback")[1]["versions"]
+
+
+def test_a_refused_reload_puts_the_served_spec_back_for_respawns_and_restarts(
+    backend: LocalProcessBackend, bundles: dict
+) -> None:
+    good = DeploymentSpec(deployment_id=9, name="fallback", versions=(version(1, bundles["a"], 100),), workers=2)
+    replica = backend.apply(good).replicas[0]
+    folder = backend.state_dir / "fallback"
+    served_spec, served_desired = (folder / "spec.json").read_text(), (folder / "desired.json").read_text()
+    # A pickle bundle without trust_pickle: the master's check refuses it.
+    bad = DeploymentSpec(deployment_id=9, name="fallback", versions=(version(9, bundles["exploding"], 100),), workers=2)
+    with pytest.raises(BackendError, match="(?s)refused the new spec.*the previous spec was put back"):
+        backend.apply(bad)
+    assert (folder / "spec.json").read_text() == served_spec
+    assert (folder / "desired.json").read_text() == served_desired
+
+    # A worker dies: the master's replacement boots from the spec file, which is the served one.
+    workers = children(replica.pid)
+    assert len(workers) == 2
+    os.kill(next(iter(workers)), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while len(children(replica.pid) - workers) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # the replacement loads its models
+    assert backend.observe("fallback").replicas[0].pid == replica.pid, "the master is still up"
+    assert all(predict(replica.url) == (200, "1") for _ in range(20))
+    assert all(served_versions(replica.url) == ["1"] for _ in range(10))
+
+    # The whole replica dies and is restarted (scale re-applies the last applied spec): it serves the old one.
+    os.kill(replica.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while backend.observe("fallback").replicas[0].health != ReplicaHealth.DEAD and time.monotonic() < deadline:
+        time.sleep(0.05)
+    restarted = backend.scale("fallback", 1).replicas[0]
+    assert restarted.pid != replica.pid and restarted.traffic == {"1": 100}
+    assert predict(restarted.url) == (200, "1")
+
+
+def kill_and_wait_dead(backend: LocalProcessBackend, name: str) -> None:
+    pid = backend.observe(name).replicas[0].pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while backend.observe(name).replicas[0].health != ReplicaHealth.DEAD and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_crashing_replica_is_restarted_with_backoff_and_shows_its_crash_loop(tmp_path: Path, bundles: dict) -> None:
+    backend = LocalProcessBackend(
+        state_dir=tmp_path / "state", ready_timeout=60, restart_backoff=2, restart_backoff_max=4
+    )
+    spec = DeploymentSpec(deployment_id=10, name="loop", versions=(version(1, bundles["a"], 100),))
+    try:
+        backend.apply(spec)
+        # The first crash is restarted at once.
+        kill_and_wait_dead(backend, "loop")
+        assert backend.apply(spec).replicas[0].restarts == 1
+        # Each further crash waits longer: 2 s, then 4 s (the cap).
+        for restarts, delay in [(1, 2), (2, 4), (3, 4)]:
+            kill_and_wait_dead(backend, "loop")
+            with pytest.raises(BackendError, match=f"replica 0 is in a crash loop \\({restarts} restarts\\)"):
+                backend.apply(spec)
+            dead = backend.observe("loop").replicas[0]
+            assert dead.health == ReplicaHealth.DEAD and dead.crash_loop and dead.restarts == restarts
+            assert dead.next_restart_at - time.time() == pytest.approx(delay, abs=0.5)
+            assert backend.observe("loop").to_dict()["replicas"][0]["crash_loop"] is True
+            with pytest.raises(BackendError, match="crash loop"):
+                backend.apply(spec)  # not yet
+            time.sleep(max(0.0, dead.next_restart_at - time.time()))
+            back = backend.apply(spec).replicas[0]
+            assert back.health == ReplicaHealth.READY and back.restarts == restarts + 1 and not back.crash_loop
+
+        # A replica that had run for longer than the reset period before dying is restarted at once.
+        record_path = backend.state_dir / "loop" / "replica-0.json"
+        record = json.loads(record_path.read_text())
+        record_path.write_text(json.dumps({**record, "started_at": record["started_at"] - 3600}))
+        kill_and_wait_dead(backend, "loop")
+        assert backend.apply(spec).replicas[0].restarts == 1
+    finally:
+        backend.delete("loop")
+
+
+def test_restart_delays_double_from_10_seconds_to_5_minutes() -> None:
+    from worker.deployments.local import restart_delay
+
+    delays = [restart_delay(n, base=10, cap=300) for n in range(8)]
+    assert delays == [0, 10, 20, 40, 80, 160, 300, 300]
+
+
+def test_model_servers_get_only_the_environment_they_need(
+    backend: LocalProcessBackend, bundles: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "SECRET_KEY": "console-secret",
+        "DATABASE_URL": "postgres://u:p@db/console",
+        "EMAIL_HOST_PASSWORD": "mail-secret",
+        "AWS_SECRET_ACCESS_KEY": "s3-secret",
+        "OMP_NUM_THREADS": "1",
+        "TZ": "UTC",
+    }.items():
+        monkeypatch.setenv(name, value)
+    old_umask = os.umask(0o022)
+    try:
+        spec = DeploymentSpec(
+            deployment_id=11, name="envs", versions=(version(1, bundles["a"], 100),), token="ingest-secret"
+        )
+        replica = backend.apply(spec).replicas[0]
+    finally:
+        os.umask(old_umask)
+    raw = Path(f"/proc/{replica.pid}/environ").read_bytes()
+    environment = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    assert not {"SECRET_KEY", "DATABASE_URL", "EMAIL_HOST_PASSWORD", "AWS_SECRET_ACCESS_KEY"} & set(environment)
+    assert environment["OMP_NUM_THREADS"] == "1" and environment["TZ"] == "UTC"
+    assert environment["PATH"] == os.environ["PATH"]
+    assert environment["PYTHONPATH"] == str(backend.serving_root)
+    # The files holding the ingest token are the owner's only, whatever the umask.
+    folder = backend.state_dir / "envs"
+    assert "ingest-secret" in (folder / "spec.json").read_text()
+    for name in ("spec.json", "desired.json"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+    assert folder.stat().st_mode & 0o777 == 0o700

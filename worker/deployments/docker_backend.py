@@ -12,8 +12,9 @@ of the runtime (`mlops-model-server/<name>:<artifacts>-<runtime>`): a new versio
 split does not.
 
 The spec (split, shadow, ingest token) is not in the image, so that no image layer holds a secret: it is
-written into each container as /models/spec.json (owned by the image's model-server user, mode 0400) between
-create and start. That file is the truth about what a container should serve. A change that keeps the
+written into each container as /run/model-server/spec.json (owned by the image's model-server user, mode
+0400, on the container's own anonymous volume, the one writable place besides a tmpfs /tmp) between create and
+start. That file is the truth about what a container should serve. A change that keeps the
 artifact set (a canary step, a blue-green switch, a shadow) rewrites it in the running containers and sends
 SIGHUP: the model server's graceful reload, as on the local backend, so no request fails. A change of the
 artifact set or worker count replaces containers one at a time: start the new one, wait until it serves,
@@ -21,8 +22,13 @@ then stop the old one.
 
 Containers run with `network_mode="host"` on distinct loopback ports, and all of them also listen on the
 deployment's service port with SO_REUSEPORT (the image's fixed uid lets them share it): that is the endpoint
-clients use, balanced by the kernel and kept for as long as the deployment has containers. Labels name the
-deployment, replica and ports, which is all `observe` needs to find them again after a restart.
+clients use, balanced by the kernel and kept for as long as the deployment has containers. Host networking is
+what makes that shared endpoint possible (published ports on a bridge network cannot share one host port), and
+it lets a container reach a console listening on the host's loopback for events. Labels name the deployment,
+replica, ports and resources, which is all `observe` and `scale` need to find and copy them after a restart.
+
+Containers are confined: memory, CPU and process limits from the spec's resources (memory swap equal to the
+memory limit), `no-new-privileges`, every capability dropped, a read-only root filesystem.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import hashlib
 import io
 import json
 import logging
+import re
 import shutil
 import tarfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,7 @@ from worker.deployments.spec import (
     ObservedState,
     ReplicaHealth,
     ReplicaState,
+    Resources,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,7 +66,15 @@ LABEL_DEPLOYMENT = "mlops-console.deployment"
 LABEL_REPLICA = "mlops-console.replica"
 LABEL_PORT = "mlops-console.port"
 LABEL_SERVICE_PORT = "mlops-console.service-port"
-SPEC_PATH = "/models/spec.json"
+LABEL_RESOURCES = "mlops-console.resources"
+# The folder of the spec: an anonymous volume per container (the root filesystem is read-only, and `docker cp`
+# cannot write into a tmpfs). The Dockerfile creates it.
+SPEC_DIR = "/run/model-server"
+SPEC_PATH = f"{SPEC_DIR}/spec.json"
+MODELS_DIR = "/models"
+# Processes and threads of one container: gunicorn workers, each with its numeric libraries' and own threads.
+PIDS_LIMIT = 512
+TMP_TMPFS = "size=256m,mode=1777"
 # The Dockerfile's model-server user: the spec file belongs to it.
 MODEL_SERVER_UID = 10001
 READY_TIMEOUT_SECONDS = 120.0
@@ -116,8 +133,42 @@ def image_tag(spec: DeploymentSpec, serving_root: Path = REPO_ROOT) -> str:
 
 
 def container_spec(spec: DeploymentSpec) -> str:
-    """The spec file a container serves, its artifact paths relative to /models."""
-    return json.dumps(spec.server_spec(lambda version: version.artifact_name), indent=2, default=str)
+    """The spec file a container serves, its artifact paths in the image's /models."""
+    return json.dumps(spec.server_spec(lambda version: f"{MODELS_DIR}/{version.artifact_name}"), indent=2, default=str)
+
+
+_CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|K|M|G|T)?$")
+_MEMORY_UNITS = {
+    None: 1,
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+
+
+def limits(resources: Resources) -> dict[str, Any]:
+    """Docker's resource limits from the spec's Kubernetes-style quantities ("500m" CPUs, "1Gi" of memory)."""
+    cpu = _CPU_RE.match(resources.cpu_limit.strip())
+    memory = _MEMORY_RE.match(resources.memory_limit.strip())
+    if cpu is None or float(cpu[1]) <= 0:
+        raise BackendError(f"resources.cpu_limit {resources.cpu_limit!r} is not a CPU quantity such as 1 or 500m")
+    if memory is None or float(memory[1]) <= 0:
+        raise BackendError(f"resources.memory_limit {resources.memory_limit!r} is not a size such as 512Mi or 1Gi")
+    cpus = float(cpu[1]) / (1000 if cpu[2] else 1)
+    memory_bytes = int(float(memory[1]) * _MEMORY_UNITS[memory[2]])
+    return {
+        "nano_cpus": int(cpus * 1e9),
+        "mem_limit": memory_bytes,
+        "memswap_limit": memory_bytes,
+        "pids_limit": PIDS_LIMIT,
+    }
 
 
 def spec_archive(text: str) -> bytes:
@@ -202,13 +253,17 @@ class DockerBackend:
             member = archive.extractfile("spec.json")
             return member.read().decode() if member else None
 
-    def _run(self, name: str, tag: str, index: int, *, workers: int, service_port: int, spec: str) -> Any:
+    def _run(
+        self, name: str, tag: str, index: int, *, workers: int, service_port: int, spec: str, resources: Resources
+    ) -> Any:
+        from docker.types import Mount
+
         port = free_port(self.host)
         container = self.client.containers.create(
             tag,
             command=["--spec", SPEC_PATH, "--host", self.host, "--port", str(port)]
             + ["--service-port", str(service_port), "--workers", str(workers)]
-            + ["--pid-file", "/run/model-server/master.pid"],
+            + ["--pid-file", "/tmp/master.pid"],
             name=f"mlops-{name}-{index}-{port}",
             network_mode="host",
             labels={
@@ -216,11 +271,18 @@ class DockerBackend:
                 LABEL_REPLICA: str(index),
                 LABEL_PORT: str(port),
                 LABEL_SERVICE_PORT: str(service_port),
+                LABEL_RESOURCES: json.dumps(asdict(resources)),
             },
             # The console restarts what dies (and sees it die); a restart policy would hide crashes from it.
             restart_policy={"Name": "no"},
+            read_only=True,
+            tmpfs={"/tmp": TMP_TMPFS},
+            mounts=[Mount(target=SPEC_DIR, source=None, type="volume")],
+            security_opt=["no-new-privileges"],
+            cap_drop=["ALL"],
+            **limits(resources),
         )
-        container.put_archive("/models", spec_archive(spec))
+        container.put_archive(SPEC_DIR, spec_archive(spec))
         container.start()
         logger.info("started container %s for %s-%s on port %s", container.short_id, name, index, port)
         return container
@@ -251,14 +313,14 @@ class DockerBackend:
     def _reload(self, desired: DeploymentSpec, container: Any, old: str | None, new: str) -> None:
         """Rewrite the running container's spec and reload it gracefully; put the old spec back if refused."""
         signalled_at = time.time()
-        container.put_archive("/models", spec_archive(new))
+        container.put_archive(SPEC_DIR, spec_archive(new))
         container.kill(signal="SIGHUP")
         logger.info("reloading container %s of %s with a new spec", container.short_id, desired.name)
         try:
             self._wait_serving(desired, container, signalled_at=signalled_at)
         except BackendError:
             if old is not None:
-                container.put_archive("/models", spec_archive(old))
+                container.put_archive(SPEC_DIR, spec_archive(old))
             raise
 
     def _remove(self, container: Any) -> None:
@@ -266,7 +328,7 @@ class DockerBackend:
 
         try:
             container.stop(timeout=35)
-            container.remove(force=True)
+            container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
 
@@ -295,7 +357,15 @@ class DockerBackend:
                     self._reload(desired, keep, served, spec)
                 continue
             # Start the replacement first and retire the old container only once the new one serves.
-            new = self._run(desired.name, tag, index, workers=desired.workers, service_port=service_port, spec=spec)
+            new = self._run(
+                desired.name,
+                tag,
+                index,
+                workers=desired.workers,
+                service_port=service_port,
+                spec=spec,
+                resources=desired.resources,
+            )
             try:
                 self._wait_serving(desired, new)
             except BackendError:
@@ -357,6 +427,7 @@ class DockerBackend:
                     workers=_workers_of(model),
                     service_port=service_port,
                     spec=spec,
+                    resources=Resources(**json.loads(model.labels.get(LABEL_RESOURCES) or "{}")),
                 )
         return self.observe(name)
 

@@ -11,8 +11,10 @@ One deployment becomes these objects, all named after it and labelled `app.kuber
   model, and a new version needs no image build or registry push; with an empty `artifact_base_url` the
   init container expects the artifacts baked into the image under `/models` (the Docker backend's image).
   Readiness probe `/v2/health/ready`, liveness `/v2/health/live`, resources from the spec, non-root with a
-  read-only root filesystem. The pod template carries the spec's hash as an annotation, so a new split
-  or version rolls the pods (maxUnavailable 0: old pods serve until new ones are ready);
+  read-only root filesystem, no capabilities, the RuntimeDefault seccomp profile and no service account
+  token; the final spec (it holds the token) is written 0600. The pod template carries the spec's hash as an
+  annotation, so a new split or version rolls the pods (maxUnavailable 0: old pods serve until new ones are
+  ready);
 - **Service** `<name>` (port 80 → 8080);
 - **HorizontalPodAutoscaler** (autoscaling/v2, CPU utilisation) when the spec autoscales; the Deployment then
   leaves `replicas` to it;
@@ -79,7 +81,7 @@ for entry in spec['versions'] + ([spec['shadow']] if spec.get('shadow') else [])
         sys.exit('artifact ' + entry['sha256'] + ' arrived with another sha256')
     open(entry['artifact_path'], 'wb').write(data)
 tmp = '/run/model-server/spec.json.tmp'
-json.dump(spec, open(tmp, 'w'))
+json.dump(spec, open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w'))
 os.replace(tmp, '/run/model-server/spec.json')
 """
 
@@ -200,7 +202,14 @@ def _deployment(spec: DeploymentSpec, options: KubernetesOptions) -> dict[str, A
         "template": {
             "metadata": {"labels": labels_for(spec), "annotations": annotations},
             "spec": {
-                "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 10001,
+                    "fsGroup": 10001,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                # A model server never calls the Kubernetes API: no service account token in its pod.
+                "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": 45,
                 "initContainers": [prepare],
                 "containers": [server],

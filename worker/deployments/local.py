@@ -26,7 +26,18 @@ stopped by a scale-down resets the few connections still queued on its socket, u
 
 A change of the split, the versions or the shadow goes through the model server's graceful reload (rewrite
 spec.json atomically, SIGHUP the master), which swaps workers only once the new ones have loaded every
-model: no request fails during a blue-green switch or a canary step.
+model: no request fails during a blue-green switch or a canary step. When a replica refuses the new spec
+(its models cannot load), spec.json and desired.json are put back as they were, so that a worker the master
+respawns later, or a replica restarted after a crash, boots from the spec that is being served.
+
+A replica that keeps dying is restarted with exponential backoff: at once after its first crash, then
+after 10 s, 20 s, 40 s ... up to 5 minutes after each further one (`restart_backoff`, `restart_backoff_max`),
+counted from when a crash was noticed; a replica that had run for 10 minutes before it died starts a new
+count. The count and the time of the next restart are in the replica file and in `observe` (`restarts`,
+`crash_loop`, `next_restart_at`), and an `apply` that has to wait raises a BackendError saying so.
+
+Every file here is written 0600 (spec.json and desired.json hold the ingest token), and a model server gets
+only the environment it needs (`server_environment`), not the console's secrets.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import subprocess
 import sys
 import time
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +70,14 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 90.0
+RESTART_BACKOFF_SECONDS = 10.0
+RESTART_BACKOFF_MAX_SECONDS = 300.0
+# A replica that ran this long before it died was not crash-looping: its next crash restarts it at once.
+CRASH_LOOP_RESET_SECONDS = 600.0
+# What a model server process inherits from the console's environment: the system's basics and the numeric
+# libraries' thread settings. Nothing else (SECRET_KEY, DATABASE_URL, mail passwords ...) reaches it.
+SERVER_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+SERVER_ENV_PREFIXES = ("OMP_", "OPENBLAS_", "MKL_")
 STOP_TIMEOUT_SECONDS = 35.0
 POLL_SECONDS = 0.1
 LOG_TAIL_BYTES = 4000
@@ -80,13 +100,33 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write beside the target, then rename over it: a reader sees the old file or the new one, never half."""
+    """Write beside the target, then rename over it: a reader sees the old file or the new one, never half.
+
+    The file is readable by its owner only (0600, whatever the umask): the specs hold the ingest token.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    tmp.unlink(missing_ok=True)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def server_environment(serving_root: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a model server process: an allow-list of the console's, plus its PYTHONPATH."""
+    environ = os.environ if environ is None else environ
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if name in SERVER_ENV_NAMES or name.startswith(SERVER_ENV_PREFIXES)
+    }
+    return {**kept, "PYTHONPATH": str(serving_root)}
+
+
+def restart_delay(restarts: int, *, base: float, cap: float) -> float:
+    """Seconds to wait, after a crash is noticed, before restart number `restarts + 1` of a replica."""
+    return 0.0 if restarts == 0 else min(cap, base * 2 ** (restarts - 1))
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -129,6 +169,8 @@ class LocalProcessBackend:
         serving_root: str | Path = REPO_ROOT,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
         threads: int = 1,
+        restart_backoff: float = RESTART_BACKOFF_SECONDS,
+        restart_backoff_max: float = RESTART_BACKOFF_MAX_SECONDS,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.host = host
@@ -136,6 +178,8 @@ class LocalProcessBackend:
         self.serving_root = Path(serving_root)
         self.ready_timeout = ready_timeout
         self.threads = threads
+        self.restart_backoff = restart_backoff
+        self.restart_backoff_max = restart_backoff_max
 
     # ------------------------------------------------------------------ paths and records
 
@@ -185,7 +229,9 @@ class LocalProcessBackend:
 
     # ------------------------------------------------------------------ processes
 
-    def _start(self, desired: DeploymentSpec, index: int, port: int, service_port: int) -> dict[str, Any]:
+    def _start(
+        self, desired: DeploymentSpec, index: int, port: int, service_port: int, restarts: int = 0
+    ) -> dict[str, Any]:
         folder = self._folder(desired.name)
         spec_path = folder / "spec.json"
         pid_file = folder / f"replica-{index}.pid"
@@ -194,7 +240,7 @@ class LocalProcessBackend:
         command += ["--port", str(port), "--service-port", str(service_port)]
         command += ["--workers", str(desired.workers), "--pid-file", str(pid_file)]
         command += ["--threads", str(self.threads)]
-        env = {**os.environ, "PYTHONPATH": str(self.serving_root)}
+        env = server_environment(self.serving_root)
         with open(folder / f"replica-{index}.log", "ab") as log:
             process = subprocess.Popen(
                 command,
@@ -213,6 +259,7 @@ class LocalProcessBackend:
             "serving_hash": desired.serving_hash(),
             "workers": desired.workers,
             "started_at": time.time(),
+            "restarts": restarts,
         }
         self._save_record(desired.name, index, record)
         logger.info("started model server %s-%s (pid %s) on port %s", desired.name, index, process.pid, port)
@@ -273,23 +320,37 @@ class LocalProcessBackend:
 
     # ------------------------------------------------------------------ the interface
 
+    def _restart_plan(self, name: str, index: int, record: dict[str, Any]) -> tuple[int, float]:
+        """For a replica found dead: the restart count its next start will have, and when that start is due."""
+        if "died_at" not in record:
+            record["died_at"] = time.time()
+            self._save_record(name, index, record)
+        ran = float(record["died_at"]) - float(record.get("started_at") or 0)
+        restarts = 0 if ran >= CRASH_LOOP_RESET_SECONDS else int(record.get("restarts") or 0)
+        delay = restart_delay(restarts, base=self.restart_backoff, cap=self.restart_backoff_max)
+        return restarts + 1, float(record["died_at"]) + delay
+
     def apply(self, desired: DeploymentSpec) -> ObservedState:
         folder = self._folder(desired.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder / "desired.json", json.dumps(desired.to_dict(), default=str))
-        spec_path = folder / "spec.json"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        desired_path, spec_path = folder / "desired.json", folder / "spec.json"
+        # Put back if a replica refuses the new spec: respawned workers and restarts must boot the served one.
+        previous = {path: path.read_text() for path in (desired_path, spec_path) if path.exists()}
+        write_atomically(desired_path, json.dumps(desired.to_dict(), default=str))
         spec_text = json.dumps(desired.server_spec(), indent=2, default=str)
-        if not spec_path.exists() or spec_path.read_text() != spec_text:
+        if previous.get(spec_path) != spec_text:
             write_atomically(spec_path, spec_text)
         wanted_hash = desired.serving_hash()
         service_port = self._service_port(desired.name)
         records = self._records(desired.name)
         started: dict[int, dict[str, Any]] = {}
         reloading: dict[int, int] = {}  # replica -> log size before the SIGHUP
+        backing_off: list[str] = []
 
         for index in range(desired.replicas):
             record = records.get(index)
             alive = self._alive(desired.name, record)
+            crashed = bool(record) and not alive
             if alive and (record["workers"] != desired.workers or record.get("service_port") != service_port):
                 # The worker count and the service port are command-line options: they need a restart.
                 self._stop(desired.name, index, record)
@@ -299,24 +360,43 @@ class LocalProcessBackend:
                 os.kill(int(record["pid"]), signal.SIGHUP)
                 logger.info("reloading model server %s-%s with a new spec", desired.name, index)
             elif not alive:
-                if record:
-                    logger.warning("model server %s-%s is not running; restarting it", desired.name, index)
+                restarts = 0
+                if crashed:
+                    restarts, due = self._restart_plan(desired.name, index, record)
+                    if due > time.time():
+                        at = datetime.fromtimestamp(due, UTC).strftime("%H:%M:%S UTC")
+                        backing_off.append(
+                            f"replica {index} is in a crash loop ({restarts - 1} restarts); next at {at}"
+                        )
+                        continue
+                    logger.warning("model server %s-%s is not running; restart %d", desired.name, index, restarts)
                     self._kill_leftovers(desired.name, record)
-                started[index] = self._start(desired, index, self._port_for(record), service_port)
+                started[index] = self._start(desired, index, self._port_for(record), service_port, restarts)
 
         for index, record in records.items():
             if index >= desired.replicas:
                 self._stop(desired.name, index, record)
 
-        self._wait(desired, started, reloading)
+        problems, refused = self._wait(desired, started, reloading)
+        if refused:
+            for path, text in previous.items():
+                write_atomically(path, text)
+            problems.append("the previous spec was put back")
+        problems += backing_off
+        if problems:
+            raise BackendError("; ".join(problems)[-LOG_TAIL_BYTES:])
         return self.observe(desired.name)
 
-    def _wait(self, desired: DeploymentSpec, started: dict[int, dict], reloading: dict[int, int]) -> None:
-        """Wait until new and reloaded replicas serve the desired split, or fail with the server's reason."""
+    def _wait(
+        self, desired: DeploymentSpec, started: dict[int, dict], reloading: dict[int, int]
+    ) -> tuple[list[str], bool]:
+        """Wait until new and reloaded replicas serve the desired split; the problems, and whether a reload was
+        refused."""
         pending = set(started) | set(reloading)
         wanted_shadow = str(desired.shadow.version_id) if desired.shadow else None
         deadline = time.monotonic() + self.ready_timeout
         problems: list[str] = []
+        refused = False
         while pending and time.monotonic() < deadline:
             records = self._records(desired.name)
             for index in sorted(pending):
@@ -328,6 +408,7 @@ class LocalProcessBackend:
                 reload_log = self._log_since(desired.name, index, reloading[index]) if index in reloading else ""
                 if RELOAD_REFUSED in reload_log:
                     problems.append(f"replica {index} refused the new spec: {self._log_tail(desired.name, index)}")
+                    refused = True
                     pending.discard(index)
                     continue
                 if index in reloading and RELOAD_DONE not in reload_log:
@@ -340,17 +421,35 @@ class LocalProcessBackend:
             if pending:
                 time.sleep(POLL_SECONDS)
         problems += [f"replica {index} was not ready after {self.ready_timeout:.0f} s" for index in sorted(pending)]
-        if problems:
-            raise BackendError("; ".join(problems)[-LOG_TAIL_BYTES:])
+        return problems, refused
 
     def observe(self, name: str) -> ObservedState:
         replicas = []
         for index, record in sorted(self._records(name).items()):
             replica = f"{name}-{index}"
             port = int(record.get("port") or 0)
+            restarts = int(record.get("restarts") or 0)
             if not self._alive(name, record):
+                died_at = float(record.get("died_at") or time.time())
+                crash_loop = restarts > 0 and died_at - float(record.get("started_at") or 0) < CRASH_LOOP_RESET_SECONDS
+                next_restart_at = None
+                if "died_at" in record:
+                    delay = restart_delay(
+                        restarts if crash_loop else 0, base=self.restart_backoff, cap=self.restart_backoff_max
+                    )
+                    next_restart_at = died_at + delay
                 replicas.append(
-                    ReplicaState(replica, self.host, port, ReplicaHealth.DEAD, pid=record.get("pid"), detail="exited")
+                    ReplicaState(
+                        replica,
+                        self.host,
+                        port,
+                        ReplicaHealth.DEAD,
+                        pid=record.get("pid"),
+                        detail=f"crash loop: {restarts} restarts" if crash_loop else "exited",
+                        restarts=restarts,
+                        crash_loop=crash_loop,
+                        next_restart_at=next_restart_at,
+                    )
                 )
                 continue
             ready, traffic, shadow, detail = probe_server(self.host, port, name)
@@ -370,6 +469,7 @@ class LocalProcessBackend:
                     traffic=traffic,
                     shadow=shadow,
                     detail=detail,
+                    restarts=restarts,
                 )
             )
         service_port = self._known_service_port(name)

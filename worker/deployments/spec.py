@@ -176,6 +176,11 @@ class ReplicaState:
     traffic: Mapping[str, int] = field(default_factory=dict)
     shadow: str | None = None
     detail: str = ""
+    # Restarts after crashes, counted while they come close together (backends that restart replicas
+    # themselves): a dead replica in a crash loop waits until `next_restart_at` (a Unix time) to be restarted.
+    restarts: int = 0
+    crash_loop: bool = False
+    next_restart_at: float | None = None
 
     @property
     def url(self) -> str:

@@ -1,0 +1,252 @@
+"""Prediction events are never lost silently: posts fit the console's upload limit (halved on a refusal), the
+buffer is bounded in bytes, and every event is either received by the console or counted as dropped with a
+reason. The console is a local HTTP server that refuses large bodies or is not there at all."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving.events import EventShipper, event
+from serving.metrics import Metrics
+from tests.serving import test_server_support as support
+from tests.serving.test_server_support import Bundle, free_port, rows, start_server, version, wait_until
+
+bundles = support.bundles
+
+
+class Console:
+    """Stands in for the console's ingest: stores the events of accepted posts, refuses bodies over `limit` bytes
+    with `too_large_status` (Django answers 400 above DATA_UPLOAD_MAX_MEMORY_SIZE, a proxy 413), and refuses
+    with 400 any post holding an event whose request id starts with "poison"."""
+
+    def __init__(self, *, limit: int, too_large_status: int = 413, port: int = 0) -> None:
+        self.limit = limit
+        self.too_large_status = too_large_status
+        self.received: list[dict] = []
+        self.refused: list[int] = []
+        console = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (the name http.server dispatches to)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if len(body) > console.limit:
+                    status = console.too_large_status
+                else:
+                    events = json.loads(body)["events"]
+                    status = 400 if any(e["request_id"].startswith("poison") for e in events) else 202
+                    if status == 202:
+                        console.received.extend(events)
+                if status != 202:
+                    console.refused.append(status)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api/ingest/events"
+
+    def ids(self) -> list[str]:
+        return [e["request_id"] for e in list(self.received)]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def console() -> Iterator[Console]:
+    console = Console(limit=20_000)
+    yield console
+    console.stop()
+
+
+def dropped(metrics: Metrics) -> dict[str, float]:
+    return {
+        dict(labels)["reason"]: value
+        for name, labels, value in metrics.snapshot()["values"]
+        if name == "model_server_events_dropped_total"
+    }
+
+
+def shipped(metrics: Metrics) -> float:
+    return sum(v for name, _, v in metrics.snapshot()["values"] if name == "model_server_events_shipped_total")
+
+
+def make_event(request_id: str, payload_bytes: int) -> tuple[tuple, int]:
+    inputs = {"text": ["x" * payload_bytes]}
+    return (
+        event(
+            request_id=request_id,
+            version_id=1,
+            inputs=inputs,
+            outputs=[1.0],
+            probabilities=None,
+            latency_ms=1.0,
+            status=200,
+            error=None,
+            request_key=None,
+            shadow=False,
+            timestamp=time.time(),
+        ),
+        payload_bytes + 600,
+    )
+
+
+def shipper_for(url: str, metrics: Metrics, **limits: int) -> EventShipper:
+    settings = {"buffer_size": 10_000, "buffer_bytes": 1 << 24, "max_post_bytes": 1 << 20} | limits
+    return EventShipper(url=url, token="t", deployment_id=3, metrics=metrics, flush_interval=0.1, **settings)
+
+
+def test_posts_refused_as_too_large_are_halved_until_they_fit(console: Console) -> None:
+    """A console limit below the shipper's own: every post is refused at first, and halving ships every event;
+    the one event larger than the console's limit on its own is the only loss, and it is counted."""
+    metrics = Metrics()
+    shipper = shipper_for(console.url, metrics)
+    sent = [f"big-{i}" for i in range(200)]
+    try:
+        for request_id in sent:
+            shipper.record(*make_event(request_id, 1_500))
+        shipper.record(*make_event("huge", 30_000))
+        wait_until(lambda: len(console.received) + sum(dropped(metrics).values()) == len(sent) + 1, timeout=20)
+    finally:
+        shipper.close()
+    assert sorted(console.ids()) == sorted(sent)
+    assert dropped(metrics) == {"too_large_single_event": 1}
+    assert shipped(metrics) == len(sent)
+    assert 413 in console.refused
+
+
+def test_the_post_limit_keeps_posts_under_the_consoles(console: Console) -> None:
+    """With `max_post_bytes` under the console's limit no post is refused; an event too large for any post is
+    dropped and counted before it is sent."""
+    metrics = Metrics()
+    shipper = shipper_for(console.url, metrics, max_post_bytes=15_000)
+    sent = [f"fit-{i}" for i in range(100)]
+    try:
+        for request_id in sent:
+            shipper.record(*make_event(request_id, 2_000))
+        shipper.record(*make_event("too-big-for-a-post", 16_000))
+        wait_until(lambda: len(console.received) + sum(dropped(metrics).values()) == len(sent) + 1, timeout=20)
+    finally:
+        shipper.close()
+    assert sorted(console.ids()) == sorted(sent)
+    assert console.refused == []
+    assert dropped(metrics) == {"too_large_single_event": 1}
+
+
+def test_a_refused_event_costs_only_itself(console: Console) -> None:
+    """The console refuses a batch over one event it cannot store (Django answers 400 for a too-large body as
+    well): the batch is bisected, the others are stored and the refused one is counted as `rejected`."""
+    console.too_large_status = 400
+    metrics = Metrics()
+    shipper = shipper_for(console.url, metrics)
+    sent = [f"ok-{i}" for i in range(120)]
+    try:
+        for index, request_id in enumerate(sent):
+            shipper.record(*make_event(request_id, 100))
+            if index == 60:
+                shipper.record(*make_event("poison-1", 100))
+        wait_until(lambda: len(console.received) + sum(dropped(metrics).values()) == len(sent) + 1, timeout=20)
+    finally:
+        shipper.close()
+    assert sorted(console.ids()) == sorted(sent)
+    assert dropped(metrics) == {"rejected": 1}
+
+
+def test_the_buffer_is_bounded_in_bytes_while_the_console_is_down() -> None:
+    port = free_port()
+    metrics = Metrics()
+    shipper = shipper_for(f"http://127.0.0.1:{port}/api/ingest/events", metrics, buffer_bytes=50_000)
+    sent = [f"down-{i}" for i in range(100)]
+    console = None
+    try:
+        for request_id in sent:
+            shipper.record(*make_event(request_id, 1_900))  # about 2,500 bytes each: room for 20
+        assert shipper.buffered_bytes() <= 50_000 and shipper.depth() <= 20
+        # One event larger than the whole budget is dropped itself rather than emptying the buffer.
+        shipper.record(*make_event("larger-than-the-buffer", 60_000))
+        assert dropped(metrics)["too_large_single_event"] == 1
+        console = Console(limit=1 << 20, port=port)
+        wait_until(lambda: len(console.received) + sum(dropped(metrics).values()) == len(sent) + 1, timeout=20)
+    finally:
+        shipper.close()
+        if console is not None:
+            console.stop()
+    received = console.ids()
+    assert 15 <= len(received) <= 20
+    # The newest events are kept; the oldest were dropped, all of them counted.
+    assert received == sent[-len(received) :]
+    assert dropped(metrics)["buffer_full"] == len(sent) - len(received)
+
+
+def test_a_model_server_loses_no_event_to_the_consoles_upload_limit(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    """End to end: a real server whose events, batched, exceed the console's limit many times over."""
+    console = Console(limit=30_000)
+    spec = {
+        "deployment_id": 5,
+        "name": "m",
+        "token": "t",
+        "console_url": console.url,
+        "versions": [version("a", bundles["rf_a"], 100)],
+    }
+    server = start_server(tmp_path / "limit", spec)
+    sent = [f"srv-{i}" for i in range(60)]
+    try:
+        body = {"dataframe_records": rows(50)}
+        for request_id in sent:
+            assert server.post("/invocations", body, {"X-Request-Id": request_id})[0] == 200
+        wait_until(lambda: set(sent) <= set(console.ids()), timeout=20)
+        assert 413 in console.refused
+        assert server.metric("model_server_events_dropped_total") == 0
+    finally:
+        server.stop()
+        console.stop()
+    assert sorted(console.ids()) == sorted(sent)
+
+
+def test_no_event_is_lost_while_the_console_is_down_for_a_while(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    """Under load with the console down, then back: while the buffer has room, every event arrives."""
+    port = free_port()
+    spec = {
+        "deployment_id": 5,
+        "name": "m",
+        "token": "t",
+        "console_url": f"http://127.0.0.1:{port}/api/ingest/events",
+        "versions": [version("a", bundles["rf_a"], 100)],
+    }
+    server = start_server(tmp_path / "down", spec)
+    sent: list[str] = []
+    console = None
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            request_id = f"down-{len(sent)}"
+            assert server.post("/invocations", {"dataframe_records": rows(1)}, {"X-Request-Id": request_id})[0] == 200
+            sent.append(request_id)
+        console = Console(limit=1 << 20, port=port)
+        # The shipper backs off while the console is away (at most 30 s between attempts; here a few seconds).
+        wait_until(lambda: set(sent) <= set(console.ids()), timeout=40)
+        assert server.metric("model_server_events_dropped_total") == 0
+    finally:
+        server.stop()
+        if console is not None:
+            console.stop()
+    assert len(sent) > 100
