@@ -116,7 +116,6 @@ class ProjectViewSet(
         """List members, or (owners) add a member or change a member's role."""
         project = self.get_object()
         if request.method == "POST":
-            require_project_role(request.user, project, ProjectRole.OWNER)
             payload = MembershipWriteSerializer(data=request.data)
             payload.is_valid(raise_exception=True)
             services.membership_set(
@@ -132,7 +131,6 @@ class ProjectViewSet(
     @action(detail=True, methods=["delete"], url_path=r"members/(?P<username>[^/]+)")
     def remove_member(self, request: Request, slug: str | None = None, username: str = "") -> Response:
         project = self.get_object()
-        require_project_role(request.user, project, ProjectRole.OWNER)
         membership = get_object_or_404(Membership, project=project, user__username=username)
         services.membership_remove(membership=membership, actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -18,6 +18,7 @@ from apps.core.artifacts import ArtifactIntegrityError, get_artifact_store
 from apps.core.choices import ProjectRole
 from apps.core.middleware import current_ip
 from apps.core.models import APIToken, AuditEntry, Membership, Project
+from apps.core.permissions import require_project_role
 
 
 def normalize_name(value: str) -> str:
@@ -73,6 +74,7 @@ def project_create(*, name: str, description: str = "", owner: AbstractBaseUser)
 
 @transaction.atomic
 def membership_set(*, project: Project, user: AbstractBaseUser, role: str, actor: AbstractBaseUser) -> Membership:
+    require_project_role(actor, project, ProjectRole.OWNER)
     if role not in ProjectRole.values:
         raise ValidationError({"role": f"Unknown role {role!r}; choose one of {', '.join(ProjectRole.values)}."})
     membership = Membership.objects.select_for_update().filter(project=project, user=user).first()
@@ -99,6 +101,7 @@ def membership_set(*, project: Project, user: AbstractBaseUser, role: str, actor
 
 @transaction.atomic
 def membership_remove(*, membership: Membership, actor: AbstractBaseUser) -> None:
+    require_project_role(actor, membership.project, ProjectRole.OWNER)
     if membership.role == ProjectRole.OWNER:
         owners = Membership.objects.filter(project=membership.project, role=ProjectRole.OWNER)
         if owners.count() <= 1:
