@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse
@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.artifacts import ArtifactError, ArtifactIntegrityError
 from apps.core.choices import ProjectRole
-from apps.core.exceptions import PayloadTooLarge
+from apps.core.exceptions import PayloadTooLarge, PermissionDenied
 from apps.core.filters import filter_page
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, require_project_role

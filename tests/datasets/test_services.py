@@ -10,13 +10,13 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from apps.core.artifacts import ArtifactIntegrityError, get_artifact_store
-from apps.core.choices import JobStatus
+from apps.core.choices import JobStatus, ProjectRole
 from apps.core.models import AuditEntry, Job
 from apps.datasets import services
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
 from tests.conftest import SMALL_CLASSIFICATION_CSV
 from tests.datasets.helpers import csv_bytes, parquet_bytes, stored_files, tamper
-from tests.factories import ProjectFactory
+from tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -45,7 +45,8 @@ def test_names_differing_only_in_case_form_or_encoding_are_refused(project: obje
 
 def test_the_same_name_may_live_in_another_project(project: object, owner: object) -> None:
     services.dataset_create(project=project, name="Churn", actor=owner)
-    services.dataset_create(project=ProjectFactory(), name="churn", actor=owner)
+    other = MembershipFactory(user=owner, role=ProjectRole.EDITOR).project
+    services.dataset_create(project=other, name="churn", actor=owner)
     assert Dataset.objects.count() == 2
 
 

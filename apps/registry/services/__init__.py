@@ -10,7 +10,7 @@ Views, the API, tasks and commands import from here.
 
 from __future__ import annotations
 
-from apps.registry.services._common import NAME_MAX_LENGTH, ModelLoadError, RegistryConflict
+from apps.registry.services._common import NAME_MAX_LENGTH, ModelLoadError
 from apps.registry.services.models import registered_model_create, registered_model_update
 from apps.registry.services.notifications import notifications_mark_read
 from apps.registry.services.promotions import (
@@ -41,7 +41,6 @@ __all__ = [
     "InspectedBundle",
     "ModelLoadError",
     "NAME_MAX_LENGTH",
-    "RegistryConflict",
     "UPLOAD_FORMATS",
     "example_rows",
     "model_version_export",

@@ -8,6 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from apps.core.exceptions import Conflict
 from apps.core.models import Project
 from apps.core.services import audit_record, normalize_name
 from apps.registry.models import RegisteredModel
@@ -15,12 +16,12 @@ from apps.registry.models import RegisteredModel
 NAME_MAX_LENGTH = 100
 
 
-class RegistryConflict(Exception):
-    """The object is in a state that does not allow this (the API answers 409)."""
+class ModelLoadError(Conflict):
+    """A version could not be loaded; `integrity` tells whether its artifact failed verification.
 
-
-class ModelLoadError(Exception):
-    """A version could not be loaded; `integrity` tells whether its artifact failed verification."""
+    A conflict (the API answers 409) that the version page tells apart: it shows a tampered artifact as 409 and
+    a bundle that does not load or predict as 422.
+    """
 
     def __init__(self, message: str, *, integrity: bool = False) -> None:
         super().__init__(message)
