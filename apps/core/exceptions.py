@@ -4,12 +4,15 @@ Services (and the helpers they call) raise these, never HTTP exceptions, so the 
 see the same refusal. The message is for people: it says what is wrong and what to do next; `field` names the
 input at fault when there is one.
 
-    class              status  API body (apps.core.api_errors)        HTML (apps.core.middleware)
-    NotFound            404    {"detail": message}                    Django's 404 page
-    PermissionDenied    403    {"detail": message} or {field: [msg]}  Django's 403 page
-    Conflict            409    {"detail": message} or {field: [msg]}  the message on the page the form was posted
-    ValidationError     400    {field: [message]}                     from (its Referer), else an error page
-    PayloadTooLarge     413    {"detail": message}                    with the status
+    class              status  API body (apps.core.api_errors)        pages (apps.core.middleware)
+    NotFound            404    {"detail": message}                    the 404 page
+    PermissionDenied    403    {"detail": message} or {field: [msg]}  the 403 page, with the message
+    Conflict            409    {"detail": message} or {field: [msg]}  (*)
+    ValidationError     400    {field: [message]}                     (*), or the form again with the error on its field
+    PayloadTooLarge     413    {"detail": message}                    (*); upload views answer it themselves
+
+    (*) back to the page the form was posted from (a same-site Referer) with the message; without one, an error
+        page with the status and the message.
 
 NotFound, PermissionDenied and ValidationError also subclass Django's Http404, PermissionDenied and
 ValidationError, so Django's own handling (404/403 pages, `form.add_error`, `exc.message_dict`) treats them alike.

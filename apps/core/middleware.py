@@ -33,10 +33,11 @@ class RequestContextMiddleware:
 class DomainErrorMiddleware:
     """The one place where a domain error that a view lets through becomes an HTML answer.
 
-    NotFound and PermissionDenied are Django's Http404 and PermissionDenied: Django answers them with its 404
-    and 403 pages. Any other refusal (a conflict, an invalid input, Django's ValidationError) of a form posted
-    from a page of ours goes back to that page (the Referer) with the message, as the action views always
-    answered; without such a page, an error page says why, with the error's status.
+    NotFound and PermissionDenied are Django's Http404 and PermissionDenied: Django answers them with the 404
+    and 403 pages (templates/404.html, 403.html; the 403 page shows the message). Any other refusal (a conflict,
+    an invalid input, Django's ValidationError) of a form posted from a page of ours goes back to that page (the
+    Referer) with the message, as the action views always answered; without such a page, an error page says
+    why, with the error's status.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:

@@ -15,7 +15,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.choices import ProjectRole
-from apps.core.exceptions import Conflict, PermissionDenied
 from apps.core.filters import filter_page
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, project_role
@@ -209,9 +208,6 @@ def request_create(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     except ValidationError as exc:
         form_errors_from(exc, form)
         return _render_version(request, version, form=form, status=400)
-    except Conflict as exc:
-        form.add_error(None, str(exc))
-        return _render_version(request, version, form=form, status=409)
     messages.success(request, f"Requested: {version} → {promotion.target_display}. Approvers have been notified.")
     return redirect(promotion)
 
@@ -333,9 +329,6 @@ def _decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     except ValidationError as exc:
         form_errors_from(exc, form)
         return _render_request(request, _visible_request(request, pk), form=form, status=400)
-    except (Conflict, PermissionDenied) as exc:
-        form.add_error(None, str(exc))
-        return _render_request(request, _visible_request(request, pk), form=form, status=exc.status_code)
     promotion = _visible_request(request, pk)
     verb = {"approve": "Approval recorded", "reject": "Rejected", "withdraw": "Withdrawn"}[decision]
     if promotion.status == PromotionRequestStatus.APPROVED:

@@ -57,11 +57,21 @@ def test_a_refused_form_goes_back_to_its_page_with_the_message(kind: str, status
 
 
 @pytest.mark.urls("tests.core.error_urls")
-@pytest.mark.parametrize(("kind", "status"), [("not-found", 404), ("permission", 403), ("gate", 403)])
-def test_not_found_and_permission_denied_are_djangos_404_and_403(kind: str, status: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "status", "shown"),
+    [
+        ("not-found", 404, "it belongs to a project you are not a member of"),
+        ("permission", 403, "This needs the editor role in project &#x27;p&#x27;; you are viewer."),
+        ("gate", 403, "a production deployment needs"),
+    ],
+)
+def test_not_found_and_permission_denied_are_the_404_and_403_pages(kind: str, status: int, shown: str) -> None:
     client = Client()
-    assert client.post(f"/raise/page/{kind}/", HTTP_REFERER="http://testserver/").status_code == status
-    assert client.get(f"/raise/page/{kind}/").status_code == status
+    for response in (
+        client.post(f"/raise/page/{kind}/", HTTP_REFERER="http://testserver/"),
+        client.get(f"/raise/page/{kind}/"),
+    ):
+        assert response.status_code == status and shown in response.content.decode()
 
 
 def test_a_viewer_is_told_which_role_the_change_needs(project: Project, owner: Any, viewer: Any) -> None:
