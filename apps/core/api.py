@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -67,12 +66,6 @@ class MembershipWriteSerializer(serializers.Serializer):
     username = serializers.CharField()
     role = serializers.ChoiceField(choices=ProjectRole.choices)
 
-    def validate_username(self, value: str) -> Any:
-        user = get_user_model().objects.filter(username=value, is_active=True).first()
-        if user is None:
-            raise serializers.ValidationError(f"No active user named {value!r}.")
-        return user
-
 
 class ProjectViewSet(
     mixins.ListModelMixin,
@@ -118,12 +111,7 @@ class ProjectViewSet(
         if request.method == "POST":
             payload = MembershipWriteSerializer(data=request.data)
             payload.is_valid(raise_exception=True)
-            services.membership_set(
-                project=project,
-                user=payload.validated_data["username"],
-                role=payload.validated_data["role"],
-                actor=request.user,
-            )
+            services.membership_set(project=project, actor=request.user, **payload.validated_data)
         members = project.memberships.select_related("user").order_by("user__username")
         return Response(MembershipSerializer(members, many=True).data)
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -72,17 +71,13 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     role = require_project_role(request.user, project, ProjectRole.VIEWER)
     form = MembershipForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = get_user_model().objects.filter(username=form.cleaned_data["username"], is_active=True).first()
-        if user is None:
-            form.add_error("username", "No active user with that name.")
+        try:
+            membership = services.membership_set(project=project, actor=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form_errors_from(exc, form)
         else:
-            try:
-                services.membership_set(project=project, user=user, role=form.cleaned_data["role"], actor=request.user)
-            except ValidationError as exc:
-                form_errors_from(exc, form)
-            else:
-                messages.success(request, f"{user.username} is now {form.cleaned_data['role']}.")
-                return redirect(project)
+            messages.success(request, f"{membership.user.username} is now {membership.role}.")
+            return redirect(project)
     members = project.memberships.select_related("user").order_by("user__username")
     audit = project.audit.all()[:15]
     return render(

@@ -87,7 +87,7 @@ Call = Callable[[World, Any], object]
 SERVICES: dict[str, Call] = {
     # core
     "membership_set": lambda w, actor: core_services.membership_set(
-        project=w.project, user=w.member, role="viewer", actor=actor
+        project=w.project, username=w.member.username, role="viewer", actor=actor
     ),
     "membership_remove": lambda w, actor: core_services.membership_remove(
         membership=Membership.objects.get(project=w.project, user=w.member), actor=actor
