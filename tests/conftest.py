@@ -94,8 +94,9 @@ def dataset(project: object, owner: object) -> object:
 def make_dataset_version(tmp_path: Path, django_capture_on_commit_callbacks: object) -> object:
     """`make(dataset, content, file_name="data.csv", actor=None, profile=True)` -> a DatasetVersion.
 
-    The file goes through `dataset_version_create` like an upload. With profile=True the version is
-    profiled (by the service the Celery task calls) before it is returned, so it is ready or failed.
+    The file goes through `dataset_version_create` like an upload, by `actor` or else a new editor of the
+    dataset's project. With profile=True the version is profiled (by the service the Celery task calls)
+    before it is returned, so it is ready or failed.
     """
     import time
 
@@ -109,6 +110,8 @@ def make_dataset_version(tmp_path: Path, django_capture_on_commit_callbacks: obj
     ) -> object:
         path = tmp_path / f"upload-{next(counter)}"
         path.write_bytes(content)
+        if actor is None:
+            actor = MembershipFactory(project=dataset.project, role=ProjectRole.EDITOR).user
         with django_capture_on_commit_callbacks(execute=False):
             version, _ = dataset_version_create(dataset=dataset, path=path, file_name=file_name, actor=actor)
         if profile:

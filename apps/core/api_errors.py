@@ -9,34 +9,21 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from apps.core.uploads import UploadTooLarge
-
-
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The object changed or is in a state that does not allow this."
-    default_code = "conflict"
-
-
-class PayloadTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "The request body is larger than the upload limit."
-    default_code = "payload_too_large"
-
-
-class Unprocessable(exceptions.APIException):
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
-    default_detail = "The content could not be processed."
-    default_code = "unprocessable"
+from apps.core.exceptions import DomainError
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus Django's ValidationError as a 400 that names the fields."""
+    """DRF's handler, plus the domain errors of apps.core.exceptions and Django's ValidationError.
+
+    A domain error answers its status with `{field: [message]}` when it names a field (the shape of DRF's own
+    validation errors), else `{"detail": message}`.
+    """
+    if isinstance(exc, DomainError):
+        body = {exc.field: [str(exc)]} if exc.field else {"detail": str(exc)}
+        return Response(body, status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, UploadTooLarge):
-        exc = PayloadTooLarge(str(exc))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):

@@ -1,11 +1,13 @@
-"""Who may do what in a project. Outsiders get 404 (they must not learn the object exists)."""
+"""Who may do what in a project. Outsiders get 404 (they must not learn the object exists).
+
+Services that change state call `require_project_role(actor, project, role)` themselves, so the API, the UI,
+the CLI, the admin and tasks share one check; views and viewsets only scope what a user can see.
+"""
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
-
 from apps.core.choices import ProjectRole
+from apps.core.exceptions import NotFound, PermissionDenied
 from apps.core.models import Membership, Project
 
 
@@ -23,7 +25,7 @@ def require_project_role(user: object, project: Project, role: str) -> str:
     """Raise 404 for outsiders and 403 for members below `role`; return the user's role."""
     actual = project_role(user, project)
     if actual is None:
-        raise Http404("No such project.")
+        raise NotFound("No such project.")
     if ProjectRole.rank(actual) < ProjectRole.rank(role):
         raise PermissionDenied(f"This needs the {role} role in project {project.slug!r}; you are {actual}.")
     return actual

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -132,7 +133,15 @@ def project_update(
 
 
 @transaction.atomic
-def membership_set(*, project: Project, user: AbstractBaseUser, role: str, actor: AbstractBaseUser) -> Membership:
+def membership_set(*, project: Project, username: str, role: str, actor: AbstractBaseUser) -> Membership:
+    """Add the active user named `username` to the project with `role`, or change their role (owners).
+
+    The role is checked before the name is looked up, so only owners learn which user names exist.
+    """
+    require_project_role(actor, project, ProjectRole.OWNER)
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise ValidationError({"username": f"No active user named {username!r}."})
     if role not in ProjectRole.values:
         raise ValidationError({"role": f"Unknown role {role!r}; choose one of {', '.join(ProjectRole.values)}."})
     membership = Membership.objects.select_for_update().filter(project=project, user=user).first()
@@ -159,6 +168,7 @@ def membership_set(*, project: Project, user: AbstractBaseUser, role: str, actor
 
 @transaction.atomic
 def membership_remove(*, membership: Membership, actor: AbstractBaseUser) -> None:
+    require_project_role(actor, membership.project, ProjectRole.OWNER)
     if membership.role == ProjectRole.OWNER:
         owners = Membership.objects.filter(project=membership.project, role=ProjectRole.OWNER)
         if owners.count() <= 1:

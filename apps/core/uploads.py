@@ -9,13 +9,12 @@ from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
+from apps.core.exceptions import PayloadTooLarge
 
-class UploadTooLarge(Exception):
+
+def upload_too_large() -> PayloadTooLarge:
     """The request carries more than MAX_UPLOAD_BYTES."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"file: the upload is larger than the limit of {limit:,} bytes")
-        self.limit = limit
+    return PayloadTooLarge(f"file: the upload is larger than the limit of {settings.MAX_UPLOAD_BYTES:,} bytes")
 
 
 class HashedUploadedFile(TemporaryUploadedFile):
@@ -25,7 +24,7 @@ class HashedUploadedFile(TemporaryUploadedFile):
 class HashingUploadHandler(TemporaryFileUploadHandler):
     def handle_raw_input(self, input_data: Any, META: Any, content_length: int, boundary: Any, encoding: Any = None):  # noqa: N803 (Django's signature)
         if content_length and content_length > settings.MAX_UPLOAD_BYTES + 64 * 1024:
-            raise UploadTooLarge(settings.MAX_UPLOAD_BYTES)
+            raise upload_too_large()
         return
 
     def new_file(self, *args: Any, **kwargs: Any) -> None:
@@ -36,7 +35,7 @@ class HashingUploadHandler(TemporaryFileUploadHandler):
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         if start + len(raw_data) > settings.MAX_UPLOAD_BYTES:
             self.file.close()
-            raise UploadTooLarge(settings.MAX_UPLOAD_BYTES)
+            raise upload_too_large()
         self._digest.update(raw_data)
         self.file.write(raw_data)
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -71,22 +70,14 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
     role = require_project_role(request.user, project, ProjectRole.VIEWER)
     form = MembershipForm(request.POST or None)
-    if request.method == "POST":
-        require_project_role(request.user, project, ProjectRole.OWNER)
-        if form.is_valid():
-            user = get_user_model().objects.filter(username=form.cleaned_data["username"], is_active=True).first()
-            if user is None:
-                form.add_error("username", "No active user with that name.")
-            else:
-                try:
-                    services.membership_set(
-                        project=project, user=user, role=form.cleaned_data["role"], actor=request.user
-                    )
-                except ValidationError as exc:
-                    form_errors_from(exc, form)
-                else:
-                    messages.success(request, f"{user.username} is now {form.cleaned_data['role']}.")
-                    return redirect(project)
+    if request.method == "POST" and form.is_valid():
+        try:
+            membership = services.membership_set(project=project, actor=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form_errors_from(exc, form)
+        else:
+            messages.success(request, f"{membership.user.username} is now {membership.role}.")
+            return redirect(project)
     members = project.memberships.select_related("user").order_by("user__username")
     audit = project.audit.all()[:15]
     return render(
@@ -107,14 +98,9 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def membership_remove(request: HttpRequest, slug: str, membership_id: int) -> HttpResponse:
     project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
-    require_project_role(request.user, project, ProjectRole.OWNER)
     membership = get_object_or_404(Membership, pk=membership_id, project=project)
-    try:
-        services.membership_remove(membership=membership, actor=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"{membership.user.username} removed from {project.name}.")
+    services.membership_remove(membership=membership, actor=request.user)
+    messages.success(request, f"{membership.user.username} removed from {project.name}.")
     return redirect(project)
 
 

@@ -20,10 +20,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.core.api import ProjectField, ProjectScopedViewSetMixin
-from apps.core.api_errors import Conflict
 from apps.core.artifacts import ArtifactError, ArtifactIntegrityError
-from apps.core.choices import ProjectRole
-from apps.core.permissions import require_project_role
+from apps.core.exceptions import Conflict
 from apps.core.services import artifact_verified_path
 from apps.datasets import selectors, services
 from apps.datasets.choices import ValidationStatus
@@ -164,7 +162,6 @@ class DatasetViewSet(
 
     def perform_create(self, serializer: DatasetSerializer) -> None:
         data = serializer.validated_data
-        require_project_role(self.request.user, data["project"], ProjectRole.EDITOR)
         dataset = services.dataset_create(
             project=data["project"],
             name=data["name"],
@@ -178,7 +175,6 @@ class DatasetViewSet(
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Change the description or the validation rules (editors)."""
         dataset = self.get_object()
-        require_project_role(request.user, dataset.project, ProjectRole.EDITOR)
         payload = DatasetUpdateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         services.dataset_update(dataset=dataset, actor=request.user, **payload.validated_data)
@@ -212,8 +208,6 @@ class DatasetViewSet(
         """List the versions, newest first, or (editors) upload a CSV or Parquet file as a new version."""
         dataset = self.get_object()
         if request.method == "POST":
-            # The role is checked before the body is read, so a viewer's upload is never stored.
-            require_project_role(request.user, dataset.project, ProjectRole.EDITOR)
             payload = DatasetVersionUploadSerializer(data=request.data)
             payload.is_valid(raise_exception=True)
             upload = payload.validated_data["file"]
@@ -289,7 +283,6 @@ class DatasetVersionViewSet(ProjectScopedViewSetMixin, mixins.RetrieveModelMixin
         """List splits, or (editors) make a reproducible train/test split; the same parameters return the same split."""
         version = self.get_object()
         if request.method == "POST":
-            require_project_role(request.user, version.dataset.project, ProjectRole.EDITOR)
             payload = DatasetSplitCreateSerializer(data=request.data)
             payload.is_valid(raise_exception=True)
             created = selectors.dataset_split_find(version=version, **payload.validated_data) is None
@@ -305,7 +298,6 @@ class DatasetVersionViewSet(ProjectScopedViewSetMixin, mixins.RetrieveModelMixin
     def revalidate(self, request: Request, pk: str | None = None) -> Response:
         """Profile and validate the version again with the dataset's current rules (editors)."""
         version = self.get_object()
-        require_project_role(request.user, version.dataset.project, ProjectRole.EDITOR)
         services.dataset_version_revalidate(version=version, actor=request.user)
         return Response(DatasetVersionSerializer(self.get_object()).data, status=status.HTTP_202_ACCEPTED)
 

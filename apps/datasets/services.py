@@ -1,5 +1,6 @@
 """Use cases of the datasets app: datasets, content-addressed versions, profiling, rules, splits and loading.
 
+Services that change state take `actor` and check the actor's role in the dataset's project themselves.
 The experiments app calls `dataset_version_split`, `dataset_split_indices` and `dataset_version_load_frame`,
 and reads `version.schema`, `version.profile`, `version.blocking_failed`, `version.status` and
 `version.row_count`.
@@ -22,8 +23,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store, hash_file
+from apps.core.choices import ProjectRole
 from apps.core.jobs import JobProgress, job_claim, job_finish, job_start
 from apps.core.models import Project
+from apps.core.permissions import require_project_role
 from apps.core.services import artifact_verified_path, audit_record, audited_update, clean_name
 from apps.datasets import selectors
 from apps.datasets.choices import DatasetVersionStatus
@@ -69,10 +72,11 @@ def dataset_create(
     *,
     project: Project,
     name: str,
-    actor: AbstractBaseUser | None,
+    actor: AbstractBaseUser,
     description: str = "",
     rules: dict[str, Any] | None = None,
 ) -> Dataset:
+    require_project_role(actor, project, ProjectRole.EDITOR)
     name, name_key = clean_name(name, missing="A dataset needs a name.")
     rules = _clean_rules(rules)
     if Dataset.objects.filter(project=project, name_key=name_key).exists():
@@ -100,11 +104,12 @@ def dataset_create(
 def dataset_update(
     *,
     dataset: Dataset,
-    actor: AbstractBaseUser | None,
+    actor: AbstractBaseUser,
     description: str | None = None,
     rules: dict[str, Any] | None = None,
 ) -> Dataset:
     """Change the description and/or the validation rules. New rules apply to versions profiled from now on."""
+    require_project_role(actor, dataset.project, ProjectRole.EDITOR)
     dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
     changes: dict[str, Any] = {}
     if description is not None:
@@ -147,7 +152,7 @@ def dataset_version_create(
     dataset: Dataset,
     path: Path,
     file_name: str,
-    actor: AbstractBaseUser | None,
+    actor: AbstractBaseUser,
     sha256: str | None = None,
     size: int | None = None,
 ) -> tuple[DatasetVersion, bool]:
@@ -158,6 +163,7 @@ def dataset_version_create(
     then it is stored by hash, recorded, and queued for profiling once the transaction commits. `sha256`
     and `size` come from the upload handler, which hashed the file while receiving it.
     """
+    require_project_role(actor, dataset.project, ProjectRole.EDITOR)
     file_name = sanitize_file_name(file_name)
     if sha256 is None or size is None:
         sha256, size = hash_file(path)
@@ -338,8 +344,9 @@ def _profile_failed(*, version_id: int, claimed_at: Any, exc: BaseException, pro
 
 
 @transaction.atomic
-def dataset_version_revalidate(*, version: DatasetVersion, actor: AbstractBaseUser | None) -> DatasetVersion:
+def dataset_version_revalidate(*, version: DatasetVersion, actor: AbstractBaseUser) -> DatasetVersion:
     """Profile and validate a settled version again, with the dataset's current rules."""
+    require_project_role(actor, version.dataset.project, ProjectRole.EDITOR)
     locked = DatasetVersion.objects.select_for_update().select_related("dataset__project").get(pk=version.pk)
     if not locked.is_settled:
         raise ValidationError({"status": f"{locked} is {locked.status}; wait until it is ready or failed."})
@@ -418,13 +425,16 @@ def dataset_version_split(
     test_size: float = 0.2,
     seed: int = 42,
     stratify: str | None = None,
-    actor: AbstractBaseUser | None = None,
+    actor: AbstractBaseUser | None,
 ) -> DatasetSplit:
     """A reproducible train/test split; the same parameters return the same split row.
 
     Stratified by `stratify` when that column is categorical (a category, boolean or an integer class
-    label); otherwise a plain random split, with the reason in `split.note`.
+    label); otherwise a plain random split, with the reason in `split.note`. `actor=None` is the system: a
+    pipeline run that no user started (a user's pipeline passes its creator, whose role is checked).
     """
+    if actor is not None:
+        require_project_role(actor, version.dataset.project, ProjectRole.EDITOR)
     if version.status != DatasetVersionStatus.READY:
         raise ValidationError({"version": f"{version} is {version.status}; only a ready version can be split."})
     if isinstance(test_size, bool) or not isinstance(test_size, int | float) or not 0 < test_size < 1:

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse
@@ -20,11 +20,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.artifacts import ArtifactError, ArtifactIntegrityError
 from apps.core.choices import ProjectRole
+from apps.core.exceptions import PayloadTooLarge, PermissionDenied
 from apps.core.filters import filter_page
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, require_project_role
 from apps.core.services import artifact_verified_path
-from apps.core.uploads import UploadTooLarge
 from apps.core.views import form_errors_from
 from apps.datasets import charts, selectors, services
 from apps.datasets.choices import DatasetVersionStatus
@@ -44,7 +44,7 @@ def upload_view(on_too_large: Callable[..., HttpResponse]) -> Callable[[Handler]
     """Parse a multipart body before the CSRF check, so an oversize upload gets a 413 page instead of a 500.
 
     Django's CSRF middleware reads request.POST, which streams the upload through HashingUploadHandler;
-    an upload over MAX_UPLOAD_BYTES raises UploadTooLarge there, before any view could answer. So the
+    an upload over MAX_UPLOAD_BYTES raises PayloadTooLarge there, before any view could answer. So the
     middleware skips these views and the same CSRF check runs here, right after the body is parsed.
     A refused upload changes nothing, so answering it without the CSRF check is safe.
     """
@@ -56,7 +56,7 @@ def upload_view(on_too_large: Callable[..., HttpResponse]) -> Callable[[Handler]
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 request.FILES  # noqa: B018 (parses the body)
-            except UploadTooLarge as exc:
+            except PayloadTooLarge as exc:
                 return on_too_large(request, str(exc), *args, **kwargs)
             return protected(request, *args, **kwargs)
 
@@ -232,7 +232,6 @@ def _upload_too_large(request: HttpRequest, message: str, pk: int) -> HttpRespon
 @upload_view(_upload_too_large)
 def dataset_upload(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = _visible_dataset(request, pk)
-    require_project_role(request.user, dataset.project, ProjectRole.EDITOR)
     form = DatasetVersionUploadForm(request.POST, request.FILES)
     if not form.is_valid():
         return _render_detail(request, dataset, upload_form=form, status=400)
@@ -252,7 +251,6 @@ def dataset_upload(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def dataset_rules(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = _visible_dataset(request, pk)
-    require_project_role(request.user, dataset.project, ProjectRole.EDITOR)
     form = DatasetRulesForm(request.POST)
     if form.is_valid():
         try:
@@ -281,14 +279,9 @@ def version_status(request: HttpRequest, pk: int, number: int) -> HttpResponse:
 @require_POST
 def version_revalidate(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     dataset = _visible_dataset(request, pk)
-    require_project_role(request.user, dataset.project, ProjectRole.EDITOR)
     version = _version_or_404(dataset, number)
-    try:
-        services.dataset_version_revalidate(version=version, actor=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"Version {version.number} is being validated again with the current rules.")
+    services.dataset_version_revalidate(version=version, actor=request.user)
+    messages.success(request, f"Version {version.number} is being validated again with the current rules.")
     return redirect(version)
 
 

@@ -7,8 +7,6 @@ a stale one answers 409, so of two concurrent changes exactly one wins.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
@@ -24,30 +22,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api import ProjectScopedViewSetMixin, ProjectSlugField
-from apps.core.api_errors import Conflict
 from apps.core.artifacts import get_artifact_store
-from apps.core.choices import ProjectRole
-from apps.core.permissions import require_project_role
 from apps.deployments import selectors, services
 from apps.deployments.choices import DeploymentBackendKind, DeploymentEnvironment, DeploymentStrategy
 from apps.deployments.filters import DeploymentFilterSet
 from apps.deployments.models import Deployment, DeploymentEvent
 from apps.registry.models import ModelVersion
-
-
-class GateRefused(exceptions.APIException):
-    status_code = status.HTTP_403_FORBIDDEN
-    default_code = "gate_refused"
-
-
-@contextmanager
-def domain_errors() -> Iterator[None]:
-    try:
-        yield
-    except services.DeploymentConflict as exc:
-        raise Conflict(str(exc)) from None
-    except services.DeploymentGateError as exc:
-        raise GateRefused({exc.field: str(exc)}) from None
 
 
 def expected_generation(request: Request) -> int:
@@ -208,11 +188,6 @@ class DeploymentViewSet(
             "targets__model_version"
         )
 
-    def _editable(self) -> Deployment:
-        deployment = self.get_object()
-        require_project_role(self.request.user, deployment.project, ProjectRole.EDITOR)
-        return deployment
-
     def _answer(self, deployment: Deployment, code: int = status.HTTP_200_OK) -> Response:
         deployment = self.get_queryset().get(pk=deployment.pk)
         response = Response(DeploymentSerializer(deployment, context=self.get_serializer_context()).data, status=code)
@@ -227,25 +202,22 @@ class DeploymentViewSet(
         payload = DeploymentCreateSerializer(data=request.data, context=self.get_serializer_context())
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        require_project_role(request.user, data["project"], ProjectRole.EDITOR)
-        with domain_errors():
-            deployment = services.deployment_create(
-                project=data["project"],
-                name=data["name"],
-                actor=request.user,
-                model_version=data.get("model_version"),
-                traffic=data.get("traffic"),
-                backend=data.get("backend"),
-                environment=data["environment"],
-                replicas=data["replicas"],
-                autoscale_min=data["autoscale_min"],
-                autoscale_max=data["autoscale_max"],
-                auto_deploy_on_approval=data["auto_deploy_on_approval"],
-            )
+        deployment = services.deployment_create(
+            project=data["project"],
+            name=data["name"],
+            actor=request.user,
+            model_version=data.get("model_version"),
+            traffic=data.get("traffic"),
+            backend=data.get("backend"),
+            environment=data["environment"],
+            replicas=data["replicas"],
+            autoscale_min=data["autoscale_min"],
+            autoscale_max=data["autoscale_max"],
+            auto_deploy_on_approval=data["auto_deploy_on_approval"],
+        )
         return self._answer(deployment, status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance: Deployment) -> None:
-        require_project_role(self.request.user, instance.project, ProjectRole.EDITOR)
         services.deployment_stop(deployment=instance, actor=self.request.user)
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -257,100 +229,94 @@ class DeploymentViewSet(
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str | None = None) -> Response:
         """Run a stopped deployment again with the desired state it had (DELETE stops it)."""
-        deployment = self._editable()
-        with domain_errors():
-            deployment = services.deployment_start(
-                deployment=deployment, actor=request.user, expected_generation=expected_generation(request)
-            )
+        deployment = self.get_object()
+        deployment = services.deployment_start(
+            deployment=deployment, actor=request.user, expected_generation=expected_generation(request)
+        )
         return self._answer(deployment)
 
     @extend_schema(request=RolloutSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])
     def rollout(self, request: Request, pk: str | None = None) -> Response:
         """Roll a version out with a strategy: blue_green, canary (steps, analysis), shadow or direct."""
-        deployment = self._editable()
+        deployment = self.get_object()
         generation = expected_generation(request)
         payload = RolloutSerializer(data=request.data, context=self.get_serializer_context())
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        with domain_errors():
-            deployment = services.deployment_rollout(
-                deployment=deployment,
-                model_version=data["model_version"],
-                strategy=data["strategy"],
-                actor=request.user,
-                expected_generation=generation,
-                traffic_percentage=data["traffic_percentage"],
-                steps=data["steps"],
-                analysis=data["analysis"],
-            )
+        deployment = services.deployment_rollout(
+            deployment=deployment,
+            model_version=data["model_version"],
+            strategy=data["strategy"],
+            actor=request.user,
+            expected_generation=generation,
+            traffic_percentage=data["traffic_percentage"],
+            steps=data["steps"],
+            analysis=data["analysis"],
+        )
         return self._answer(deployment)
 
     @extend_schema(request=GenerationSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])
     def promote(self, request: Request, pk: str | None = None) -> Response:
         """Move the rollout forward now: the next canary step, the blue-green switch, or the shadow live."""
-        deployment = self._editable()
-        with domain_errors():
-            deployment = services.deployment_promote(
-                deployment=deployment, actor=request.user, expected_generation=expected_generation(request)
-            )
+        deployment = self.get_object()
+        deployment = services.deployment_promote(
+            deployment=deployment, actor=request.user, expected_generation=expected_generation(request)
+        )
         return self._answer(deployment)
 
     @extend_schema(request=GenerationSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])
     def rollback(self, request: Request, pk: str | None = None) -> Response:
         """Back to the desired state before the last rollout or traffic change."""
-        deployment = self._editable()
+        deployment = self.get_object()
         generation = expected_generation(request)
         payload = GenerationSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        with domain_errors():
-            deployment = services.deployment_rollback(
-                deployment=deployment,
-                actor=request.user,
-                expected_generation=generation,
-                reason=payload.validated_data["reason"],
-            )
+        deployment = services.deployment_rollback(
+            deployment=deployment,
+            actor=request.user,
+            expected_generation=generation,
+            reason=payload.validated_data["reason"],
+        )
         return self._answer(deployment)
 
     @extend_schema(request=ScaleSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])
     def scale(self, request: Request, pk: str | None = None) -> Response:
         """A fixed number of replicas, or `autoscale: true` with `autoscale_min` and `autoscale_max`."""
-        deployment = self._editable()
+        deployment = self.get_object()
         generation = expected_generation(request)
         payload = ScaleSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        with domain_errors():
-            deployment = services.deployment_scale(
-                deployment=deployment,
-                actor=request.user,
-                replicas=data["replicas"],
-                autoscale=data["autoscale"],
-                autoscale_min=data["autoscale_min"],
-                autoscale_max=data["autoscale_max"],
-                expected_generation=generation,
-            )
+        deployment = services.deployment_scale(
+            deployment=deployment,
+            actor=request.user,
+            replicas=data["replicas"],
+            autoscale=data["autoscale"],
+            autoscale_min=data["autoscale_min"],
+            autoscale_max=data["autoscale_max"],
+            expected_generation=generation,
+        )
         return self._answer(deployment)
 
     @extend_schema(request=TrafficSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])
     def traffic(self, request: Request, pk: str | None = None) -> Response:
         """Set the traffic split (weights summing to 100) and the shadow by hand."""
-        deployment = self._editable()
+        deployment = self.get_object()
         generation = expected_generation(request)
         payload = TrafficSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        with domain_errors():
-            deployment = services.deployment_set_traffic(
-                deployment=deployment,
-                traffic=payload.validated_data["traffic"],
-                shadow_model_version=payload.validated_data["shadow_model_version"],
-                actor=request.user,
-                expected_generation=generation,
-            )
+        deployment = services.deployment_set_traffic(
+            deployment=deployment,
+            traffic=payload.validated_data["traffic"],
+            shadow_model_version=payload.validated_data["shadow_model_version"],
+            actor=request.user,
+            expected_generation=generation,
+        )
         return self._answer(deployment)
 
     @extend_schema(responses=DeploymentEventSerializer(many=True))
@@ -420,8 +386,7 @@ class PredictionIngestApi(APIView):
     @extend_schema(request=IngestEventsSerializer, responses={202: OpenApiResponse(description="accepted count")})
     def post(self, request: Request) -> Response:
         events = request.data.get("events") if isinstance(request.data, dict) else None
-        with domain_errors():
-            accepted = services.predictions_ingest(deployment=request.auth, events=events)
+        accepted = services.predictions_ingest(deployment=request.auth, events=events)
         return Response({"accepted": accepted}, status=status.HTTP_202_ACCEPTED)
 
 

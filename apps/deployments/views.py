@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -25,8 +25,9 @@ from django.utils.http import quote_etag
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.choices import ProjectRole
+from apps.core.exceptions import Conflict
 from apps.core.filters import filter_page
-from apps.core.permissions import has_project_role, require_project_role
+from apps.core.permissions import has_project_role
 from apps.deployments import charts, selectors, services
 from apps.deployments.choices import DeploymentStatus
 from apps.deployments.filters import DeploymentFilterSet
@@ -44,12 +45,6 @@ CSRF_INPUT = re.compile(r'<input type="hidden" name="csrfmiddlewaretoken" value=
 def _visible(request: HttpRequest, pk: int) -> Deployment:
     queryset = Deployment.objects.for_user(request.user).select_related("project", "registered_model")
     return get_object_or_404(queryset, pk=pk)
-
-
-def _editable(request: HttpRequest, pk: int) -> Deployment:
-    deployment = _visible(request, pk)
-    require_project_role(request.user, deployment.project, ProjectRole.EDITOR)
-    return deployment
 
 
 @login_required
@@ -185,22 +180,16 @@ def deployment_live(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _act(request: HttpRequest, pk: int, action: Any) -> HttpResponse:
-    """Run one editor action with the posted generation; errors become messages on the detail page."""
-    deployment = _editable(request, pk)
+    """Run one editor action with the posted generation (the service checks the role).
+
+    A refusal goes back to the detail page as a message (apps.core.middleware.DomainErrorMiddleware).
+    """
+    deployment = _visible(request, pk)
     form = GenerationForm(request.POST)
     if not form.is_valid():
         messages.error(request, "The form lacked the deployment's generation; reload the page.")
         return redirect(deployment)
-    try:
-        action(deployment, form.cleaned_data["generation"])
-    except services.DeploymentConflict as exc:
-        messages.error(request, str(exc))
-    except services.DeploymentGateError as exc:
-        messages.error(request, str(exc))
-    except ValidationError as exc:
-        messages.error(request, "; ".join(exc.messages))
-    except PermissionDenied as exc:
-        messages.error(request, str(exc))
+    action(deployment, form.cleaned_data["generation"])
     return redirect(deployment)
 
 
@@ -303,7 +292,7 @@ def deployment_try(request: HttpRequest, pk: int) -> HttpResponse:
         answer = services.deployment_predict(
             deployment=deployment, body=form.cleaned_data["body"], protocol=form.cleaned_data["protocol"]
         )
-    except services.DeploymentConflict as exc:
+    except Conflict as exc:
         form.add_error(None, str(exc))
         return _render_detail(request, deployment, try_form=form, status=409)
     except OSError as exc:

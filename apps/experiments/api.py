@@ -14,8 +14,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.core.api import ProjectField, ProjectSlugField
-from apps.core.choices import ProjectRole
-from apps.core.permissions import require_project_role
 from apps.datasets.models import Dataset, DatasetVersion
 from apps.experiments import selectors, services
 from apps.experiments.choices import RUN_END_CHOICES
@@ -55,7 +53,6 @@ class ExperimentViewSet(
 
     def perform_create(self, serializer: ExperimentSerializer) -> None:
         data = serializer.validated_data
-        require_project_role(self.request.user, data["project"], ProjectRole.EDITOR)
         experiment = services.experiment_create(
             project=data["project"], name=data["name"], description=data.get("description", ""), actor=self.request.user
         )
@@ -197,22 +194,15 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     def get_queryset(self) -> QuerySet[Run]:
         return selectors.run_list(user=self.request.user).prefetch_related("artifacts", "created_by")
 
-    def _editable_run(self) -> Run:
-        run = self.get_object()
-        require_project_role(self.request.user, run.experiment.project, ProjectRole.EDITOR)
-        return run
-
     @extend_schema(request=RunCreateSerializer, responses={201: RunSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         payload = RunCreateSerializer(data=request.data, context={"request": request})
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         experiment = data.get("experiment")
-        project = experiment.project if experiment else data["project"]
-        require_project_role(request.user, project, ProjectRole.EDITOR)
         if experiment is None:
             experiment = services.experiment_get_or_create(
-                project=project, name=data["experiment_name"], actor=request.user
+                project=data["project"], name=data["experiment_name"], actor=request.user
             )
         run = services.run_create(
             experiment=experiment,
@@ -230,7 +220,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @action(detail=True, methods=["post"], url_path="log-metrics")
     def log_metrics(self, request: Request, pk: str | None = None) -> Response:
         """Append a batch of metric points `{name, value, step, timestamp}`; the run must be running."""
-        run = self._editable_run()
+        run = self.get_object()
         payload = LogMetricsSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         services.run_log_metrics(run=run, actor=request.user, metrics=payload.validated_data["metrics"])
@@ -241,7 +231,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @action(detail=True, methods=["post"], url_path="log-params")
     def log_params(self, request: Request, pk: str | None = None) -> Response:
         """Add params (a logged param cannot change) and set tags."""
-        run = self._editable_run()
+        run = self.get_object()
         payload = LogParamsSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         run = services.run_log_params(run=run, actor=request.user, **payload.validated_data)
@@ -251,7 +241,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @action(detail=True, methods=["post"], url_path="set-terminated")
     def set_terminated(self, request: Request, pk: str | None = None) -> Response:
         """End a running run as succeeded, failed or cancelled."""
-        run = self._editable_run()
+        run = self.get_object()
         payload = SetTerminatedSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         run = services.run_set_terminated(run=run, actor=request.user, **payload.validated_data)
@@ -360,7 +350,6 @@ class PipelineRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         payload = PipelineRunCreateSerializer(data=request.data, context={"request": request})
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        require_project_role(request.user, data["project"], ProjectRole.EDITOR)
         pipeline_run = services.pipeline_run_create(
             project=data["project"],
             actor=request.user,
@@ -377,7 +366,6 @@ class PipelineRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel a queued or running pipeline run; a running one passes through `cancelling`."""
         pipeline_run = self.get_object()
-        require_project_role(request.user, pipeline_run.project, ProjectRole.EDITOR)
         services.pipeline_run_cancel(pipeline_run=pipeline_run, actor=request.user)
         return Response(self.get_serializer(self.get_queryset().get(pk=pipeline_run.pk)).data, status=202)
 

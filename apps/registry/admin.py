@@ -4,10 +4,11 @@ as the UI and the API (so four eyes, gate checks and row locks apply here too)."
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from apps.core.exceptions import DomainError
 from apps.registry import services
 from apps.registry.models import (
     ModelAlias,
@@ -71,7 +72,7 @@ def _decide(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QueryS
                 services.promotion_request_reject(
                     request=promotion, actor=request.user, comment="Rejected in the Django admin."
                 )
-        except (ValidationError, PermissionDenied, services.RegistryConflict) as exc:
+        except (ValidationError, DomainError) as exc:
             text = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
             modeladmin.message_user(request, f"#{promotion.pk}: {text}", level=messages.ERROR)
         else:

@@ -4,8 +4,6 @@ requests with approve/reject/withdraw, webhooks with their deliveries, and notif
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.db.models import QuerySet
@@ -22,12 +20,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.core.api import ProjectField, ProjectScopedViewSetMixin, ProjectSlugField
-from apps.core.api_errors import Conflict
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.notifications.api import DeliverySerializer
 from apps.core.notifications.models import Delivery
-from apps.core.permissions import require_project_role
 from apps.registry import selectors, services
 from apps.registry.choices import ModelVersionStage, RegistryEventType, WebhookKind
 from apps.registry.filters import (
@@ -46,17 +42,6 @@ from apps.registry.models import (
     RegisteredModel,
     Webhook,
 )
-
-
-@contextmanager
-def domain_errors() -> Iterator[None]:
-    """Registry conflicts and unloadable artifacts become 409 answers that say why."""
-    try:
-        yield
-    except services.RegistryConflict as exc:
-        raise Conflict(str(exc)) from None
-    except services.ModelLoadError as exc:
-        raise Conflict(str(exc)) from None
 
 
 class UsernameField(serializers.SlugRelatedField):
@@ -285,7 +270,6 @@ class ModelVersionViewSet(
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         project = data["project"]
-        require_project_role(request.user, project, ProjectRole.EDITOR)
         dataset_version = None
         if data.get("dataset_version") is not None:
             from apps.datasets.models import DatasetVersion
@@ -320,15 +304,14 @@ class ModelVersionViewSet(
         run = Run.objects.for_user(request.user).select_related("experiment__project").filter(pk=data["run"]).first()
         if run is None:
             raise exceptions.ValidationError({"run": f"No run with id {data['run']} in your projects."})
-        with domain_errors():
-            return services.model_version_register_from_run(
-                run=run,
-                actor=request.user,
-                model_name=data.get("model_name", ""),
-                label=data.get("label", ""),
-                description=data.get("description", ""),
-                tags=data.get("tags"),
-            )
+        return services.model_version_register_from_run(
+            run=run,
+            actor=request.user,
+            model_name=data.get("model_name", ""),
+            label=data.get("label", ""),
+            description=data.get("description", ""),
+            tags=data.get("tags"),
+        )
 
     @extend_schema(
         responses={
@@ -343,8 +326,7 @@ class ModelVersionViewSet(
         # An anonymous temporary file: nothing is left on disk, whatever happens to the response.
         handle = tempfile.TemporaryFile()  # noqa: SIM115 (FileResponse closes it)
         try:
-            with domain_errors():
-                services.model_version_export(version=version, actor=request.user, target=handle)
+            services.model_version_export(version=version, actor=request.user, target=handle)
         except BaseException:
             handle.close()
             raise
@@ -373,14 +355,13 @@ class ModelVersionViewSet(
                 model = RegisteredModel.objects.for_user(request.user).filter(pk=data["model"]).first()
                 if model is None:
                     raise exceptions.ValidationError({"model": "No such registered model in your projects."})
-            with domain_errors():
-                promotion = services.promotion_request_create(
-                    version=version,
-                    actor=request.user,
-                    target_alias=data["name"],
-                    comment=data.get("comment", ""),
-                    model=model,
-                )
+            promotion = services.promotion_request_create(
+                version=version,
+                actor=request.user,
+                target_alias=data["name"],
+                comment=data.get("comment", ""),
+                model=model,
+            )
             return Response(PromotionRequestSerializer(promotion).data, status=status.HTTP_201_CREATED)
         return Response(AliasSerializer(version.aliases.select_related("version", "updated_by"), many=True).data)
 
@@ -484,15 +465,14 @@ class PromotionRequestViewSet(
             model = RegisteredModel.objects.for_user(request.user).filter(pk=data["model"]).first()
             if model is None:
                 raise exceptions.ValidationError({"model": f"No registered model with id {data['model']}."})
-        with domain_errors():
-            promotion = services.promotion_request_create(
-                version=version,
-                actor=request.user,
-                target_stage=data.get("target_stage", ""),
-                target_alias=data.get("target_alias", ""),
-                comment=data.get("comment", ""),
-                model=model,
-            )
+        promotion = services.promotion_request_create(
+            version=version,
+            actor=request.user,
+            target_stage=data.get("target_stage", ""),
+            target_alias=data.get("target_alias", ""),
+            comment=data.get("comment", ""),
+            model=model,
+        )
         return Response(self.get_serializer(self.get_queryset().get(pk=promotion.pk)).data, status=201)
 
     def _decided(self, promotion: PromotionRequest) -> Response:
@@ -505,8 +485,7 @@ class PromotionRequestViewSet(
         promotion = self.get_object()
         payload = PromotionDecisionSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        with domain_errors():
-            services.promotion_request_approve(request=promotion, actor=request.user, **payload.validated_data)
+        services.promotion_request_approve(request=promotion, actor=request.user, **payload.validated_data)
         return self._decided(promotion)
 
     @extend_schema(request=PromotionDecisionSerializer, responses=PromotionRequestSerializer)
@@ -516,10 +495,9 @@ class PromotionRequestViewSet(
         promotion = self.get_object()
         payload = PromotionDecisionSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        with domain_errors():
-            services.promotion_request_reject(
-                request=promotion, actor=request.user, comment=payload.validated_data.get("comment", "")
-            )
+        services.promotion_request_reject(
+            request=promotion, actor=request.user, comment=payload.validated_data.get("comment", "")
+        )
         return self._decided(promotion)
 
     @extend_schema(request=PromotionDecisionSerializer, responses=PromotionRequestSerializer)
@@ -529,10 +507,9 @@ class PromotionRequestViewSet(
         promotion = self.get_object()
         payload = PromotionDecisionSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        with domain_errors():
-            services.promotion_request_withdraw(
-                request=promotion, actor=request.user, comment=payload.validated_data.get("comment", "")
-            )
+        services.promotion_request_withdraw(
+            request=promotion, actor=request.user, comment=payload.validated_data.get("comment", "")
+        )
         return self._decided(promotion)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -215,9 +215,6 @@ def request_create(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     except ValidationError as exc:
         form_errors_from(exc, form)
         return _render_version(request, version, form=form, status=400)
-    except services.RegistryConflict as exc:
-        form.add_error(None, str(exc))
-        return _render_version(request, version, form=form, status=409)
     messages.success(request, f"Requested: {version} → {promotion.target_display}. Approvers have been notified.")
     return redirect(promotion)
 
@@ -339,10 +336,6 @@ def _decide(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
     except ValidationError as exc:
         form_errors_from(exc, form)
         return _render_request(request, _visible_request(request, pk), form=form, status=400)
-    except (services.RegistryConflict, PermissionDenied) as exc:
-        form.add_error(None, str(exc))
-        code = 403 if isinstance(exc, PermissionDenied) else 409
-        return _render_request(request, _visible_request(request, pk), form=form, status=code)
     promotion = _visible_request(request, pk)
     verb = {"approve": "Approval recorded", "reject": "Rejected", "withdraw": "Withdrawn"}[decision]
     if promotion.status == PromotionRequestStatus.APPROVED:

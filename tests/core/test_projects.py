@@ -52,6 +52,16 @@ def test_a_project_name_too_long_once_case_folded_is_a_400_naming_the_field(outs
     assert not Project.objects.exists()
 
 
+def test_only_owners_learn_which_user_names_exist(project: Project, owner: object, member: object) -> None:
+    url = f"/api/v1/projects/{project.slug}/members/"
+    for name in ("ghost", "owner"):
+        refused = client_for(member).post(url, {"username": name, "role": "viewer"}, format="json")
+        assert refused.status_code == 403 and "owner role" in refused.json()["detail"], name
+    unknown = client_for(owner).post(url, {"username": "ghost", "role": "viewer"}, format="json")
+    assert (unknown.status_code, unknown.json()) == (400, {"username": ["No active user named 'ghost'."]})
+    assert project.memberships.count() == 2
+
+
 def test_only_owners_manage_members(project: Project, owner: object, member: object, viewer: object) -> None:
     url = f"/api/v1/projects/{project.slug}/members/"
     assert client_for(member).post(url, {"username": "viewer", "role": "editor"}, format="json").status_code == 403

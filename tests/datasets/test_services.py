@@ -10,14 +10,14 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from apps.core.artifacts import ArtifactIntegrityError, get_artifact_store
-from apps.core.choices import JobStatus
+from apps.core.choices import JobStatus, ProjectRole
 from apps.core.jobs import job_claim, job_progress
 from apps.core.models import AuditEntry, Job
 from apps.datasets import services
 from apps.datasets.models import Dataset, DatasetSplit, DatasetVersion
 from tests.conftest import SMALL_CLASSIFICATION_CSV
 from tests.datasets.helpers import csv_bytes, parquet_bytes, stored_files, tamper
-from tests.factories import ProjectFactory
+from tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,8 @@ def test_names_differing_only_in_case_form_or_encoding_are_refused(project: obje
 
 def test_the_same_name_may_live_in_another_project(project: object, owner: object) -> None:
     services.dataset_create(project=project, name="Churn", actor=owner)
-    services.dataset_create(project=ProjectFactory(), name="churn", actor=owner)
+    other = MembershipFactory(user=owner, role=ProjectRole.EDITOR).project
+    services.dataset_create(project=other, name="churn", actor=owner)
     assert Dataset.objects.count() == 2
 
 
@@ -298,47 +299,51 @@ def test_split_is_reproducible_and_stored_once(ready_dataset_version: DatasetVer
     split = services.dataset_version_split(version=ready_dataset_version, actor=owner)
     assert (split.test_size, split.seed, split.train_count, split.test_count) == (0.2, 42, 48, 12)
     assert split.stratified is False
-    again = services.dataset_version_split(version=ready_dataset_version, test_size=0.2, seed=42)
+    again = services.dataset_version_split(version=ready_dataset_version, actor=owner, test_size=0.2, seed=42)
     assert again.pk == split.pk and DatasetSplit.objects.count() == 1
     train, test = services.dataset_split_indices(split=split)
     assert len(test) == 12 and len(train) == 48 and not set(train) & set(test)
-    other = services.dataset_version_split(version=ready_dataset_version, seed=43)
+    other = services.dataset_version_split(version=ready_dataset_version, actor=owner, seed=43)
     assert not np.array_equal(services.dataset_split_indices(split=other)[1], test)
     assert AuditEntry.objects.filter(action="dataset_split.created").count() == 2
 
 
-def test_split_stratifies_a_categorical_target(ready_dataset_version: DatasetVersion) -> None:
-    split = services.dataset_version_split(version=ready_dataset_version, test_size=0.25, stratify="species")
+def test_split_stratifies_a_categorical_target(ready_dataset_version: DatasetVersion, owner: object) -> None:
+    split = services.dataset_version_split(
+        version=ready_dataset_version, actor=owner, test_size=0.25, stratify="species"
+    )
     assert split.stratified is True and split.note == ""
     _, test = services.dataset_split_indices(split=split)
     labels = services.dataset_version_load_frame(ready_dataset_version)["species"]
     assert labels.iloc[test].value_counts().to_dict() == {"setosa": 5, "versicolor": 5, "virginica": 5}
 
 
-def test_split_by_a_continuous_column_is_plain_and_says_why(ready_dataset_version: DatasetVersion) -> None:
-    split = services.dataset_version_split(version=ready_dataset_version, stratify="sepal_width")
+def test_split_by_a_continuous_column_is_plain_and_says_why(
+    ready_dataset_version: DatasetVersion, owner: object
+) -> None:
+    split = services.dataset_version_split(version=ready_dataset_version, actor=owner, stratify="sepal_width")
     assert split.stratified is False
     assert split.note == "not stratified: 'sepal_width' is numeric with 5 distinct values"
 
 
 def test_split_refuses_bad_requests(
-    ready_dataset_version: DatasetVersion, dataset: Dataset, make_dataset_version: object
+    ready_dataset_version: DatasetVersion, dataset: Dataset, make_dataset_version: object, owner: object
 ) -> None:
     with pytest.raises(ValidationError, match="has no column 'ghost'"):
-        services.dataset_version_split(version=ready_dataset_version, stratify="ghost")
+        services.dataset_version_split(version=ready_dataset_version, actor=owner, stratify="ghost")
     with pytest.raises(ValidationError, match="between 0 and 1"):
-        services.dataset_version_split(version=ready_dataset_version, test_size=1.5)
+        services.dataset_version_split(version=ready_dataset_version, actor=owner, test_size=1.5)
     with pytest.raises(ValidationError, match="non-negative integer"):
-        services.dataset_version_split(version=ready_dataset_version, seed=-1)
+        services.dataset_version_split(version=ready_dataset_version, actor=owner, seed=-1)
     pending = make_dataset_version(dataset, b"a\n1\n2\n", profile=False)
     with pytest.raises(ValidationError, match="only a ready version can be split"):
-        services.dataset_version_split(version=pending)
+        services.dataset_version_split(version=pending, actor=owner)
 
 
-def test_demo_like_integer_labels_stratify(dataset: Dataset, make_dataset_version: object) -> None:
+def test_demo_like_integer_labels_stratify(dataset: Dataset, make_dataset_version: object, owner: object) -> None:
     frame = pd.DataFrame({"pixel": range(100), "target": [i % 10 for i in range(100)]})
     version = make_dataset_version(dataset, csv_bytes(frame))
-    split = services.dataset_version_split(version=version, stratify="target")
+    split = services.dataset_version_split(version=version, actor=owner, stratify="target")
     assert split.stratified is True
     _, test = services.dataset_split_indices(split=split)
     assert np.bincount(np.asarray(frame["target"])[test]).tolist() == [2] * 10

@@ -106,6 +106,18 @@ def test_actions_by_role(deployment: Deployment, member: Any, viewer: Any, outsi
     assert deployment.phase == "rolled_back"
 
 
+def test_a_refused_action_goes_back_to_the_page_with_the_reason(deployment: Deployment, member: Any) -> None:
+    client = browser(member)
+    page = "http://testserver" + deployment.get_absolute_url()
+    url = reverse("deployments:deployment-promote", args=[deployment.pk])
+    stale = client.post(url, {"generation": deployment.generation - 1}, HTTP_REFERER=page)
+    assert stale.status_code == 302 and stale["Location"] == page
+    shown = client.get(page).content.decode()
+    assert f"it is at generation {deployment.generation}" in shown and "Reload it and try again." in shown
+    deployment.refresh_from_db()
+    assert deployment.strategy_state["step"] == 0, "nothing changed"
+
+
 def test_try_it_without_a_ready_replica_and_manifests(deployment: Deployment, viewer: Any) -> None:
     response = browser(viewer).post(
         reverse("deployments:deployment-try", args=[deployment.pk]), {"body": "{}", "protocol": "mlflow"}

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from apps.core.artifacts import get_artifact_store
+from apps.core.choices import ProjectRole
+from apps.core.models import Membership
 from apps.datasets import services as dataset_services
 from apps.datasets.models import DatasetVersion
 from apps.experiments import stages
@@ -32,6 +34,7 @@ def add_version(
     from apps.datasets.models import Dataset
 
     actor = UserFactory(username="dataset-loader")
+    Membership.objects.get_or_create(project=project, user=actor, defaults={"role": ProjectRole.EDITOR})
     dataset = Dataset.objects.filter(project=project, name=name).first() or dataset_services.dataset_create(
         project=project, name=name, actor=actor, rules=rules
     )

@@ -99,7 +99,7 @@ def test_artifacts_are_content_addressed(experiment: Experiment, owner: object, 
     artifact = services.run_artifact_store(run=run, path=path, name="reports/report.json", actor=owner)
     assert artifact.content_type == "application/json" and artifact.size_bytes == 2
     with pytest.raises(ValidationError, match="usable artifact name"):
-        services.run_artifact_store(run=run, path=path, name="../etc/passwd")
+        services.run_artifact_store(run=run, path=path, name="../etc/passwd", actor=owner)
 
 
 def test_code_and_package_versions_are_recorded() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from apps.core.exceptions import Conflict
 from apps.registry import services
 from apps.registry.choices import ModelVersionStage, PromotionRequestStatus
 from apps.registry.models import ModelVersion, PromotionApproval
@@ -65,7 +66,7 @@ def test_two_racing_approvals_make_exactly_one_transition(project, two_versions,
         lambda: services.promotion_request_approve(request=promotion, actor=second_approver),
     )
 
-    conflicts = [r for r in results if isinstance(r, services.RegistryConflict)]
+    conflicts = [r for r in results if isinstance(r, Conflict)]
     successes = [r for r in results if not isinstance(r, Exception)]
     assert len(successes) == 1 and len(conflicts) == 1, results
     promotion.refresh_from_db()

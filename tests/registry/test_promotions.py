@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.core.exceptions import Conflict
 from apps.core.models import AuditEntry
 from apps.registry import services
 from apps.registry.choices import ModelVersionStage, PromotionRequestStatus, RegistryEventType
@@ -100,7 +101,7 @@ def test_production_needs_the_projects_number_of_approvals(two_versions, project
     approve(promotion, approver)
     refreshed(promotion, two_versions[0])
     assert promotion.status == PromotionRequestStatus.OPEN and two_versions[0].stage == ModelVersionStage.NONE
-    with pytest.raises(services.RegistryConflict, match="already decided"):
+    with pytest.raises(Conflict, match="already decided"):
         approve(promotion, approver)
     approve(promotion, owner)
     refreshed(promotion, two_versions[0])
@@ -200,7 +201,7 @@ def test_bad_requests_name_the_field_and_change_nothing(two_versions, register, 
 
 def test_a_second_open_request_for_the_same_transition_conflicts(two_versions, member, approver) -> None:
     promotion = request(two_versions[0], member)
-    with pytest.raises(services.RegistryConflict):
+    with pytest.raises(Conflict):
         request(two_versions[0], approver)
     # The database enforces it as well.
     duplicate = PromotionRequest(
@@ -224,7 +225,7 @@ def test_reject_needs_a_comment_and_closes_the_request(two_versions, member, app
     services.promotion_request_reject(request=promotion, actor=approver, comment="metrics too close")
     promotion.refresh_from_db()
     assert promotion.status == PromotionRequestStatus.REJECTED and promotion.decision_comment == "metrics too close"
-    with pytest.raises(services.RegistryConflict):
+    with pytest.raises(Conflict):
         approve(promotion, approver)
 
 
@@ -240,7 +241,7 @@ def test_only_the_requester_withdraws(two_versions, member, approver, project) -
     promotion.refresh_from_db()
     assert promotion.status == PromotionRequestStatus.WITHDRAWN
     assert RegistryEvent.objects.filter(type=RegistryEventType.REQUEST_WITHDRAWN).exists()
-    with pytest.raises(services.RegistryConflict):
+    with pytest.raises(Conflict):
         services.promotion_request_withdraw(request=promotion, actor=member)
 
 
@@ -250,7 +251,7 @@ def test_requests_expire_at_approval_time_and_by_the_beat_task(two_versions, mem
     assert timedelta(hours=71) < first.expires_at - timezone.now() <= timedelta(hours=72)
     second = request(two_versions[1], member)
     PromotionRequest.objects.update(expires_at=timezone.now() - timedelta(minutes=1))
-    with pytest.raises(services.RegistryConflict, match="expired"):
+    with pytest.raises(Conflict, match="expired"):
         approve(first, approver)
     refreshed(first, two_versions[0])
     assert first.status == PromotionRequestStatus.EXPIRED  # recorded although the approval failed

@@ -11,7 +11,7 @@ Views, the API, tasks and commands import from here.
 
 from __future__ import annotations
 
-from apps.deployments.services._common import ACTIVE_PHASES, DeploymentConflict, DeploymentGateError
+from apps.deployments.services._common import ACTIVE_PHASES
 from apps.deployments.services.commands import (
     deployment_create,
     deployment_gate_check,
@@ -40,8 +40,6 @@ from apps.deployments.services.tokens import deployment_artifact_allowed, deploy
 __all__ = [
     "ACTIVE_PHASES",
     "AUTOSCALE_WINDOW_SECONDS",
-    "DeploymentConflict",
-    "DeploymentGateError",
     "INGEST_BATCH_SIZE",
     "KEPT_DECISIONS",
     "MAX_EVENTS_PER_BATCH",

@@ -1,4 +1,4 @@
-"""Shared by the deployments' use cases: the exceptions, the row lock, events, the desired state's targets
+"""Shared by the deployments' use cases: the row lock, events, the desired state's targets
 and its save (which queues the reconciler), and the canary steps and rollback both commands and the
 reconciler take.
 """
@@ -11,6 +11,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
+from apps.core.exceptions import Conflict
 from apps.core.services import audit_record
 from apps.deployments import selectors
 from apps.deployments.choices import DeploymentEventKind, DeploymentStatus, RolloutPhase
@@ -18,18 +19,6 @@ from apps.deployments.models import Deployment, DeploymentEvent, DeploymentTarge
 from apps.registry.models import ModelVersion
 
 ACTIVE_PHASES = {RolloutPhase.STARTING, RolloutPhase.SWITCHING, RolloutPhase.ANALYSING, RolloutPhase.MIRRORING}
-
-
-class DeploymentConflict(Exception):
-    """The deployment changed since the caller read it, or its state does not allow this (API: 409)."""
-
-
-class DeploymentGateError(Exception):
-    """A production deployment without an approved version (API: 403); `field` names the offending input."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def _lock(deployment: Deployment) -> Deployment:
@@ -146,7 +135,7 @@ def _rollback_locked(
 ) -> None:
     spec = deployment.rollback_spec
     if not spec:
-        raise DeploymentConflict(f"Deployment {deployment.name} has no earlier healthy state to roll back to.")
+        raise Conflict(f"Deployment {deployment.name} has no earlier healthy state to roll back to.")
     _set_targets(deployment, [(int(t["model_version"]), int(t["weight"])) for t in spec["traffic"]], spec["shadow"])
     before = deployment.phase
     deployment.phase = RolloutPhase.ROLLED_BACK

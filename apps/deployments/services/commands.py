@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core.choices import ProjectRole
+from apps.core.exceptions import Conflict, PermissionDenied
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
 from apps.deployments import selectors
@@ -33,8 +34,6 @@ from apps.deployments.choices import (
 from apps.deployments.models import Deployment, DeploymentEvent, DeploymentTarget
 from apps.deployments.services._common import (
     ACTIVE_PHASES,
-    DeploymentConflict,
-    DeploymentGateError,
     _canary_advance,
     _event,
     _live_pairs,
@@ -60,12 +59,12 @@ def _require_editor(actor: AbstractBaseUser | None, project: Project) -> None:
 
 def _require_running(deployment: Deployment) -> None:
     if deployment.status == DeploymentStatus.STOPPED:
-        raise DeploymentConflict(f"Deployment {deployment.name} is stopped; start it first.")
+        raise Conflict(f"Deployment {deployment.name} is stopped; start it first.")
 
 
 def _check_generation(deployment: Deployment, expected: int | None) -> None:
     if expected is not None and int(expected) != deployment.generation:
-        raise DeploymentConflict(
+        raise Conflict(
             f"Deployment {deployment.name} changed: it is at generation {deployment.generation}, your change was "
             f"based on generation {expected}. Reload it and try again."
         )
@@ -108,10 +107,10 @@ def deployment_gate_check(*, environment: str, version: ModelVersion) -> None:
         if pending
         else "Request a promotion to production in the registry."
     )
-    raise DeploymentGateError(
-        "model_version",
+    raise PermissionDenied(
         f"{version} is in {stage}: a production deployment needs a version in the production stage or with an "
         f"approved promotion request to production. {next_step}",
+        field="model_version",
     )
 
 
@@ -259,7 +258,7 @@ def deployment_rollout(
         raise ValidationError({"strategy": f"Choose one of {', '.join(DeploymentStrategy.values)}."})
     _require_running(deployment)
     if deployment.phase in ACTIVE_PHASES:
-        raise DeploymentConflict(
+        raise Conflict(
             f"A {deployment.get_strategy_display()} rollout is in progress ({deployment.get_phase_display()}); "
             "promote or roll it back first."
         )
@@ -342,7 +341,7 @@ def deployment_set_traffic(
     _check_generation(deployment, expected_generation)
     _require_running(deployment)
     if deployment.phase in ACTIVE_PHASES:
-        raise DeploymentConflict("A rollout is in progress; promote or roll it back first.")
+        raise Conflict("A rollout is in progress; promote or roll it back first.")
     live = _validate_traffic(deployment.registered_model, traffic)
     for version, weight in live:
         if weight:
@@ -395,7 +394,7 @@ def deployment_promote(
         _save_desired(deployment, ["phase", "rollback_spec"])
         _event(deployment, DeploymentEventKind.PROMOTED, f"Shadow {version} promoted to 100%.", actor=actor)
     else:
-        raise DeploymentConflict(f"Deployment {deployment.name} has no rollout in progress to promote.")
+        raise Conflict(f"Deployment {deployment.name} has no rollout in progress to promote.")
     return deployment
 
 
@@ -496,7 +495,7 @@ def deployment_start(
     _require_editor(actor, deployment.project)
     _check_generation(deployment, expected_generation)
     if deployment.status != DeploymentStatus.STOPPED:
-        raise DeploymentConflict(f"Deployment {deployment.name} is not stopped.")
+        raise Conflict(f"Deployment {deployment.name} is not stopped.")
     live, _ = selectors.deployment_targets(deployment)
     for target in live:
         deployment_gate_check(environment=deployment.environment, version=target.model_version)

@@ -9,8 +9,8 @@ from django.db import IntegrityError
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from apps.core.exceptions import Conflict
 from apps.deployments.models import Deployment, PredictionLog
-from apps.deployments.services._common import DeploymentConflict
 
 MAX_EVENTS_PER_BATCH = 5000
 INGEST_BATCH_SIZE = 500
@@ -77,5 +77,5 @@ def predictions_ingest(*, deployment: Deployment, events: Any) -> int:
     try:
         PredictionLog.objects.bulk_create(rows, batch_size=INGEST_BATCH_SIZE, ignore_conflicts=True)
     except IntegrityError as exc:  # a deployment deleted while its servers still ship
-        raise DeploymentConflict(str(exc)) from None
+        raise Conflict(str(exc)) from None
     return len(rows)

@@ -10,8 +10,8 @@ from urllib.parse import urlparse
 
 from django.core.exceptions import ValidationError
 
+from apps.core.exceptions import Conflict
 from apps.deployments.models import Deployment
-from apps.deployments.services._common import DeploymentConflict
 
 TIMEOUT_SECONDS = 10
 PROTOCOLS = ("mlflow", "v2")
@@ -35,13 +35,13 @@ class PredictionAnswer:
 def deployment_predict(*, deployment: Deployment, body: str, protocol: str) -> PredictionAnswer:
     """Send `body` (JSON) to a ready replica over `protocol` (MLflow /invocations or KServe V2 infer).
 
-    Raises DeploymentConflict while no replica is ready, and OSError when the server does not answer.
+    Raises Conflict while no replica is ready, and OSError when the server does not answer.
     """
     if protocol not in PROTOCOLS:
         raise ValidationError({"protocol": f"Choose one of {', '.join(PROTOCOLS)}."})
     url = deployment.url
     if url is None:
-        raise DeploymentConflict("No replica is ready to answer.")
+        raise Conflict("No replica is ready to answer.")
     path = "/invocations" if protocol == "mlflow" else f"/v2/models/{deployment.name}/infer"
     parsed = urlparse(url)
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=TIMEOUT_SECONDS)

@@ -208,7 +208,7 @@ def train_into_run(
         )
         runtime.flush()
         artifact = run_artifact_store(
-            run=run, path=Path(result.bundle_path), name="model.zip", kind=RunArtifactKind.MODEL
+            run=run, path=Path(result.bundle_path), name="model.zip", kind=RunArtifactKind.MODEL, actor=None
         )
     if artifact.sha256 != result.bundle_sha256:
         raise StageFailed(f"the stored bundle hashes to {artifact.sha256[:12]}…, not {result.bundle_sha256[:12]}…")

@@ -27,7 +27,9 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce, Concat, Greatest
 from django.utils import timezone
 
+from apps.core.choices import ProjectRole
 from apps.core.models import Project
+from apps.core.permissions import require_project_role
 from apps.core.services import audit_record, normalize_name
 from apps.datasets.choices import DatasetVersionStatus
 from apps.datasets.models import Dataset, DatasetVersion
@@ -160,7 +162,10 @@ def pipeline_run_create(
 
     `config` is a dict, or `config_text` YAML/JSON; `experiment_id` and `algorithm` override the
     config (the CLI's `--experiment-id` and `--model-type`); `stage` limits the run (`--stage`).
+    `actor` needs the editor role; `actor=None` is the system (a pipeline that no user starts).
     """
+    if actor is not None:
+        require_project_role(actor, project, ProjectRole.EDITOR)
     normalised, text = pipeline_config_from_request(
         config=config, config_text=config_text, experiment_id=experiment_id, algorithm=algorithm
     )
@@ -548,12 +553,13 @@ def pipeline_run_execute_inline(*, pipeline_run: PipelineRun) -> PipelineRun:
 
 
 @transaction.atomic
-def pipeline_run_cancel(*, pipeline_run: PipelineRun, actor: AbstractBaseUser | None) -> PipelineRun:
+def pipeline_run_cancel(*, pipeline_run: PipelineRun, actor: AbstractBaseUser) -> PipelineRun:
     """Stop a pipeline run: a queued one ends at once; a running one is set cancelling and its task revoked.
 
     The running stage stops cooperatively (its training loop checks the row) or is terminated by the
     revoke; either way the run ends `cancelled`.
     """
+    require_project_role(actor, pipeline_run.project, ProjectRole.EDITOR)
     locked = PipelineRun.objects.select_for_update().select_related("project").get(pk=pipeline_run.pk)
     if locked.is_finished:
         raise ValidationError({"status": f"{locked} already {locked.status}; there is nothing to cancel."})

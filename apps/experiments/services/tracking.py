@@ -1,7 +1,7 @@
 """Tracking: experiments and runs, with their params, metric series, tags, artifacts and end state.
 
 These services serve the worker (pipelines, trials) and clients that train elsewhere and log through
-the API, MLflow-style.
+the API, MLflow-style. Those that change state check the actor's role in the project themselves.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store
+from apps.core.choices import ProjectRole
 from apps.core.models import Project
+from apps.core.permissions import require_project_role
 from apps.core.services import audit_record, clean_name
 from apps.experiments.choices import RunArtifactKind, RunStatus
 from apps.experiments.models import Experiment, Run, RunArtifact, RunMetric
@@ -77,6 +79,9 @@ EXPERIMENT_NAME_MISSING = "An experiment needs a name."
 def experiment_create(
     *, project: Project, name: str, actor: AbstractBaseUser | None, description: str = ""
 ) -> Experiment:
+    """A new experiment; `actor=None` is the system (a pipeline run that no user started)."""
+    if actor is not None:
+        require_project_role(actor, project, ProjectRole.EDITOR)
     name, key = clean_name(name, missing=EXPERIMENT_NAME_MISSING)
     if Experiment.objects.filter(project=project, name_key=key).exists():
         raise ValidationError({"name": f"An experiment named {name!r} exists in {project.name}."})
@@ -128,7 +133,7 @@ def _check_mapping(values: Any, field: str) -> dict[str, Any]:
 def run_create(
     *,
     experiment: Experiment,
-    actor: AbstractBaseUser | None,
+    actor: AbstractBaseUser,
     name: str = "",
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
@@ -137,6 +142,7 @@ def run_create(
     code_version_value: str = "",
 ) -> Run:
     """A run that a client logs to (status running from now on), MLflow's `create_run`."""
+    require_project_role(actor, experiment.project, ProjectRole.EDITOR)
     if parent is not None and parent.experiment_id != experiment.pk:
         raise ValidationError({"parent": "The parent run belongs to another experiment."})
     if dataset_version is not None and dataset_version.dataset.project_id != experiment.project_id:
@@ -160,8 +166,9 @@ def run_create(
     return run
 
 
-def _locked_open_run(run: Run) -> Run:
+def _locked_open_run(run: Run, actor: AbstractBaseUser) -> Run:
     locked = Run.objects.select_for_update().select_related("experiment__project").get(pk=run.pk)
+    require_project_role(actor, locked.experiment.project, ProjectRole.EDITOR)
     if locked.is_finished:
         raise ValidationError({"status": f"{locked} is {locked.status}; a finished run cannot be changed."})
     return locked
@@ -171,14 +178,14 @@ def _locked_open_run(run: Run) -> Run:
 def run_log_params(
     *,
     run: Run,
-    actor: AbstractBaseUser | None,
+    actor: AbstractBaseUser,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> Run:
     """Add params (a logged param keeps its value, as in MLflow) and set tags (tags may change)."""
     params = _check_mapping(params, "params")
     tags = _check_mapping(tags, "tags")
-    locked = _locked_open_run(run)
+    locked = _locked_open_run(run, actor)
     changed = [key for key, value in params.items() if key in locked.params and locked.params[key] != value]
     if changed:
         raise ValidationError({"params": f"Params cannot change once logged: {', '.join(sorted(changed))}."})
@@ -253,13 +260,13 @@ def run_metrics_record(*, run_id: int, points: list[tuple[str, int, float]]) -> 
 
 
 @transaction.atomic
-def run_log_metrics(*, run: Run, actor: AbstractBaseUser | None, metrics: list[Mapping[str, Any]]) -> int:
+def run_log_metrics(*, run: Run, actor: AbstractBaseUser, metrics: list[Mapping[str, Any]]) -> int:
     """Append a batch of metric points; returns how many were stored."""
     if not isinstance(metrics, list) or not metrics:
         raise ValidationError({"metrics": "Give a non-empty list of {name, value, step, timestamp} points."})
     if len(metrics) > MAX_METRIC_BATCH:
         raise ValidationError({"metrics": f"At most {MAX_METRIC_BATCH} points per call; got {len(metrics)}."})
-    locked = _locked_open_run(run)
+    locked = _locked_open_run(run, actor)
     rows = _metric_points(locked, metrics)
     RunMetric.objects.bulk_create(rows, batch_size=METRIC_INSERT_BATCH)
     _refresh_summary(locked.pk, {row.name for row in rows})
@@ -267,11 +274,11 @@ def run_log_metrics(*, run: Run, actor: AbstractBaseUser | None, metrics: list[M
 
 
 @transaction.atomic
-def run_set_terminated(*, run: Run, actor: AbstractBaseUser | None, status: str, error: str = "") -> Run:
+def run_set_terminated(*, run: Run, actor: AbstractBaseUser, status: str, error: str = "") -> Run:
     """End a run a client started: succeeded, failed or cancelled."""
     if status not in RunStatus.finished():
         raise ValidationError({"status": f"Must be one of {', '.join(RunStatus.finished())}; got {status!r}."})
-    locked = _locked_open_run(run)
+    locked = _locked_open_run(run, actor)
     before = {"status": locked.status}
     locked.status = status
     locked.error = str(error or "")[:10000]
@@ -294,9 +301,14 @@ def run_artifact_store(
     path: Path,
     name: str,
     kind: str = RunArtifactKind.OTHER,
-    actor: AbstractBaseUser | None = None,
+    actor: AbstractBaseUser | None,
 ) -> RunArtifact:
-    """Put a file into the artifact store and record it on the run (same name again: replaced)."""
+    """Put a file into the artifact store and record it on the run (same name again: replaced).
+
+    `actor=None` is the system: a pipeline stage storing what it trained.
+    """
+    if actor is not None:
+        require_project_role(actor, run.experiment.project, ProjectRole.EDITOR)
     name = str(name or "").replace("\\", "/").strip().strip("/")
     if not name or len(name) > 255 or any(part in ("", ".", "..") for part in name.split("/")):
         raise ValidationError({"name": f"Not a usable artifact name: {name!r}."})

@@ -10,7 +10,7 @@ Views, the API, tasks and commands import from here.
 
 from __future__ import annotations
 
-from apps.registry.services._common import ModelLoadError, RegistryConflict
+from apps.registry.services._common import ModelLoadError
 from apps.registry.services.models import registered_model_create, registered_model_update
 from apps.registry.services.notifications import notifications_mark_read
 from apps.registry.services.promotions import (
@@ -40,7 +40,6 @@ __all__ = [
     "EXPORT_MEMBER_NAME",
     "InspectedBundle",
     "ModelLoadError",
-    "RegistryConflict",
     "UPLOAD_FORMATS",
     "example_rows",
     "model_version_export",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
+from apps.core.exceptions import Conflict
 from apps.core.models import Project
 from apps.core.services import audit_record, clean_name
 from apps.registry.models import RegisteredModel
@@ -12,12 +13,12 @@ from apps.registry.models import RegisteredModel
 MODEL_NAME_MISSING = "A registered model needs a name."
 
 
-class RegistryConflict(Exception):
-    """The object is in a state that does not allow this (the API answers 409)."""
+class ModelLoadError(Conflict):
+    """A version could not be loaded; `integrity` tells whether its artifact failed verification.
 
-
-class ModelLoadError(Exception):
-    """A version could not be loaded; `integrity` tells whether its artifact failed verification."""
+    A conflict (the API answers 409) that the version page tells apart: it shows a tampered artifact as 409 and
+    a bundle that does not load or predict as 422.
+    """
 
     def __init__(self, message: str, *, integrity: bool = False) -> None:
         super().__init__(message)

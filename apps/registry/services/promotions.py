@@ -12,12 +12,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.choices import ProjectRole
+from apps.core.exceptions import Conflict, PermissionDenied
 from apps.core.models import Project
 from apps.core.permissions import has_project_role, require_project_role
 from apps.core.services import audit_record
@@ -38,7 +39,6 @@ from apps.registry.models import (
     PromotionRequest,
     RegisteredModel,
 )
-from apps.registry.services._common import RegistryConflict
 
 # Promotion requests
 
@@ -96,7 +96,7 @@ def promotion_request_create(
             raise ValidationError({"target_alias": f"@{target_alias} already points at {version}."})
     transition = _transition_key(target_stage, target_alias)
     if PromotionRequest.objects.open().filter(version=version, transition=transition).exists():
-        raise RegistryConflict(f"An open request to move {version} to {target_stage or '@' + target_alias} exists.")
+        raise Conflict(f"An open request to move {version} to {target_stage or '@' + target_alias} exists.")
     required = project.required_approvals if target_stage == ModelVersionStage.PRODUCTION else 1
     try:
         with transaction.atomic():
@@ -113,7 +113,7 @@ def promotion_request_create(
                 expires_at=timezone.now() + _ttl(),
             )
     except IntegrityError:
-        raise RegistryConflict(f"An open request to move {version} to that target exists.") from None
+        raise Conflict(f"An open request to move {version} to that target exists.") from None
     audit_record(
         actor=actor,
         action="promotion_request.created",
@@ -275,7 +275,7 @@ def _stage_set(
 def promotion_request_approve(
     *, request: PromotionRequest, actor: AbstractBaseUser, comment: str = "", override_reason: str = ""
 ) -> PromotionRequest:
-    """Record an approval; with enough approvals, make the transition. Raises RegistryConflict when the request
+    """Record an approval; with enough approvals, make the transition. Raises Conflict when the request
     is no longer open (it was decided, withdrawn or has expired: expiry is recorded first), PermissionDenied for
     a non-approver or the requester, and ValidationError when a gate fails and no owner overrides it."""
     expired = False
@@ -285,14 +285,14 @@ def promotion_request_approve(
         request = PromotionRequest.objects.select_for_update().select_related("model__project").get(pk=request.pk)
         _require_decider(request, actor, project)
         if request.status != PromotionRequestStatus.OPEN:
-            raise RegistryConflict(f"Request #{request.pk} is {request.status}; it can no longer be approved.")
+            raise Conflict(f"Request #{request.pk} is {request.status}; it can no longer be approved.")
         if request.expires_at <= timezone.now():
             _expire_locked(request)
             expired = True
         else:
             _approve_locked(request, model, actor, comment=comment.strip(), override_reason=override_reason.strip())
     if expired:
-        raise RegistryConflict(f"Request #{request.pk} expired at {request.expires_at:%Y-%m-%d %H:%M} UTC.")
+        raise Conflict(f"Request #{request.pk} expired at {request.expires_at:%Y-%m-%d %H:%M} UTC.")
     return request
 
 
@@ -301,7 +301,7 @@ def _approve_locked(
 ) -> None:
     project = model.project
     if request.approvals.filter(approver=actor).exists():
-        raise RegistryConflict(f"You have already decided on request #{request.pk}.")
+        raise Conflict(f"You have already decided on request #{request.pk}.")
     locked = list(
         model.versions.select_for_update()
         .filter(Q(pk=request.version_id) | Q(stage=ModelVersionStage.PRODUCTION))
@@ -309,9 +309,9 @@ def _approve_locked(
     )
     version = next(v for v in locked if v.pk == request.version_id)
     if version.stage == ModelVersionStage.ARCHIVED and request.target_stage != ModelVersionStage.NONE:
-        raise RegistryConflict(f"{version} was archived after the request was made; it can no longer be promoted.")
+        raise Conflict(f"{version} was archived after the request was made; it can no longer be promoted.")
     if request.target_stage and version.stage == request.target_stage:
-        raise RegistryConflict(f"{version} is already in {version.stage}.")
+        raise Conflict(f"{version} is already in {version.stage}.")
     checks = selectors.promotion_gate_checks(version=version, target_stage=request.target_stage)
     failed = [check for check in checks if check["status"] == GateCheckStatus.FAIL]
     if failed and not request.override_reason:
@@ -391,13 +391,13 @@ def promotion_request_reject(*, request: PromotionRequest, actor: AbstractBaseUs
         if not comment:
             raise ValidationError({"comment": "Say why you reject the request; the requester will read it."})
         if request.status != PromotionRequestStatus.OPEN:
-            raise RegistryConflict(f"Request #{request.pk} is {request.status}; it can no longer be rejected.")
+            raise Conflict(f"Request #{request.pk} is {request.status}; it can no longer be rejected.")
         if request.expires_at <= timezone.now():
             _expire_locked(request)
             expired = True
         else:
             if request.approvals.filter(approver=actor).exists():
-                raise RegistryConflict(f"You have already decided on request #{request.pk}.")
+                raise Conflict(f"You have already decided on request #{request.pk}.")
             PromotionApproval.objects.create(
                 request=request, approver=actor, decision=PromotionDecision.REJECT, comment=comment
             )
@@ -413,7 +413,7 @@ def promotion_request_reject(*, request: PromotionRequest, actor: AbstractBaseUs
                 ),
             )
     if expired:
-        raise RegistryConflict(f"Request #{request.pk} expired at {request.expires_at:%Y-%m-%d %H:%M} UTC.")
+        raise Conflict(f"Request #{request.pk} expired at {request.expires_at:%Y-%m-%d %H:%M} UTC.")
     return request
 
 
@@ -429,7 +429,7 @@ def promotion_request_withdraw(
     if request.requested_by_id != actor.pk:
         raise PermissionDenied("Only the requester can withdraw a request.")
     if request.status != PromotionRequestStatus.OPEN:
-        raise RegistryConflict(f"Request #{request.pk} is {request.status}; it can no longer be withdrawn.")
+        raise Conflict(f"Request #{request.pk} is {request.status}; it can no longer be withdrawn.")
     _close_locked(
         request,
         status=PromotionRequestStatus.WITHDRAWN,

@@ -217,8 +217,11 @@ def model_version_register(
     """Register a model bundle as the next version of `model_name` (created when new) and store its artifact.
 
     The bundle is loaded first exactly as serving will load it, so a version that exists can be served.
-    Nothing is stored when any check fails.
+    Nothing is stored when any check fails. `actor` needs the editor role; `actor=None` is the system (the
+    register stage of a pipeline that no user started).
     """
+    if actor is not None:
+        require_project_role(actor, project, ProjectRole.EDITOR)
     clean_name(model_name, field="model_name", missing=MODEL_NAME_MISSING)
     label = _clean_label(label)
     if tags is not None and not isinstance(tags, dict):

@@ -38,7 +38,7 @@ class Command(BaseCommand):
             user, _ = users.objects.get_or_create(username=name, defaults={"email": f"{name}@example.com"})
             user.set_password(password)
             user.save()
-            services.membership_set(project=project, user=user, role=role, actor=admin)
+            services.membership_set(project=project, username=user.username, role=role, actor=admin)
         verb = "Created" if created else "Reset"
         self.stdout.write(
             self.style.SUCCESS(

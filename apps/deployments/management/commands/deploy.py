@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from apps.core.exceptions import DomainError
 from apps.core.models import Project
 from apps.deployments import services
 from apps.deployments.choices import (
@@ -89,7 +90,7 @@ class Command(BaseCommand):
                 )
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
-        except (services.DeploymentConflict, services.DeploymentGateError) as exc:
+        except DomainError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
             self.style.SUCCESS(f"Started a {strategy} rollout of {version} on {deployment.name} (id {deployment.pk}).")

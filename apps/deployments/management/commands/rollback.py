@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.core.exceptions import DomainError
 from apps.deployments import services
 from apps.deployments.models import Deployment
 
@@ -21,6 +22,6 @@ class Command(BaseCommand):
             raise CommandError(f"No deployment with id {deployment_id}.")
         try:
             services.deployment_rollback(deployment=deployment, actor=None, reason=reason or "manage.py rollback")
-        except services.DeploymentConflict as exc:
+        except DomainError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(f"Rolled back {deployment.name}."))

@@ -5,6 +5,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.core.exceptions import DomainError
 from apps.deployments import services
 from apps.deployments.models import Deployment
 
@@ -24,6 +25,6 @@ class Command(BaseCommand):
             services.deployment_scale(deployment=deployment, actor=None, replicas=replicas, autoscale=False)
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
-        except services.DeploymentConflict as exc:
+        except DomainError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(f"Scaling {deployment.name} to {replicas} replicas."))

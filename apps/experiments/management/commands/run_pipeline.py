@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from apps.core.exceptions import DomainError
 from apps.core.models import Project
 from apps.experiments import services
 from apps.experiments.choices import PipelineRunStatus
@@ -57,6 +58,8 @@ class Command(BaseCommand):
         except ValidationError as exc:
             details = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
             raise CommandError(f"{path}: {details}") from None
+        except DomainError as exc:
+            raise CommandError(str(exc)) from None
         if options["queue"]:
             self.stdout.write(f"Queued pipeline run {pipeline_run.pk}: {pipeline_run.get_absolute_url()}")
             return
