@@ -44,6 +44,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -248,16 +249,29 @@ def reference_profile(columns: Mapping[str, np.ndarray], kinds: Mapping[str, str
     return ReferenceProfile(columns=profiles)
 
 
-def _value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.unique(values, return_counts=True)
+def _value_counts(categories: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of the current values, sorted, found by binary search among the reference's categories.
+
+    Only values the reference never had are sorted, so a window costs O(m log k), not a sort of m strings.
+    """
+    if categories.dtype.kind == "U" and current.dtype.kind != "U":
+        current = current.astype(str)
+    if categories.size == 0:
+        return np.unique(current, return_counts=True)
+    found = np.searchsorted(categories, current).clip(max=categories.size - 1)
+    known = categories[found] == current
+    known_counts = np.bincount(found[known], minlength=categories.size)
+    new_values, new_counts = np.unique(current[~known], return_counts=True)
+    values = np.concatenate((categories[known_counts > 0], new_values))
+    counts = np.concatenate((known_counts[known_counts > 0], new_counts))
+    order = np.argsort(values, kind="stable")
+    return values[order], counts[order]
 
 
 def _aligned_counts(reference: ColumnProfile, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reference and current counts over the union of their values (current given non-missing)."""
+    """Reference and current counts over the sorted union of their values (current given non-missing)."""
     categories = reference.categories
-    if categories.dtype.kind == "U" and current.dtype.kind != "U":
-        current = current.astype(str)
-    current_categories, current_counts = _value_counts(current)
+    current_categories, current_counts = _value_counts(categories, current)
     union = np.union1d(categories, current_categories)
     reference_counts = np.zeros(union.size, dtype=np.int64)
     current_aligned = np.zeros(union.size, dtype=np.int64)
@@ -290,12 +304,37 @@ def _histogram_counts(reference: ColumnProfile, current_sorted: np.ndarray) -> t
     return counts(reference.values), counts(current_sorted)
 
 
-def _binned_shares(reference: ColumnProfile, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if reference.kind == NUMERIC and reference.n_unique > HISTOGRAM_MIN_UNIQUE:
-        reference_counts, current_counts = _histogram_counts(reference, current)
-    else:
-        reference_counts, current_counts = _aligned_counts(reference, current)
-    return reference_counts / reference.n_values, current_counts / current.size
+@dataclass
+class _Window:
+    """One column of the current window; the counts several statistics share are computed once."""
+
+    reference: ColumnProfile
+    values: np.ndarray  # non-missing; sorted for a numeric column
+
+    @cached_property
+    def aligned_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        return _aligned_counts(self.reference, self.values)
+
+    @cached_property
+    def binned_shares(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.reference.kind == NUMERIC and self.reference.n_unique > HISTOGRAM_MIN_UNIQUE:
+            reference_counts, current_counts = _histogram_counts(self.reference, self.values)
+        else:
+            reference_counts, current_counts = self.aligned_counts
+        return reference_counts / self.reference.n_values, current_counts / self.values.size
+
+    @cached_property
+    def n_unique(self) -> int:
+        """Unique values over reference and current together."""
+        reference, current = self.reference, self.values
+        if reference.kind == CATEGORICAL:
+            return int(self.aligned_counts[0].size)
+        fresh = np.empty(current.size, dtype=bool)
+        fresh[:1] = True
+        np.not_equal(current[1:], current[:-1], out=fresh[1:])
+        current_unique = current[fresh]
+        found = np.searchsorted(reference.values, current_unique).clip(max=reference.values.size - 1)
+        return reference.n_unique + int(np.count_nonzero(reference.values[found] != current_unique))
 
 
 def _fill_empty(shares: np.ndarray) -> np.ndarray:
@@ -303,25 +342,25 @@ def _fill_empty(shares: np.ndarray) -> np.ndarray:
     return np.where(shares == 0, smallest / 10**6 if smallest <= 0.0001 else 0.0001, shares)
 
 
-def _psi(reference: ColumnProfile, current: np.ndarray) -> float:
-    reference_shares, current_shares = _binned_shares(reference, current)
-    reference_shares, current_shares = _fill_empty(reference_shares), _fill_empty(current_shares)
+def _psi(window: _Window) -> float:
+    reference_shares, current_shares = (_fill_empty(shares) for shares in window.binned_shares)
     return float(np.sum((reference_shares - current_shares) * np.log(reference_shares / current_shares)))
 
 
-def _jensenshannon(reference: ColumnProfile, current: np.ndarray) -> float:
-    return float(distance.jensenshannon(*_binned_shares(reference, current)))
+def _jensenshannon(window: _Window) -> float:
+    return float(distance.jensenshannon(*window.binned_shares))
 
 
-def _wasserstein_normed(reference: ColumnProfile, current_sorted: np.ndarray) -> float:
+def _wasserstein_normed(window: _Window) -> float:
     """scipy's `wasserstein_distance` (the area between the two CDFs), from the stored sorted reference.
 
     Both sides are sorted, so a stable sort of their concatenation is one linear merge (timsort). Within a
     run of equal values the running counts differ from scipy's right-side counts, but such steps have zero
     width and add nothing.
     """
-    n, m = reference.values.size, current_sorted.size
-    both = np.concatenate((reference.values, current_sorted))
+    reference = window.reference
+    n, m = reference.values.size, window.values.size
+    both = np.concatenate((reference.values, window.values))
     order = np.argsort(both, kind="stable")
     merged = both[order]
     from_reference = order < n
@@ -331,9 +370,9 @@ def _wasserstein_normed(reference: ColumnProfile, current_sorted: np.ndarray) ->
     return wasserstein / max(reference.std, STD_FLOOR)
 
 
-def _z_test(reference: ColumnProfile, current: np.ndarray) -> float:
+def _z_test(window: _Window) -> float:
     """Two-proportion z-test of "first value in sorted order" against the rest, as Evidently's."""
-    reference_counts, current_counts = _aligned_counts(reference, current)
+    reference_counts, current_counts = window.aligned_counts
     if reference_counts.size == 1:
         return 1.0
     n1, n2 = int(reference_counts.sum()), int(current_counts.sum())
@@ -344,23 +383,25 @@ def _z_test(reference: ColumnProfile, current: np.ndarray) -> float:
     return float(2 * (1 - stats.norm.cdf(np.abs(z))))
 
 
-def _chi_square(reference: ColumnProfile, current: np.ndarray) -> float:
-    table = np.vstack(_aligned_counts(reference, current))
+def _chi_square(window: _Window) -> float:
+    table = np.vstack(window.aligned_counts)
     if table.shape[1] == 1:
         return 1.0  # one value on both sides: nothing to compare
     return float(stats.chi2_contingency(table, correction=False).pvalue)
 
 
-def _count_unique(reference: ColumnProfile, current: np.ndarray) -> int:
-    """Unique values over reference and current together (current non-missing, sorted if numeric)."""
-    if reference.kind == NUMERIC:
-        fresh = np.empty(current.size, dtype=bool)
-        fresh[:1] = True
-        np.not_equal(current[1:], current[:-1], out=fresh[1:])
-        current_unique = current[fresh]
-        found = np.searchsorted(reference.values, current_unique).clip(max=reference.values.size - 1)
-        return reference.n_unique + int(np.count_nonzero(reference.values[found] != current_unique))
-    return int(_aligned_counts(reference, current)[0].size)
+def _ks(window: _Window) -> float:
+    return float(stats.ks_2samp(window.reference.values, window.values).pvalue)
+
+
+STATISTICS = {
+    "ks": _ks,
+    "chisquare": _chi_square,
+    "z": _z_test,
+    "wasserstein": _wasserstein_normed,
+    "jensenshannon": _jensenshannon,
+    "psi": _psi,
+}
 
 
 def _default_test(reference: ColumnProfile, n_unique: int) -> str:
@@ -370,20 +411,6 @@ def _default_test(reference: ColumnProfile, n_unique: int) -> str:
             return "ks"
         return "z" if n_unique <= BINARY else "chisquare"
     return "wasserstein" if numeric_many else "jensenshannon"
-
-
-def _statistic(test: str, reference: ColumnProfile, current: np.ndarray) -> float:
-    if test == "ks":
-        return float(stats.ks_2samp(reference.values, current).pvalue)
-    if test == "wasserstein":
-        return _wasserstein_normed(reference, current)
-    if test == "jensenshannon":
-        return _jensenshannon(reference, current)
-    if test == "psi":
-        return _psi(reference, current)
-    if test == "z":
-        return _z_test(reference, current)
-    return _chi_square(reference, current)
 
 
 def _untested(name: str, reference: ColumnProfile, n_current: int, n_rows: int, reason: str) -> ColumnDrift:
@@ -423,13 +450,14 @@ def _column_drift(name: str, reference: ColumnProfile, raw: np.ndarray | None, o
         return _untested(name, reference, 0, 0, "the current window is empty")
     if current.size == 0:
         return _untested(name, reference, 0, n_rows, "the current window has only missing values in this column")
-    n_unique = _count_unique(reference, current)
+    window = _Window(reference, current)
+    n_unique = window.n_unique
     test = override.test or _default_test(reference, n_unique)
     if test in ("chisquare", "z") and reference.kind == NUMERIC and reference.n_unique > HISTOGRAM_MIN_UNIQUE:
         raise ValueError(f"{name}: the {test} test needs a categorical column or one with few unique values")
     threshold = override.threshold if override.threshold is not None else DEFAULT_THRESHOLDS[test]
-    statistic = _statistic(test, reference, current)
-    psi = statistic if test == "psi" else _psi(reference, current)
+    statistic = STATISTICS[test](window)
+    psi = statistic if test == "psi" else _psi(window)
     drifted = statistic < threshold if test in P_VALUE_TESTS else statistic >= threshold
     return ColumnDrift(
         column=name,
