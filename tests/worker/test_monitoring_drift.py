@@ -132,10 +132,17 @@ def test_binary_column_uses_the_z_test_equal_to_the_uncorrected_2x2_chi_square()
 
 
 def test_integer_columns_use_numpys_integer_bin_rule() -> None:
+    """21 integer values over 1.2M rows: Sturges asks for bins under 1 wide, numpy widens them to 1."""
     rng = np.random.default_rng(7)
-    ref, cur = rng.integers(0, 40, size=3000), rng.integers(5, 45, size=2500)
+    ref, cur = rng.integers(0, 21, size=600_000), rng.integers(0, 21, size=600_000)
+    assert np.histogram_bin_edges(np.concatenate([ref, cur]), bins="sturges").size == 21  # 20 bins, not 22
     column = report_for({"n": ref}, {"n": cur}, {"n": "numeric"}).column("n")
     assert column.psi == pytest.approx(hand_psi(*hand_shares(ref, cur, numeric_bins=True)), abs=TOL)
+    as_floats = report_for({"n": ref.astype(float)}, {"n": cur.astype(float)}, {"n": "numeric"}).column("n")
+    assert as_floats.psi == pytest.approx(
+        hand_psi(*hand_shares(ref.astype(float), cur.astype(float), numeric_bins=True)), abs=TOL
+    )
+    assert as_floats.psi != column.psi
 
 
 def test_constant_columns_give_no_drift_at_both_sizes() -> None:

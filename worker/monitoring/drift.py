@@ -280,11 +280,13 @@ def _aligned_counts(reference: ColumnProfile, current: np.ndarray) -> tuple[np.n
     return reference_counts, current_aligned
 
 
-def _histogram_counts(reference: ColumnProfile, current_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _histogram_counts(
+    reference: ColumnProfile, current_sorted: np.ndarray, current_integer: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts in numpy's Sturges bins over reference and current together, as `np.histogram` gives them."""
     first = min(reference.values[0], current_sorted[0])
     last = max(reference.values[-1], current_sorted[-1])
-    integer = reference.integer and current_sorted.dtype.kind in "iu"
+    integer = reference.integer and current_integer
     if first == last:
         first, last = first - 0.5, last + 0.5
         n_bins = 1
@@ -310,6 +312,7 @@ class _Window:
 
     reference: ColumnProfile
     values: np.ndarray  # non-missing; sorted for a numeric column
+    integer: bool  # numeric values given as integers
 
     @cached_property
     def aligned_counts(self) -> tuple[np.ndarray, np.ndarray]:
@@ -318,7 +321,7 @@ class _Window:
     @cached_property
     def binned_shares(self) -> tuple[np.ndarray, np.ndarray]:
         if self.reference.kind == NUMERIC and self.reference.n_unique > HISTOGRAM_MIN_UNIQUE:
-            reference_counts, current_counts = _histogram_counts(self.reference, self.values)
+            reference_counts, current_counts = _histogram_counts(self.reference, self.values, self.integer)
         else:
             reference_counts, current_counts = self.aligned_counts
         return reference_counts / self.reference.n_values, current_counts / self.values.size
@@ -438,8 +441,9 @@ def _column_drift(name: str, reference: ColumnProfile, raw: np.ndarray | None, o
         raise ValueError(f"{name}: the {override.test} test needs a numeric column")
     if raw is None:
         return _untested(name, reference, 0, 0, "the column is absent from the current window")
+    integer = False
     if reference.kind == NUMERIC:
-        current, _, _ = _numeric_values(raw)
+        current, _, integer = _numeric_values(raw)
         current = np.sort(current)
     else:
         current, _ = _categorical_values(raw)
@@ -450,7 +454,7 @@ def _column_drift(name: str, reference: ColumnProfile, raw: np.ndarray | None, o
         return _untested(name, reference, 0, 0, "the current window is empty")
     if current.size == 0:
         return _untested(name, reference, 0, n_rows, "the current window has only missing values in this column")
-    window = _Window(reference, current)
+    window = _Window(reference, current, integer)
     n_unique = window.n_unique
     test = override.test or _default_test(reference, n_unique)
     if test in ("chisquare", "z") and reference.kind == NUMERIC and reference.n_unique > HISTOGRAM_MIN_UNIQUE:
