@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from worker.monitoring.cbpe import cbpe_estimate, cbpe_fit
+from worker.monitoring.cbpe import CBPEModel, cbpe_estimate, cbpe_fit
 from worker.monitoring.performance import classification_performance
 
 
@@ -42,7 +44,10 @@ def test_calibration_is_fitted_when_it_lowers_the_calibration_error() -> None:
 
     model = cbpe_fit(y_true=ref_true, proba=overconfident(ref_proba), classes=classes)
     assert model.calibrated and model.ece_calibrated < model.ece_raw
+    stored = CBPEModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    restored = cbpe_estimate(model=stored, proba=overconfident(proba), y_pred=y_pred)
     estimate = cbpe_estimate(model=model, proba=overconfident(proba), y_pred=y_pred)
+    assert np.array_equal(restored.expected_confusion, estimate.expected_confusion)
     realised = classification_performance(y_true=y_true, y_pred=y_pred).accuracy
     uncalibrated = cbpe_estimate(
         model=cbpe_fit(y_true=ref_true, proba=ref_proba, classes=classes), proba=overconfident(proba), y_pred=y_pred

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import isotonic_regression
@@ -65,6 +66,34 @@ class CBPEModel:
     def calibrated(self) -> bool:
         return self.calibrator is not None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (class labels must be strings or numbers)."""
+        calibrator = self.calibrator
+        return {
+            "classes": list(self.classes),
+            "knots_x": None if calibrator is None else [knots.tolist() for knots in calibrator.knots_x],
+            "knots_y": None if calibrator is None else [knots.tolist() for knots in calibrator.knots_y],
+            "ece_raw": self.ece_raw,
+            "ece_calibrated": self.ece_calibrated,
+            "n_reference": self.n_reference,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CBPEModel:
+        calibrator = None
+        if data["knots_x"] is not None:
+            calibrator = Calibrator(
+                knots_x=tuple(np.array(knots, dtype=float) for knots in data["knots_x"]),
+                knots_y=tuple(np.array(knots, dtype=float) for knots in data["knots_y"]),
+            )
+        return cls(
+            classes=tuple(data["classes"]),
+            calibrator=calibrator,
+            ece_raw=float(data["ece_raw"]),
+            ece_calibrated=float(data["ece_calibrated"]),
+            n_reference=int(data["n_reference"]),
+        )
+
 
 @dataclass(frozen=True)
 class CBPEEstimate:
@@ -81,13 +110,17 @@ def _one_vs_rest_columns(proba: np.ndarray) -> np.ndarray:
 
 
 def _fit_calibrator(proba: np.ndarray, onehot: np.ndarray) -> Calibrator:
+    """Isotonic fit per column; rows with equal scores are pooled first (as scikit-learn does), so the
+    knots have strictly increasing x, and only the ends of each flat run are kept."""
     knots_x, knots_y = [], []
     for c in range(proba.shape[1]):
-        order = np.argsort(proba[:, c], kind="stable")
-        x = proba[order, c]
-        y = isotonic_regression(onehot[order, c].astype(float), increasing=True).x
-        knots_x.append(x)
-        knots_y.append(np.clip(y, 0.0, 1.0))
+        x, inverse, counts = np.unique(proba[:, c], return_inverse=True, return_counts=True)
+        mean_label = np.bincount(inverse, weights=onehot[:, c].astype(float)) / counts
+        y = np.clip(isotonic_regression(mean_label, weights=counts.astype(float), increasing=True).x, 0.0, 1.0)
+        keep = np.ones(x.size, dtype=bool)
+        keep[1:-1] = (y[1:-1] != y[:-2]) | (y[1:-1] != y[2:])
+        knots_x.append(x[keep])
+        knots_y.append(y[keep])
     return Calibrator(knots_x=tuple(knots_x), knots_y=tuple(knots_y))
 
 
