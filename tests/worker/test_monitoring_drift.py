@@ -106,6 +106,25 @@ def test_small_reference_categorical_chi_square_is_the_contingency_test() -> Non
     assert column.statistic == pytest.approx(stats.chi2_contingency(table, correction=False).pvalue, abs=TOL)
 
 
+def test_small_reference_with_a_category_on_one_side_only_gets_a_finite_chi_square() -> None:
+    ref = np.repeat(["a", "b", "c"], [300, 200, 100])
+    cur = np.repeat(["a", "b", "d"], [300, 200, 100])
+    column = report_for({"c": ref}, {"c": cur}, {"c": "categorical"}).column("c")
+    table = [[300, 200, 100, 0], [300, 200, 0, 100]]
+    assert column.test == "chisquare" and column.n_unique == 4
+    assert column.statistic == pytest.approx(stats.chi2_contingency(table, correction=False).pvalue, abs=TOL)
+    assert column.drifted is True and np.isfinite(column.psi)
+
+
+def test_boolean_and_integer_categories() -> None:
+    rng = np.random.default_rng(14)
+    reference = {"flag": rng.random(500) < 0.3, "code": rng.integers(0, 4, size=500)}
+    current = {"flag": rng.random(400) < 0.3, "code": rng.integers(0, 4, size=400)}
+    report = report_for(reference, current, dict.fromkeys(reference, "categorical"))
+    assert report.column("flag").test == "z" and report.column("code").test == "chisquare"
+    assert report.column("flag").drifted is False and report.column("code").drifted is False
+
+
 def test_goodness_of_fit_would_flag_what_the_contingency_test_does_not() -> None:
     """The reference's own noise: a current window that matches the population, not the small reference."""
     ref = np.repeat(["a", "b", "c"], [350, 330, 320])  # population is 1/3 each; reference drew unevenly
