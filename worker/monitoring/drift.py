@@ -327,17 +327,21 @@ class _Window:
         return reference_counts / self.reference.n_values, current_counts / self.values.size
 
     @cached_property
+    def merged(self) -> tuple[np.ndarray, np.ndarray]:
+        """Numeric: reference and window values in one sorted array, and how many of the first i + 1 came
+        from the reference. Both sides are sorted, so the stable sort of their concatenation is a single
+        linear merge (timsort)."""
+        both = np.concatenate((self.reference.values, self.values))
+        order = np.argsort(both, kind="stable")
+        return both[order], np.cumsum(order < self.reference.values.size)
+
+    @cached_property
     def n_unique(self) -> int:
         """Unique values over reference and current together."""
-        reference, current = self.reference, self.values
-        if reference.kind == CATEGORICAL:
+        if self.reference.kind == CATEGORICAL:
             return int(self.aligned_counts[0].size)
-        fresh = np.empty(current.size, dtype=bool)
-        fresh[:1] = True
-        np.not_equal(current[1:], current[:-1], out=fresh[1:])
-        current_unique = current[fresh]
-        found = np.searchsorted(reference.values, current_unique).clip(max=reference.values.size - 1)
-        return reference.n_unique + int(np.count_nonzero(reference.values[found] != current_unique))
+        merged, _ = self.merged
+        return 1 + int(np.count_nonzero(merged[1:] != merged[:-1]))
 
 
 def _fill_empty(shares: np.ndarray) -> np.ndarray:
@@ -355,22 +359,17 @@ def _jensenshannon(window: _Window) -> float:
 
 
 def _wasserstein_normed(window: _Window) -> float:
-    """scipy's `wasserstein_distance` (the area between the two CDFs), from the stored sorted reference.
+    """scipy's `wasserstein_distance` (the area between the two empirical CDFs), from the merged values.
 
-    Both sides are sorted, so a stable sort of their concatenation is one linear merge (timsort). Within a
-    run of equal values the running counts differ from scipy's right-side counts, but such steps have zero
-    width and add nothing.
+    scipy counts, at each merged value, the values ≤ it on each side (a binary search); the running counts
+    here differ only inside a run of equal values, where the step has zero width and adds nothing.
     """
     reference = window.reference
     n, m = reference.values.size, window.values.size
-    both = np.concatenate((reference.values, window.values))
-    order = np.argsort(both, kind="stable")
-    merged = both[order]
-    from_reference = order < n
-    reference_cdf = np.cumsum(from_reference)[:-1] / n
-    current_cdf = np.cumsum(~from_reference)[:-1] / m
-    wasserstein = float(np.sum(np.multiply(np.abs(reference_cdf - current_cdf), np.diff(merged))))
-    return wasserstein / max(reference.std, STD_FLOOR)
+    merged, from_reference = window.merged
+    from_current = np.arange(1, n + m) - from_reference[:-1]
+    gaps = np.abs(from_reference[:-1] / n - from_current / m)
+    return float(np.sum(np.multiply(gaps, np.diff(merged)))) / max(reference.std, STD_FLOOR)
 
 
 def _z_test(window: _Window) -> float:
