@@ -75,10 +75,12 @@ def test_bad_input_is_refused_and_an_empty_window_gives_none() -> None:
     proba, y_true, _ = calibrated_model(500, 3, seed=5)
     with pytest.raises(ValueError, match="one column per class"):
         cbpe_fit(y_true=y_true, proba=proba, classes=(0, 1))
-    with pytest.raises(ValueError, match="not in classes"):
+    with pytest.raises(ValueError, match="y_true holds a label that is not in classes"):
         cbpe_fit(y_true=y_true + 5, proba=proba, classes=(0, 1, 2))
     with pytest.raises(ValueError, match="at least 50 labelled rows"):
         cbpe_fit(y_true=y_true[:10], proba=proba[:10], classes=(0, 1, 2))
     model = cbpe_fit(y_true=y_true, proba=proba, classes=(0, 1, 2))
+    with pytest.raises(ValueError, match="y_pred holds a label that is not in classes"):
+        cbpe_estimate(model=model, proba=proba, y_pred=np.full(500, 7))
     empty = cbpe_estimate(model=model, proba=np.empty((0, 3)), y_pred=np.array([], dtype=int))
     assert empty.n_rows == 0 and empty.accuracy is None and empty.f1_macro is None

@@ -134,10 +134,10 @@ def expected_calibration_error(proba: np.ndarray, onehot: np.ndarray) -> float:
     return float(np.sum(errors) / proba.shape[1])
 
 
-def _onehot(y_true: np.ndarray, classes: Sequence[object]) -> np.ndarray:
-    onehot = np.column_stack([y_true == c for c in classes])
+def _onehot(labels: np.ndarray, classes: Sequence[object], field: str) -> np.ndarray:
+    onehot = np.column_stack([labels == c for c in classes])
     if not onehot.any(axis=1).all():
-        raise ValueError("y_true holds a label that is not in classes")
+        raise ValueError(f"{field} holds a label that is not in classes")
     return onehot
 
 
@@ -151,7 +151,7 @@ def cbpe_fit(*, y_true: np.ndarray, proba: np.ndarray, classes: Sequence[object]
     if y_true.size < CALIBRATION_FOLDS * ECE_BINS:
         raise ValueError(f"the reference window needs at least {CALIBRATION_FOLDS * ECE_BINS} labelled rows")
     scores = _one_vs_rest_columns(proba)
-    onehot = _one_vs_rest_columns(_onehot(y_true, classes))
+    onehot = _one_vs_rest_columns(_onehot(y_true, classes, "y_true"))
     out_of_fold = np.empty_like(scores)
     fold = np.arange(y_true.size) % CALIBRATION_FOLDS
     for k in range(CALIBRATION_FOLDS):
@@ -180,7 +180,7 @@ def cbpe_estimate(*, model: CBPEModel, proba: np.ndarray, y_pred: np.ndarray) ->
     if model.calibrator is not None:
         scores = model.calibrator.apply(_one_vs_rest_columns(proba))
         proba = np.column_stack([1 - scores[:, 0], scores[:, 0]]) if proba.shape[1] == 2 else scores
-    predicted = _onehot(y_pred, model.classes).astype(float)
+    predicted = _onehot(y_pred, model.classes, "y_pred").astype(float)
     confusion = proba.T @ predicted  # [true i, predicted j] = sum over rows predicted j of P(class i)
     tp = np.diag(confusion)
     denominator = confusion.sum(axis=0) + confusion.sum(axis=1)  # 2TP + FP + FN
