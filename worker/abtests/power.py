@@ -100,7 +100,7 @@ def sample_size(
         total=total,
         fixed_horizon_per_arm=fixed_per_arm,
         sequential=sequential,
-        inflation=((q + z_power) / (fixed_q + z_power)) ** 2,
+        inflation=float(((q + z_power) / (fixed_q + z_power)) ** 2),
         alpha_per_comparison=alpha_each,
         mde_absolute=difference,
         expected_days=total / traffic_per_day if traffic_per_day else None,
