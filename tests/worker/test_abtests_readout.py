@@ -263,6 +263,8 @@ def test_bad_metric_specs_name_the_field(build: object, field: str) -> None:
 def test_statistics_for_unknown_arms_or_guardrails_are_refused() -> None:
     with pytest.raises(ValueError, match="primary: unknown arms"):
         readout(config=_config(), primary=_rates(control=(1, 10), other=(1, 10)))
+    with pytest.raises(ValueError, match="assignments: unknown arms"):
+        readout(config=_config(), primary={}, assignments={"control": 5, "other": 5})
     with pytest.raises(ValueError, match="guardrails: unknown metrics"):
         readout(config=_config(), primary={}, guardrails={"latency": {}})
 

@@ -317,6 +317,9 @@ def readout(
     unknown = set(primary) - set(config.arms)
     if unknown:
         raise ValueError(f"primary: unknown arms {', '.join(sorted(unknown))}")
+    unknown = set(assignments or {}) - set(config.arms)
+    if unknown:
+        raise ValueError(f"assignments: unknown arms {', '.join(sorted(unknown))}")
     guardrails = guardrails or {}
     unknown = set(guardrails) - {g.name for g in config.guardrails}
     if unknown:
