@@ -19,6 +19,9 @@ try:
     DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}").as_django()}
     ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
     MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+    # Uploaded archives (model bundles, skops files): what they may unpack to, in total and per byte uploaded.
+    MAX_UPLOAD_UNPACKED_BYTES = env_int("MAX_UPLOAD_UNPACKED_BYTES", 4 * 1024**3, minimum=1)
+    MAX_UPLOAD_COMPRESSION_RATIO = env_int("MAX_UPLOAD_COMPRESSION_RATIO", 100, minimum=1)
     CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
     CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
     # The queue tasks go to, including the follow-up tasks a worker queues (the next pipeline stage).
