@@ -1,10 +1,14 @@
-"""Ways around the production gate that must stay closed: the Django admin and the shadow version."""
+"""Ways around the production gate that must stay closed (the Django admin, the shadow version), and the demo
+command next to a busy worker."""
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
@@ -126,3 +130,16 @@ def test_the_shadow_of_a_production_deployment_passes_the_production_gate(
     accepted = client_for(member).post(url, body, format="json")
     assert accepted.status_code == 200, accepted.json()
     assert selectors.deployment_targets(production)[1].model_version_id == versions[1].pk
+
+
+def test_the_demo_command_waits_a_bounded_time_for_a_reconcile_in_progress(project: Any, versions: list) -> None:
+    project.slug = "demo"
+    project.save()
+    admin = UserFactory(username="root", is_staff=True, is_superuser=True)
+    deployment = services.deployment_create(project=project, name="iris", actor=admin, model_version=versions[0])
+    # A worker holds the reconcile lease (and never lets go within the wait).
+    Deployment.objects.filter(pk=deployment.pk).update(reconcile_lease_until=timezone.now() + timedelta(minutes=5))
+    started = time.monotonic()
+    with pytest.raises(CommandError, match="A worker is still reconciling deployment iris after 1 s"):
+        call_command("load_demo_deployment", "--wait-seconds", "1")
+    assert time.monotonic() - started >= 1
