@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -19,6 +20,9 @@ try:
     DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}").as_django()}
     ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
     MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+    # Uploaded archives (model bundles, skops files): what they may unpack to, in total and per byte uploaded.
+    MAX_UPLOAD_UNPACKED_BYTES = env_int("MAX_UPLOAD_UNPACKED_BYTES", 4 * 1024**3, minimum=1)
+    MAX_UPLOAD_COMPRESSION_RATIO = env_int("MAX_UPLOAD_COMPRESSION_RATIO", 100, minimum=1)
     CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
     CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
     # The queue tasks go to, including the follow-up tasks a worker queues (the next pipeline stage).
@@ -26,6 +30,10 @@ try:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
     SECURE_BEHIND_PROXY = env_bool("SECURE_BEHIND_PROXY", False)
+    # Sign-in lockout (docs/projects-and-access.md): this many failures for one username or from one address
+    # lock it until LOGIN_COOLOFF_SECONDS pass without another failure.
+    LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+    LOGIN_COOLOFF_SECONDS = env_int("LOGIN_COOLOFF_SECONDS", 60, minimum=1)
     EMAIL_BACKEND = env_str(
         "EMAIL_BACKEND",
         "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
@@ -93,6 +101,7 @@ INSTALLED_APPS = [
     "apps.experiments",
     "apps.registry",
     "apps.deployments",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -106,7 +115,21 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "apps.core.middleware.RequestContextMiddleware",
     "apps.core.middleware.DomainErrorMiddleware",
+    # Last, as django-axes requires: it turns a sign-in refused for lockout into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Every password check (the login page, the admin's login) passes django-axes first; bad API tokens are
+# counted by apps.core.authentication. Locks are per username and per client address, so neither guessing
+# one account from many addresses nor trying many accounts from one address gets past LOGIN_FAILURE_LIMIT.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_COOLOFF_SECONDS)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "apps.core.authentication.client_ip"
+AXES_LOCKOUT_CALLABLE = "apps.core.authentication.lockout_response"
+# Failures are what the lockout needs; a row per successful sign-in would only grow.
+AXES_DISABLE_ACCESS_LOG = True
 
 ROOT_URLCONF = "mlops_console.urls"
 WSGI_APPLICATION = "mlops_console.wsgi.application"

@@ -16,7 +16,8 @@ class MembershipInline(admin.TabularInline):
 class ProjectAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "required_approvals", "created_at"]
     search_fields = ["name", "slug"]
-    readonly_fields = ["slug", "name_key", "created_at"]
+    # How many approvers production needs is changed through the API, with an audit entry, never here.
+    readonly_fields = ["slug", "name_key", "required_approvals", "created_at"]
     inlines = [MembershipInline]
 
 

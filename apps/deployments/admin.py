@@ -1,36 +1,41 @@
+"""Deployments in the Django admin, read-only: what serves changes only through the services (the UI, the API,
+`manage.py deploy`), so that the production gate, the generation check and the audit log always apply."""
+
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from apps.deployments.models import Deployment, DeploymentEvent, DeploymentTarget
 
 
-class DeploymentTargetInline(admin.TabularInline):
+class ReadOnlyAdminMixin:
+    """No add, change or delete: the admin shows these rows; a change must pass the services' checks."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object | None = None) -> bool:
+        return False
+
+
+class DeploymentTargetInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = DeploymentTarget
     extra = 0
-    raw_id_fields = ["model_version"]
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["name", "project", "registered_model", "environment", "backend", "strategy", "phase", "status"]
     list_filter = ["status", "backend", "environment", "strategy"]
     search_fields = ["name"]
     inlines = [DeploymentTargetInline]
-    readonly_fields = [
-        "generation",
-        "applied_generation",
-        "applied_spec",
-        "observed",
-        "observed_at",
-        "strategy_state",
-        "rollback_spec",
-        "reconcile_lease_until",
-    ]
 
 
 @admin.register(DeploymentEvent)
-class DeploymentEventAdmin(admin.ModelAdmin):
+class DeploymentEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["deployment", "kind", "message", "created_at"]
     list_filter = ["kind"]
-    readonly_fields = ["deployment", "kind", "message", "data", "generation", "actor", "created_at"]

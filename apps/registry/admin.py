@@ -22,12 +22,16 @@ from apps.registry.models import (
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows made by services; the admin shows them and never edits them (a change must be audited)."""
+    """Rows made by services; the admin shows them and never edits or deletes them (a change must be audited:
+    deleting an alias or a request would change what serves, or erase the record of an approval)."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: object | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object | None = None) -> bool:
         return False
 
 

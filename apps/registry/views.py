@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.core.choices import ProjectRole
+from apps.core.exceptions import PayloadTooLarge
 from apps.core.filters import filter_page
 from apps.core.models import Project
 from apps.core.notifications.models import Delivery
@@ -102,6 +103,9 @@ def model_register(request: HttpRequest) -> HttpResponse:
             signature=data["signature"],
             label=data["label"],
         )
+    except PayloadTooLarge as exc:
+        form.add_error(None, str(exc))
+        return _render_list(request, form, status=413)
     except ValidationError as exc:
         for field, errors in exc.message_dict.items():
             form.add_error(field if field in form.fields else None, errors)

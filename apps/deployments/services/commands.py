@@ -89,7 +89,7 @@ def _validate_autoscale(kind: str, minimum: int | None, maximum: int | None) -> 
         raise ValidationError({"autoscale_max": f"Must be at least autoscale_min ({minimum})."})
 
 
-def deployment_gate_check(*, environment: str, version: ModelVersion) -> None:
+def deployment_gate_check(*, environment: str, version: ModelVersion, field: str = "model_version") -> None:
     """Production takes only a version in the production stage or with an approved request to production."""
     if environment != DeploymentEnvironment.PRODUCTION or version.stage == ModelVersionStage.PRODUCTION:
         return
@@ -110,7 +110,7 @@ def deployment_gate_check(*, environment: str, version: ModelVersion) -> None:
     raise PermissionDenied(
         f"{version} is in {stage}: a production deployment needs a version in the production stage or with an "
         f"approved promotion request to production. {next_step}",
-        field="model_version",
+        field=field,
     )
 
 
@@ -353,6 +353,9 @@ def deployment_set_traffic(
     )
     if shadow is not None and shadow.pk in {v.pk for v, _ in live}:
         raise ValidationError({"shadow_model_version": "The shadow must not also take live traffic."})
+    if shadow is not None:
+        # A shadow is loaded into the production server process and sees production requests: same gate.
+        deployment_gate_check(environment=deployment.environment, version=shadow, field="shadow_model_version")
     deployment.rollback_spec = _snapshot(deployment)
     _set_targets(deployment, live, shadow=shadow)
     deployment.strategy, deployment.phase, deployment.strategy_state = DeploymentStrategy.DIRECT, RolloutPhase.DONE, {}
@@ -496,8 +499,8 @@ def deployment_start(
     _check_generation(deployment, expected_generation)
     if deployment.status != DeploymentStatus.STOPPED:
         raise Conflict(f"Deployment {deployment.name} is not stopped.")
-    live, _ = selectors.deployment_targets(deployment)
-    for target in live:
+    live, shadow = selectors.deployment_targets(deployment)
+    for target in [*live, *([shadow] if shadow else [])]:
         deployment_gate_check(environment=deployment.environment, version=target.model_version)
     deployment.status, deployment.status_message = DeploymentStatus.PROGRESSING, ""
     _save_desired(deployment, ["status", "status_message"])

@@ -609,10 +609,36 @@ def pipeline_stage_revoked(*, stage_id: int, task_id: str) -> None:
     _stage_finish(stage_id=stage_id, task_id=task_id, outcome=outcome)
 
 
-def pipeline_runs_reap_stale() -> int:
-    """Fail stages (and trial runs) whose heartbeat stopped: their worker died without a retry taking over.
+def _stage_requeue(stage: PipelineStage, *, silent: float) -> bool:
+    """Send a dead worker's stage again under a fresh task id, once (attempt 2 of MAX_ATTEMPTS).
 
-    Run by beat every REAP_INTERVAL; returns how many stages and trial runs it ended.
+    A whole worker killed mid-stage leaves its message unacknowledged until the broker's visibility timeout
+    (an hour), so no redelivery would take over in time. The original message, should it come back, finds
+    another task id on the stage and leaves. False when the stage is not the reaper's to re-queue.
+    """
+    if stage.pipeline_run.executor != EXECUTOR_WORKER or stage.attempts >= MAX_ATTEMPTS:
+        return False
+    note = (
+        f"{timezone.now():%H:%M:%S} the worker running attempt {stage.attempts} stopped reporting {silent:.0f} s "
+        f"ago; re-queued, attempt {stage.attempts + 1} of {MAX_ATTEMPTS}\n"
+    )
+    with transaction.atomic():
+        # The update locks the row until commit: a late heartbeat or a takeover in between wins instead.
+        still_dead = PipelineStage.objects.filter(
+            pk=stage.pk, status=PipelineStageStatus.RUNNING, task_id=stage.task_id, heartbeat_at=stage.heartbeat_at
+        ).update(log=Concat(F("log"), Value(note)))
+        if not still_dead:
+            return False
+        _queue_stage(stage.pipeline_run, stage)
+    logger.warning("stage %s: its worker stopped reporting %.0f s ago; re-queued", stage.pk, silent)
+    return True
+
+
+def pipeline_runs_reap_stale() -> int:
+    """Re-queue once, else fail, stages whose heartbeat stopped (their worker died without a retry taking
+    over), and fail such trial runs.
+
+    Run by beat every REAP_INTERVAL; returns how many stages and trial runs it ended (re-queued ones are not).
     """
     from apps.experiments.services.studies import study_trial_lost
 
@@ -627,6 +653,8 @@ def pipeline_runs_reap_stale() -> int:
             continue
         cancelling = stage.pipeline_run.status == PipelineRunStatus.CANCELLING
         silent = (now - (stage.heartbeat_at or stage.started_at)).total_seconds()
+        if not cancelling and not waiting_on_study and _stage_requeue(stage, silent=silent):
+            continue
         outcome = (
             Outcome(PipelineStageStatus.CANCELLED, error="cancelled by request (the worker stopped)")
             if cancelling

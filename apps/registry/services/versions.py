@@ -22,6 +22,7 @@ from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
 from apps.core.services import artifact_verified_path, audit_record, clean_name
+from apps.core.uploads import archive_check_limits
 from apps.registry.choices import ModelVersionSource, RegistryEventType
 from apps.registry.events import event_emit
 from apps.registry.models import LABEL_PATTERN, ModelVersion
@@ -389,6 +390,7 @@ def model_version_register_upload(
     """
     require_project_role(actor, project, ProjectRole.EDITOR)
     path = Path(path)
+    archive_check_limits(path)
     fmt = detect_format(path)
     if fmt == "pickle" and not settings.REGISTRY_TRUST_PICKLE:
         raise ValidationError(

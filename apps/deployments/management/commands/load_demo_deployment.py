@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from apps.registry.services import model_version_register
 REGISTRY_DEMO_MODEL = "iris-classifier"
 MODEL_NAME = "iris"
 DEPLOYMENT_NAME = "iris"
+# How long to wait, by default, for a reconcile another process (a worker) is running on the deployment.
+BUSY_WAIT_SECONDS = 180
+BUSY_POLL_SECONDS = 0.5
 
 
 def _iris_bundle(path: Path) -> Path:
@@ -53,10 +57,31 @@ def _iris_bundle(path: Path) -> Path:
 class Command(BaseCommand):
     help = (
         "Deploy the demo iris model on the local backend (idempotent): the registry demo's production version of "
-        "iris-classifier (following approvals, blue-green) when it exists. Waits until it answers; prints the URL "
-        "and an example curl. Model servers outlive the console: the reconciler adopts them on the next start "
-        "(`manage.py stop_model_servers` stops them)."
+        "iris-classifier (following approvals, blue-green) when it exists. Waits until it answers (and first for a "
+        "reconcile a worker is running on it); prints the URL and an example curl. Model servers outlive the "
+        "console: the reconciler adopts them on the next start (`manage.py stop_model_servers` stops them)."
     )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--wait-seconds",
+            type=int,
+            default=BUSY_WAIT_SECONDS,
+            help="How long to wait for a reconcile that a worker is running on the deployment to finish "
+            f"(default {BUSY_WAIT_SECONDS}).",
+        )
+
+    def _reconcile(self, deployment: Deployment, wait_seconds: int) -> str:
+        """Reconcile here; while another reconciler (a worker) holds the deployment, wait for it to finish first."""
+        deadline = time.monotonic() + wait_seconds
+        while (outcome := services.deployment_reconcile(deployment_id=deployment.pk)) == "busy":
+            if time.monotonic() >= deadline:
+                raise CommandError(
+                    f"A worker is still reconciling deployment {deployment.name} after {wait_seconds} s; "
+                    "run the command again later, or give --wait-seconds."
+                )
+            time.sleep(BUSY_POLL_SECONDS)
+        return outcome
 
     def _create(self, project: Project, admin: Any) -> Deployment:
         production = ModelVersion.objects.filter(
@@ -99,7 +124,7 @@ class Command(BaseCommand):
         deployment = Deployment.objects.filter(name=DEPLOYMENT_NAME).first()
         if deployment is None:
             deployment = self._create(project, admin)
-        outcome = services.deployment_reconcile(deployment_id=deployment.pk)
+        outcome = self._reconcile(deployment, options["wait_seconds"])
         deployment.refresh_from_db()
         url = deployment.url
         if url is None:

@@ -1,0 +1,62 @@
+"""A whole worker SIGKILLed mid-stage: its message stays unacknowledged until the broker's visibility timeout
+(an hour), so the reaper re-queues the stage once (attempt 2) instead of failing the run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from apps.experiments import services
+from apps.experiments.models import PipelineRun, PipelineStage
+from apps.experiments.services import pipelines
+from tests.experiments.conftest import IRIS_CONFIG
+
+
+def _dead_worker_stage(pipeline_run: PipelineRun, attempts: int) -> PipelineStage:
+    """The ingest stage as a killed worker leaves it: running, its heartbeat five minutes old."""
+    PipelineRun.objects.filter(pk=pipeline_run.pk).update(status="running")
+    stage = pipeline_run.stages.get(name="ingest")
+    PipelineStage.objects.filter(pk=stage.pk).update(
+        status="running", attempts=attempts, heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    stage.refresh_from_db()
+    return stage
+
+
+def test_the_reaper_requeues_a_dead_workers_stage_once(
+    project, owner, iris, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks():  # the first stage's message is "lost" with its worker
+        pipeline_run = services.pipeline_run_create(
+            project=project, actor=owner, config_text=IRIS_CONFIG, executor=services.EXECUTOR_WORKER
+        )
+    stage = _dead_worker_stage(pipeline_run, attempts=1)
+    first_task = stage.task_id
+    with django_capture_on_commit_callbacks() as sent:
+        assert services.pipeline_runs_reap_stale() == 0, "re-queued, not ended"
+    stage.refresh_from_db()
+    assert stage.status == "queued" and stage.task_id != first_task and len(sent) == 1
+    assert "stopped reporting 30" in stage.log and "re-queued, attempt 2 of 2" in stage.log
+    # The dead worker's message, redelivered an hour later, is no longer the stage's.
+    pipelines.pipeline_stage_execute(stage_id=stage.pk, task_id=first_task)
+    stage.refresh_from_db()
+    assert stage.status == "queued" and stage.attempts == 1
+    pipelines.pipeline_stage_execute(stage_id=stage.pk, task_id=stage.task_id)
+    stage.refresh_from_db()
+    assert stage.status == "succeeded" and stage.attempts == 2
+    pipeline_run.refresh_from_db()
+    assert pipeline_run.status == "running"
+
+
+def test_a_second_dead_worker_fails_the_stage(project, owner, iris, django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks():
+        pipeline_run = services.pipeline_run_create(
+            project=project, actor=owner, config_text=IRIS_CONFIG, executor=services.EXECUTOR_WORKER
+        )
+    stage = _dead_worker_stage(pipeline_run, attempts=2)
+    assert services.pipeline_runs_reap_stale() == 1
+    stage.refresh_from_db()
+    assert stage.status == "failed" and "no retry took over" in stage.error
+    pipeline_run.refresh_from_db()
+    assert pipeline_run.status == "failed"
