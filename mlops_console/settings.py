@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
+    "apps.telemetry",
     "apps.datasets",
     "apps.experiments",
     "apps.registry",
