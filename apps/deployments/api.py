@@ -1,5 +1,6 @@
 """The deployments API: deployments with rollout, promote, rollback, scale, traffic, events and manifests;
-and the ingest endpoints the model servers call with their deployment's bearer token (not a user token).
+and the artifact endpoint the model servers' pods call with their deployment's bearer token (not a user token;
+prediction events go to apps.telemetry's ingest API).
 
 Writes to an existing deployment carry the `generation` they were based on, in the body or as `If-Match`;
 a stale one answers 409, so of two concurrent changes exactly one wins.
@@ -371,23 +372,6 @@ class DeploymentTokenScheme(OpenApiAuthenticationExtension):
 class HasDeploymentToken(permissions.BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         return isinstance(request.auth, Deployment)
-
-
-class IngestEventsSerializer(serializers.Serializer):
-    events = serializers.ListField(child=serializers.DictField())
-
-
-class PredictionIngestApi(APIView):
-    """Model servers POST `{"events": [...]}` here with their deployment's token; bulk-inserted, idempotent."""
-
-    authentication_classes = [DeploymentTokenAuthentication]
-    permission_classes = [HasDeploymentToken]
-
-    @extend_schema(request=IngestEventsSerializer, responses={202: OpenApiResponse(description="accepted count")})
-    def post(self, request: Request) -> Response:
-        events = request.data.get("events") if isinstance(request.data, dict) else None
-        accepted = services.predictions_ingest(deployment=request.auth, events=events)
-        return Response({"accepted": accepted}, status=status.HTTP_202_ACCEPTED)
 
 
 class ArtifactFetchApi(APIView):

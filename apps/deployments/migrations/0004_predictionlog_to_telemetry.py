@@ -63,7 +63,9 @@ class Migration(migrations.Migration):
                     field=models.BigIntegerField(),
                 ),
                 migrations.RenameIndex(
-                    model_name="predictionlog", new_name="telemetry_log_window_idx", old_name="deployments_log_window_idx"
+                    model_name="predictionlog",
+                    new_name="telemetry_log_window_idx",
+                    old_name="deployments_log_window_idx",
                 ),
                 migrations.RenameIndex(
                     model_name="predictionlog",
