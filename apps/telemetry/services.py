@@ -205,8 +205,9 @@ def _copy(rows: Iterable[tuple]) -> None:
     buffer = io.StringIO()
     buffer.writelines("\t".join(map(_copy_value, row)) + "\n" for row in rows)
     buffer.seek(0)
-    with connection.cursor() as cursor:
-        cursor.cursor.copy_expert(f"COPY {PredictionLog._meta.db_table} ({', '.join(_COLUMNS)}) FROM STDIN", buffer)
+    # Through Django's error wrapper, so a unique violation is an IntegrityError like any other.
+    with connection.cursor() as cursor, connection.wrap_database_errors:
+        cursor.copy_expert(f"COPY {PredictionLog._meta.db_table} ({', '.join(_COLUMNS)}) FROM STDIN", buffer)
 
 
 def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
