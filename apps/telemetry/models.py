@@ -48,7 +48,6 @@ class PredictionLog(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["deployment_id", "created_at"], name="telemetry_log_window_idx"),
             models.Index(fields=["deployment_id", "model_version_id", "created_at"], name="telemetry_log_version_idx"),
             models.Index(fields=["project_id", "created_at"], name="telemetry_log_project_idx"),
         ]

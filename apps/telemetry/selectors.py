@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Case, Expression, FloatField, Sum, Value, When
+from django.db import connection
+from django.db.models import FloatField, Sum
 from django.db.models.functions import Cast
-from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 
 from apps.telemetry.models import BUCKET_FIELDS, LATENCY_BUCKETS_MS, PredictionLog, PredictionRollup
@@ -44,40 +44,23 @@ def minute_floor(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-def _float(expression: Any) -> Cast:
-    return Cast(expression, FloatField())
-
-
-def _cumulative(count: int) -> Expression:
-    """Sum of the first `count` histogram buckets over the window (SQL)."""
-    total: Expression = Value(0)
-    for name in BUCKET_FIELDS[:count]:
-        total = total + Sum(name)
-    return total
-
-
-def _quantile(q: float) -> Case:
-    """The q-quantile of latency from the window's histogram, as one SQL expression (NULL without latencies).
+def _quantile_sql(q: float) -> str:
+    """The q-quantile of latency from a window's summed histogram (columns `lc`, `b00` … as floats), in SQL.
 
     The rank q × n falls in the first bucket whose cumulative count reaches it; the value is interpolated
     linearly between that bucket's bounds. In the last bucket (slower than every bound) it is the highest
-    bound: the histogram knows no more.
+    bound: the histogram knows no more. NULL when the window has no latency.
     """
-    rank = _float(Sum("latency_count")) * Value(q)
-    whens = []
-    lower = 0.0
+    whens = ["WHEN lc = 0 THEN NULL"]
+    lower, cumulative = 0.0, "0"
     for index, upper in enumerate(LATENCY_BUCKETS_MS):
-        before = _float(_cumulative(index))
-        share = (rank - before) / _float(Sum(BUCKET_FIELDS[index]))
+        before, cumulative = cumulative, f"{cumulative} + b{index:02d}"
         whens.append(
-            When(
-                LessThanOrEqual(rank, _float(_cumulative(index + 1))),
-                then=Value(lower) + Value(upper - lower) * share,
-            )
+            f"WHEN {q} * lc <= {cumulative} THEN {lower} + {upper - lower} * ({q} * lc - ({before})) / b{index:02d}"
         )
         lower = upper
-    whens.append(When(LessThanOrEqual(rank, _float(Sum("latency_count"))), then=Value(lower)))
-    return Case(*whens, default=None, output_field=FloatField())
+    whens.append(f"ELSE {lower}")
+    return f"CASE {' '.join(whens)} END"
 
 
 def _rollups(*, deployment_id: int, since: datetime, until: datetime | None = None) -> Any:
@@ -88,27 +71,35 @@ def _rollups(*, deployment_id: int, since: datetime, until: datetime | None = No
 def version_window_stats(
     *, deployment_id: int, version_ids: list[int], since: datetime, until: datetime
 ) -> dict[int, VersionWindow]:
-    """Per-version live (not shadow) figures over the minutes that overlap [since, until); one query."""
-    rows = (
+    """Per-version live (not shadow) figures over the minutes that overlap [since, until); one query.
+
+    The inner query sums the window's rollup rows per version; the outer one takes the quantiles from those
+    sums (so each bucket is summed once, not once per quantile and bucket).
+    """
+    sums = (
         _rollups(deployment_id=deployment_id, since=since, until=until)
         .filter(model_version_id__in=version_ids, shadow=False)
         .values("model_version_id")
         .annotate(
             n=Sum("requests"),
             failed=Sum("errors"),
-            mean=_float(Sum("latency_sum_ms")) / _float(Sum("latency_count")),
-            **{name: _quantile(q) for name, q in QUANTILES.items()},
+            latency_sum=Cast(Sum("latency_sum_ms"), FloatField()),
+            lc=Cast(Sum("latency_count"), FloatField()),
+            **{f"b{index:02d}": Cast(Sum(name), FloatField()) for index, name in enumerate(BUCKET_FIELDS)},
         )
         .order_by()
     )
-    stats = {version_id: VersionWindow(0, 0) for version_id in version_ids}
-    for row in rows:
-        stats[row["model_version_id"]] = VersionWindow(
-            requests=row["n"],
-            errors=row["failed"],
-            mean_ms=row["mean"],
-            **{name: row[name] for name in QUANTILES},
+    inner, params = sums.query.sql_with_params()
+    quantiles = ", ".join(_quantile_sql(q) for q in QUANTILES.values())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT model_version_id, n, failed, latency_sum / NULLIF(lc, 0), {quantiles} FROM ({inner}) AS sums",
+            params,
         )
+        rows = cursor.fetchall()
+    stats = {version_id: VersionWindow(0, 0) for version_id in version_ids}
+    for version_id, requests, errors, mean, *values in rows:
+        stats[version_id] = VersionWindow(requests, errors, *values, mean_ms=mean)
     return stats
 
 

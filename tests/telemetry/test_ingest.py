@@ -177,30 +177,51 @@ def test_shadow_pairs_match_answers_by_request(deployment: Deployment) -> None:
     assert sorted(pairs, key=str) == sorted([([1], [2]), (None, [3])], key=str)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_batch_racing_its_copy_is_answered_503_and_stored_once(deployment: Deployment, api: Any) -> None:
-    """A server that re-sends a batch before the first attempt commits gets a 503, retries, and nothing doubles."""
-    body = {"events": [event(deployment, "r1")]}
+def hold_uncommitted(
+    deployment: Deployment, request_id: str, version_id: int = 7
+) -> tuple[threading.Thread, threading.Event]:
+    """Another server's transaction that has stored an event and not committed yet; commits on `release`."""
     inside, release = threading.Event(), threading.Event()
-    outcome: dict[str, Any] = {}
 
-    def first_attempt() -> None:
+    def run() -> None:
         with transaction.atomic():
-            outcome["first"] = predictions_ingest(source=source(deployment), events=body["events"])
+            predictions_ingest(source=source(deployment), events=[event(deployment, request_id, version_id=version_id)])
             inside.set()
             release.wait(10)
         connection.close()
 
-    thread = threading.Thread(target=first_attempt)
+    thread = threading.Thread(target=run)
     thread.start()
     assert inside.wait(10)
-    threading.Timer(0.5, release.set).start()  # the second attempt blocks on the unique index until then
-    second = api.post(URL, body, format="json", **token(deployment))
-    thread.join(10)
-    assert outcome["first"] == 1 and second.status_code == 503
+    return thread, release
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_racing_its_copies_is_stored_once(deployment: Deployment, api: Any) -> None:
+    """A server re-sends a batch before the first attempt committed: the copy waits, then keeps what is new."""
+    first, release = hold_uncommitted(deployment, "r1")
+    threading.Timer(0.5, release.set).start()  # the copy blocks on the unique index until then
+    copy = api.post(
+        URL, {"events": [event(deployment, "r1"), event(deployment, "r2")]}, format="json", **token(deployment)
+    )
+    first.join(10)
+    assert copy.status_code == 202 and copy.json() == {"accepted": 1}
+    assert PredictionLog.objects.count() == 2 and PredictionRollup.objects.get().requests == 2
+
+    # Raced twice (the second look finds another uncommitted copy): 503, which servers retry.
+    # (Another version for r4: transactions adding to the same minute's rollup row wait for each other.)
+    holders = [hold_uncommitted(deployment, "r3"), hold_uncommitted(deployment, "r4", version_id=8)]
+    threading.Timer(0.5, holders[0][1].set).start()
+    threading.Timer(1.0, holders[1][1].set).start()
+    body = {"events": [event(deployment, "r3"), event(deployment, "r4", version_id=8)]}
+    raced = api.post(URL, body, format="json", **token(deployment))
+    for thread, _ in holders:
+        thread.join(10)
+    assert raced.status_code == 503
     retry = api.post(URL, body, format="json", **token(deployment))
     assert retry.status_code == 202 and retry.json() == {"accepted": 0}
-    assert PredictionLog.objects.count() == 1 and PredictionRollup.objects.get().requests == 1
+    assert PredictionLog.objects.count() == 4
+    assert [rollup.requests for rollup in PredictionRollup.objects.order_by("model_version_id")] == [3, 1]
 
 
 def test_telemetry_imports_no_app_above_it() -> None:

@@ -2,7 +2,8 @@
 
 The database work happens here, while the model is still in this app's state: the foreign key to the
 deployment loses its database constraint and its index (telemetry names deployments by id; the
-composite indexes that start with deployment_id serve its lookups), the rows get their project id
+composite indexes that start with deployment_id serve its lookups; the (deployment, created_at) one goes
+too: windows are read from rollups now, and every index slows ingest), the rows get their project id
 (telemetry's retention is per project), indexes and the unique constraint get telemetry's names, and
 the table becomes `telemetry_predictionlog`. Then the model leaves this app's state;
 telemetry.0001_initial adds it to telemetry's state without touching the database.
@@ -62,11 +63,7 @@ class Migration(migrations.Migration):
                     name="project_id",
                     field=models.BigIntegerField(),
                 ),
-                migrations.RenameIndex(
-                    model_name="predictionlog",
-                    new_name="telemetry_log_window_idx",
-                    old_name="deployments_log_window_idx",
-                ),
+                migrations.RemoveIndex(model_name="predictionlog", name="deployments_log_window_idx"),
                 migrations.RenameIndex(
                     model_name="predictionlog",
                     new_name="telemetry_log_version_idx",

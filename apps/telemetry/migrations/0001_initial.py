@@ -46,7 +46,6 @@ class Migration(migrations.Migration):
                     options={
                         "ordering": ["-created_at"],
                         "indexes": [
-                            models.Index(fields=["deployment_id", "created_at"], name="telemetry_log_window_idx"),
                             models.Index(
                                 fields=["deployment_id", "model_version_id", "created_at"],
                                 name="telemetry_log_version_idx",
