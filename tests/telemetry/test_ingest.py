@@ -233,3 +233,12 @@ def test_telemetry_imports_no_app_above_it() -> None:
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             assert not [name for name in names if name.startswith(above)], path
+
+
+def test_the_servers_url_the_route_and_the_docs_agree(settings: Any) -> None:
+    settings.CONSOLE_INTERNAL_URL = "http://console:8000"
+    assert deployment_services.ingest_url() == "http://console:8000/api/v1/ingest/predictions/"
+    assert (
+        '"console_url": "https://console.example/api/v1/ingest/predictions/"'
+        in (ROOT / "docs" / "model-server.md").read_text()
+    )

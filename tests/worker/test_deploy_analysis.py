@@ -69,9 +69,7 @@ def test_errors_hold_once_then_roll_back() -> None:
 
 
 def test_a_good_window_resets_the_failure_count() -> None:
-    decision = canary_decide(
-        stable=window(100), canary=window(100), thresholds=THRESHOLDS, previous_failures=1
-    )
+    decision = canary_decide(stable=window(100), canary=window(100), thresholds=THRESHOLDS, previous_failures=1)
     assert decision.action == CanaryAction.PROMOTE and decision.consecutive_failures == 0
 
 
