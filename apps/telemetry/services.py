@@ -1,4 +1,4 @@
-"""Use cases of telemetry: ingest prediction events (raw rows and their per-minute rollups).
+"""Use cases of telemetry: ingest prediction events (raw rows and their per-minute rollups), and retention.
 
 Ingest is the hot path of the console (every model server ships every prediction here), so it works in
 whole batches: the batch is checked and turned into rows in Python, rows already stored (a re-sent batch)
@@ -13,19 +13,23 @@ import bisect
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.models import Project
 from apps.telemetry.models import BUCKET_FIELDS, LATENCY_BUCKETS_MS, NO_VERSION, PredictionLog, PredictionRollup
 
 MAX_EVENTS_PER_BATCH = 5000
 # Rows per INSERT statement on SQLite (its limit on bound variables); Postgres takes a batch in one COPY.
 SQLITE_BATCH_SIZE = 500
+# Retention deletes at most this many rows per statement (and transaction), so the table is never locked long.
+RETENTION_BATCH_ROWS = 5_000
 # Rollup rows per upsert statement (a batch spanning many minutes and versions stays under the limit).
 ROLLUP_UPSERT_ROWS = 500
 
@@ -292,3 +296,40 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
                 f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}",
                 params,
             )
+
+
+# ------------------------------------------------------------------------------------------ retention
+
+
+def _delete_before(model: type[PredictionLog | PredictionRollup], time_field: str, scope: Q, cutoff: datetime) -> int:
+    """Delete the scope's rows older than `cutoff`, at most RETENTION_BATCH_ROWS per statement.
+
+    Each statement deletes one primary-key range (the next RETENTION_BATCH_ROWS old rows by id) in its own
+    transaction, so no lock is held for long and ingest goes on between statements.
+    """
+    old = model.objects.filter(scope, **{f"{time_field}__lt": cutoff})
+    deleted = 0
+    while True:
+        ids = list(old.order_by("pk").values_list("pk", flat=True)[:RETENTION_BATCH_ROWS])
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            count, _ = old.filter(pk__gte=ids[0], pk__lte=ids[-1]).delete()
+        deleted += count
+
+
+def predictions_retention_apply(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete raw rows and rollups older than their project's retention (projects gone: the defaults)."""
+    now = now or timezone.now()
+    policies = list(
+        Project.objects.values_list("pk", "prediction_log_retention_days", "prediction_rollup_retention_days")
+    )
+    log_default = Project._meta.get_field("prediction_log_retention_days").default
+    rollup_default = Project._meta.get_field("prediction_rollup_retention_days").default
+    scopes = [(Q(project_id=pk), log_days, rollup_days) for pk, log_days, rollup_days in policies]
+    scopes.append((~Q(project_id__in=[pk for pk, _, _ in policies]), log_default, rollup_default))
+    deleted = {"log_rows": 0, "rollup_rows": 0}
+    for scope, log_days, rollup_days in scopes:
+        deleted["log_rows"] += _delete_before(PredictionLog, "created_at", scope, now - timedelta(days=log_days))
+        deleted["rollup_rows"] += _delete_before(PredictionRollup, "minute", scope, now - timedelta(days=rollup_days))
+    return deleted
