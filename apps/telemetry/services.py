@@ -304,17 +304,19 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
 def _delete_before(model: type[PredictionLog | PredictionRollup], time_field: str, scope: Q, cutoff: datetime) -> int:
     """Delete the scope's rows older than `cutoff`, at most RETENTION_BATCH_ROWS per statement.
 
-    Each statement deletes one primary-key range (the next RETENTION_BATCH_ROWS old rows by id) in its own
-    transaction, so no lock is held for long and ingest goes on between statements.
+    Each round reads the ids of the oldest RETENTION_BATCH_ROWS rows through the (project_id, time) index
+    and deletes exactly those ids in its own transaction: every statement is bounded, no lock is held for
+    long, and ingest goes on between statements. (Ids, not an id range: rows arrive out of time order, so
+    a range between the first and last old id could hold more rows than the bound.)
     """
     old = model.objects.filter(scope, **{f"{time_field}__lt": cutoff})
     deleted = 0
     while True:
-        ids = list(old.order_by("pk").values_list("pk", flat=True)[:RETENTION_BATCH_ROWS])
+        ids = list(old.order_by(time_field).values_list("pk", flat=True)[:RETENTION_BATCH_ROWS])
         if not ids:
             return deleted
         with transaction.atomic():
-            count, _ = old.filter(pk__gte=ids[0], pk__lte=ids[-1]).delete()
+            count, _ = model.objects.filter(pk__in=ids).delete()
         deleted += count
 
 
