@@ -26,7 +26,9 @@ def executor() -> Iterator[MigrationExecutor]:
 
 @pytest.mark.django_db(transaction=True)
 def test_migrating_forwards_keeps_the_rows_and_gives_them_their_project(executor: MigrationExecutor) -> None:
-    old = executor.loader.project_state(BEFORE[:1]).apps
+    # Core and the registry stay at their latest migrations (only deployments and telemetry were moved back).
+    latest = [key for key in executor.loader.graph.leaf_nodes() if key[0] in ("core", "registry")]
+    old = executor.loader.project_state([*latest, BEFORE[0]]).apps
     project = old.get_model("core", "Project").objects.create(name="P", name_key="p", slug="p")
     model = old.get_model("registry", "RegisteredModel").objects.create(project=project, name="iris", name_key="iris")
     deployment = old.get_model("deployments", "Deployment").objects.create(
