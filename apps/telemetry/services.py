@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.exceptions import ValidationError
 from apps.core.models import Project
 from apps.telemetry.models import BUCKET_FIELDS, LATENCY_BUCKETS_MS, NO_VERSION, PredictionLog, PredictionRollup
 
@@ -92,7 +92,7 @@ def predictions_ingest(*, source: IngestSource, events: Any) -> int:
         # Another transaction stored some of these events after we looked: the next attempt drops them.
         raise IngestRetry(str(exc)) from None
     except DataError as exc:
-        raise ValidationError({"events": f"The batch holds a value the database cannot store: {exc}"}) from None
+        raise ValidationError(f"The batch holds a value the database cannot store: {exc}", field="events") from None
     return len(rows)
 
 
@@ -131,7 +131,7 @@ def _check_inputs(inputs: Any, index: int) -> None:
         {len(values) if type(values) is list else -1 for values in inputs.values()} if type(inputs) is dict else {-1}
     )
     if -1 in lengths or len(lengths) > 1:
-        raise ValidationError({"events": f"events[{index}].inputs must be an object of equal-length column lists."})
+        raise ValidationError(f"events[{index}].inputs must be an object of equal-length column lists.", field="events")
 
 
 def _timestamp(value: Any, default: datetime) -> datetime:
@@ -144,15 +144,15 @@ def _timestamp(value: Any, default: datetime) -> datetime:
 
 def _rows(source: IngestSource, events: Any) -> list[tuple]:
     if not isinstance(events, list):
-        raise ValidationError({"events": "Must be a list of prediction events."})
+        raise ValidationError("Must be a list of prediction events.", field="events")
     if len(events) > MAX_EVENTS_PER_BATCH:
-        raise ValidationError({"events": f"At most {MAX_EVENTS_PER_BATCH} events per request."})
+        raise ValidationError(f"At most {MAX_EVENTS_PER_BATCH} events per request.", field="events")
     now = timezone.now()
     deployment = str(source.deployment_id)
     rows = []
     for index, event in enumerate(events):
         if not isinstance(event, dict) or not event.get("request_id"):
-            raise ValidationError({"events": f"events[{index}] must be an object with a request_id."})
+            raise ValidationError(f"events[{index}] must be an object with a request_id.", field="events")
         if str(event.get("deployment_id")) != deployment:
             continue
         latency = event.get("latency_ms")
@@ -160,7 +160,7 @@ def _rows(source: IngestSource, events: Any) -> list[tuple]:
             status = int(event.get("status") or 0)
             latency = float(latency) if latency is not None else None
         except (TypeError, ValueError):
-            raise ValidationError({"events": f"events[{index}] has a non-numeric status or latency_ms."}) from None
+            raise ValidationError(f"events[{index}] has a non-numeric status or latency_ms.", field="events") from None
         inputs = event.get("inputs")
         _check_inputs(inputs, index)
         rows.append(
