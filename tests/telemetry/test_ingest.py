@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 
+from apps.core.artifacts import get_artifact_store
 from apps.core.models import APIToken
 from apps.deployments import services as deployment_services
 from apps.deployments.models import Deployment
@@ -242,3 +243,15 @@ def test_the_servers_url_the_route_and_the_docs_agree(settings: Any) -> None:
         '"console_url": "https://console.example/api/v1/ingest/predictions/"'
         in (ROOT / "docs" / "model-server.md").read_text()
     )
+
+
+def test_the_artifact_endpoint_takes_the_same_token(deployment: Deployment, api: Any) -> None:
+    version = deployment.targets.get().model_version
+    stored = get_artifact_store().put_bytes(b"bundle bytes")
+    type(version).objects.filter(pk=version.pk).update(sha256=stored.sha256)
+    url = f"/api/v1/ingest/artifacts/{stored.sha256}/"
+    assert api.get(url).status_code == 401
+    assert api.get(url, HTTP_AUTHORIZATION="Bearer mld_unknown").status_code == 401
+    served = api.get(url, **token(deployment))
+    assert served.status_code == 200 and b"".join(served.streaming_content) == b"bundle bytes"
+    assert api.get(f"/api/v1/ingest/artifacts/{'0' * 64}/", **token(deployment)).status_code == 404
