@@ -97,6 +97,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
+    "apps.telemetry",
     "apps.datasets",
     "apps.experiments",
     "apps.registry",
@@ -261,6 +262,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "notifications-deliver-due": {"task": "notifications.deliver_due", "schedule": 30.0},
     # Makes every deployment's backend match its desired state; notices dead model servers.
     "deployments-reconcile": {"task": "deployments.reconcile_all", "schedule": float(DEPLOYMENTS_RECONCILE_SECONDS)},
+    # Deletes prediction rows and rollups past their project's retention (docs/telemetry.md).
+    "telemetry-retention": {"task": "telemetry.retention_apply", "schedule": 3600.0},
 }
 
 LOGGING = {

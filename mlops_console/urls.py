@@ -8,10 +8,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from apps.core import views as core_views
 from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
-from apps.deployments.api import ArtifactFetchApi, PredictionIngestApi
+from apps.deployments.api import ArtifactFetchApi
 from apps.deployments.api import router as deployments_router
 from apps.experiments.api import router as experiments_router
 from apps.registry.api import router as registry_router
+from apps.telemetry.urls import api_urlpatterns as telemetry_api_urlpatterns
 
 api_urlpatterns = [
     *core_router.urls,
@@ -19,7 +20,7 @@ api_urlpatterns = [
     *experiments_router.urls,
     *registry_router.urls,
     *deployments_router.urls,
-    path("ingest/predictions/", PredictionIngestApi.as_view(), name="ingest-predictions"),
+    *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]
 

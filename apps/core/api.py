@@ -48,7 +48,17 @@ class ProjectSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Project
-        fields = ["id", "name", "slug", "description", "required_approvals", "created_at", "role"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "description",
+            "required_approvals",
+            "prediction_log_retention_days",
+            "prediction_rollup_retention_days",
+            "created_at",
+            "role",
+        ]
         read_only_fields = ["slug", "created_at"]
 
     def get_role(self, project: Project) -> str | None:
@@ -102,6 +112,8 @@ class ProjectViewSet(
             actor=self.request.user,
             description=serializer.validated_data.get("description"),
             required_approvals=serializer.validated_data.get("required_approvals"),
+            prediction_log_retention_days=serializer.validated_data.get("prediction_log_retention_days"),
+            prediction_rollup_retention_days=serializer.validated_data.get("prediction_rollup_retention_days"),
         )
 
     @extend_schema(request=MembershipWriteSerializer, responses=MembershipSerializer(many=True))

@@ -28,6 +28,11 @@ class ProjectForm(StyledForm):
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
 
+class RetentionForm(StyledForm):
+    prediction_log_retention_days = forms.IntegerField(min_value=1, label="Raw prediction rows (days)")
+    prediction_rollup_retention_days = forms.IntegerField(min_value=1, label="Per-minute rollups (days)")
+
+
 class MembershipForm(StyledForm):
     username = forms.CharField(max_length=150)
     role = forms.ChoiceField(choices=ProjectRole.choices)

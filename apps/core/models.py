@@ -4,6 +4,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.urls import reverse
 
@@ -31,6 +32,14 @@ class Project(models.Model):
     description = models.TextField(blank=True)
     required_approvals = models.PositiveSmallIntegerField(
         default=1, help_text="How many approvers must approve a promotion to production."
+    )
+    # Retention of prediction telemetry (applied by apps.telemetry, which reads these; core is the lowest layer,
+    # so the project's page and API edit them like its other settings).
+    prediction_log_retention_days = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1)], help_text="Days raw prediction rows are kept."
+    )
+    prediction_rollup_retention_days = models.PositiveIntegerField(
+        default=400, validators=[MinValueValidator(1)], help_text="Days per-minute prediction rollups are kept."
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -118,9 +118,15 @@ def project_create(*, name: str, description: str = "", owner: AbstractBaseUser)
 
 @transaction.atomic
 def project_update(
-    *, project: Project, actor: AbstractBaseUser, description: str | None = None, required_approvals: int | None = None
+    *,
+    project: Project,
+    actor: AbstractBaseUser,
+    description: str | None = None,
+    required_approvals: int | None = None,
+    prediction_log_retention_days: int | None = None,
+    prediction_rollup_retention_days: int | None = None,
 ) -> Project:
-    """Change a project's settings (owners only)."""
+    """Change a project's settings (owners only). The retention days are applied by apps.telemetry's beat task."""
     require_project_role(actor, project, ProjectRole.OWNER)
     project = Project.objects.select_for_update().get(pk=project.pk)
     changes: dict[str, Any] = {}
@@ -128,6 +134,16 @@ def project_update(
         changes["description"] = description
     if required_approvals is not None:
         changes["required_approvals"] = required_approvals
+    retention = {
+        "prediction_log_retention_days": prediction_log_retention_days,
+        "prediction_rollup_retention_days": prediction_rollup_retention_days,
+    }
+    for field, days in retention.items():
+        if days is None:
+            continue
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise ValidationError({field: "Must be a positive number of days."})
+        changes[field] = days
     audited_update(obj=project, actor=actor, action="project.updated", project=project, changes=changes)
     return project
 

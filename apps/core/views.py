@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.core import services
 from apps.core.choices import ProjectRole
 from apps.core.filters import AuditEntryFilterSet, ProjectFilterSet, filter_page
-from apps.core.forms import APITokenForm, MembershipForm, ProjectForm
+from apps.core.forms import APITokenForm, MembershipForm, ProjectForm, RetentionForm
 from apps.core.models import APIToken, AuditEntry, Membership, Project
 from apps.core.permissions import has_project_role, require_project_role
 
@@ -96,8 +96,28 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "audit": audit,
             "form": form,
             "can_manage": has_project_role(request.user, project, ProjectRole.OWNER),
+            "retention_form": RetentionForm(
+                initial={
+                    "prediction_log_retention_days": project.prediction_log_retention_days,
+                    "prediction_rollup_retention_days": project.prediction_rollup_retention_days,
+                }
+            ),
         },
     )
+
+
+@login_required
+@require_POST
+def project_retention(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
+    form = RetentionForm(request.POST)
+    if form.is_valid():
+        services.project_update(project=project, actor=request.user, **form.cleaned_data)
+        messages.success(request, "Retention saved.")
+    else:
+        errors = "; ".join(f"{form.fields[name].label}: {' '.join(texts)}" for name, texts in form.errors.items())
+        messages.error(request, f"Retention not saved: {errors}")
+    return redirect(project)
 
 
 @login_required

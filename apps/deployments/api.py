@@ -1,5 +1,6 @@
 """The deployments API: deployments with rollout, promote, rollback, scale, traffic, events and manifests;
-and the ingest endpoints the model servers call with their deployment's bearer token (not a user token).
+and the artifact endpoint the model servers' pods call with their deployment's bearer token (not a user token;
+prediction events go to apps.telemetry's ingest API).
 
 Writes to an existing deployment carry the `generation` they were based on, in the body or as `If-Match`;
 a stale one answers 409, so of two concurrent changes exactly one wins.
@@ -9,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpResponse
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
-from rest_framework import authentication, exceptions, mixins, permissions, routers, serializers, status, viewsets
+from rest_framework import exceptions, mixins, routers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,6 +27,7 @@ from apps.deployments.choices import DeploymentBackendKind, DeploymentEnvironmen
 from apps.deployments.filters import DeploymentFilterSet
 from apps.deployments.models import Deployment, DeploymentEvent
 from apps.registry.models import ModelVersion
+from apps.telemetry.authentication import HasIngestToken, IngestTokenAuthentication
 
 
 def expected_generation(request: Request) -> int:
@@ -341,64 +341,16 @@ class DeploymentViewSet(
 # ------------------------------------------------------------------------------------------ ingest
 
 
-class DeploymentTokenAuthentication(authentication.BaseAuthentication):
-    """`Authorization: Bearer mld_…`: a deployment's ingest token, as its model servers send it."""
-
-    def authenticate(self, request: Request) -> tuple[object, Deployment] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
-            return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        deployment = services.deployment_for_token(token.strip())
-        if deployment is None:
-            raise exceptions.AuthenticationFailed("Authorization: unknown deployment token.")
-        return AnonymousUser(), deployment
-
-    def authenticate_header(self, request: Request) -> str:
-        return "Bearer"
-
-
-class DeploymentTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "apps.deployments.api.DeploymentTokenAuthentication"
-    name = "deploymentToken"
-
-    def get_security_definition(self, auto_schema: object) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "A deployment's ingest token: `Bearer mld_…`."}
-
-
-class HasDeploymentToken(permissions.BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return isinstance(request.auth, Deployment)
-
-
-class IngestEventsSerializer(serializers.Serializer):
-    events = serializers.ListField(child=serializers.DictField())
-
-
-class PredictionIngestApi(APIView):
-    """Model servers POST `{"events": [...]}` here with their deployment's token; bulk-inserted, idempotent."""
-
-    authentication_classes = [DeploymentTokenAuthentication]
-    permission_classes = [HasDeploymentToken]
-
-    @extend_schema(request=IngestEventsSerializer, responses={202: OpenApiResponse(description="accepted count")})
-    def post(self, request: Request) -> Response:
-        events = request.data.get("events") if isinstance(request.data, dict) else None
-        accepted = services.predictions_ingest(deployment=request.auth, events=events)
-        return Response({"accepted": accepted}, status=status.HTTP_202_ACCEPTED)
-
-
 class ArtifactFetchApi(APIView):
     """A pod's init container fetches the bundles its deployment serves (Kubernetes backend)."""
 
-    authentication_classes = [DeploymentTokenAuthentication]
-    permission_classes = [HasDeploymentToken]
+    # The same token check as telemetry's ingest API (the resolver registered in DeploymentsConfig.ready).
+    authentication_classes = [IngestTokenAuthentication]
+    permission_classes = [HasIngestToken]
 
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="The bundle")})
     def get(self, request: Request, sha256: str) -> FileResponse:
-        version = services.deployment_artifact_allowed(deployment=request.auth, sha256=sha256)
+        version = services.deployment_artifact_allowed(deployment_id=request.auth.deployment_id, sha256=sha256)
         if version is None:
             raise exceptions.NotFound("This deployment serves no artifact with that sha256.")
         path = get_artifact_store().verified_path(sha256)

@@ -4,6 +4,7 @@
   out the newly approved production version with its strategy (queued as its own task; the handler is quick).
 - The pipeline's `deploy` stage: `deployment_config: {name, strategy, replicas, backend, environment,
   traffic_percentage}` rolls the registered version out on the named deployment, creating it if needed.
+- Telemetry's ingest API: a model server's bearer token is resolved to its deployment here, where tokens live.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ from apps.deployments.models import Deployment
 from apps.experiments.stages import StageContext, StageSkipped
 from apps.registry.choices import ModelVersionStage, RegistryEventType
 from apps.registry.models import ModelVersion
+from apps.telemetry.services import IngestSource
 from worker.deployments.spec import NAME_MAX_LENGTH, default_deployment_name
 
 logger = logging.getLogger(__name__)
 
 STAGE_CONFIG_KEYS = ("name", "strategy", "replicas", "backend", "environment", "traffic_percentage")
+
+
+def ingest_source_for_token(token: str) -> IngestSource | None:
+    """Telemetry's token resolver: the deployment (and its project) whose model servers hold this token."""
+    deployment = services.deployment_for_token(token)
+    return IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id) if deployment else None
 
 
 def registry_event_handler(event: Any) -> None:

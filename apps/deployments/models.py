@@ -1,4 +1,4 @@
-"""Deployments: the desired state (versions, weights, replicas, strategy step), what runs, and the prediction log.
+"""Deployments: the desired state (versions, weights, replicas, strategy step) and what runs.
 
 The truth is here, in the database: a reconciler makes the backend match `Deployment` + its
 `DeploymentTarget` rows and writes back what it found (`observed`). `generation` grows with every change of
@@ -203,40 +203,3 @@ class DeploymentEvent(models.Model):
     @property
     def colour(self) -> str:
         return DeploymentEventKind.colour(self.kind)
-
-
-class PredictionLog(models.Model):
-    """One prediction (or shadow prediction) a model server shipped back. Written in bulk, read by time window.
-
-    `model_version_id` is the registry's ModelVersion id, kept as a plain number: the log must accept rows
-    fast and outlive versions. A re-sent batch is not counted twice: (deployment, request_id, shadow) is unique.
-    """
-
-    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
-    model_version_id = models.BigIntegerField(null=True, blank=True)
-    request_id = models.CharField(max_length=64)
-    shadow = models.BooleanField(default=False)
-    inputs = models.JSONField(null=True, blank=True)
-    outputs = models.JSONField(null=True, blank=True)
-    probabilities = models.JSONField(null=True, blank=True)
-    latency_ms = models.FloatField(null=True, blank=True)
-    status = models.PositiveSmallIntegerField()
-    error = models.TextField(blank=True)
-    request_key = models.CharField(max_length=200, blank=True)
-    created_at = models.DateTimeField(help_text="When the server answered (the event's timestamp).")
-    received_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["deployment", "request_id", "shadow"], name="deployments_log_request_unique"
-            )
-        ]
-        indexes = [
-            models.Index(fields=["deployment", "created_at"], name="deployments_log_window_idx"),
-            models.Index(fields=["deployment", "model_version_id", "created_at"], name="deployments_log_version_idx"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.request_id} ({self.status})"

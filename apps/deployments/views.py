@@ -34,6 +34,7 @@ from apps.deployments.filters import DeploymentFilterSet
 from apps.deployments.forms import GenerationForm, RolloutForm, ScaleForm, TryItForm
 from apps.deployments.models import Deployment
 from apps.registry.choices import ModelVersionStage
+from apps.telemetry import selectors as telemetry
 
 PAGE_SIZE = 25
 EVENTS_PAGE_SIZE = 30
@@ -116,7 +117,7 @@ def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any
         "active": deployment.phase in services.ACTIVE_PHASES and deployment.status != DeploymentStatus.STOPPED,
         "can_rollback": bool(deployment.rollback_spec) and deployment.status != DeploymentStatus.STOPPED,
         "generation_form": GenerationForm(initial={"generation": deployment.generation}),
-        "counts": selectors.prediction_counts(deployment=deployment, since=timezone.now() - timedelta(hours=1)),
+        "counts": telemetry.prediction_counts(deployment_id=deployment.pk, since=timezone.now() - timedelta(hours=1)),
     }
 
 

@@ -1,9 +1,11 @@
 """The deployments API and services without model servers: roles, bad input, gates, optimistic concurrency,
-rollouts' desired state, rollback, ingest. (Reconciling with real processes is in tests/e2e.)"""
+rollouts' desired state, rollback, the ingest token. (Ingest itself is in tests/telemetry; reconciling with real
+processes is in tests/e2e.)"""
 
 from __future__ import annotations
 
 import io
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,14 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store
-from apps.core.models import APIToken
 from apps.deployments import hooks, selectors, services
 from apps.deployments.choices import DeploymentEventKind, RolloutPhase
-from apps.deployments.models import Deployment, PredictionLog
+from apps.deployments.models import Deployment
 from apps.deployments.services import reconcile
 from apps.experiments.stages import StageContext
 from apps.registry.choices import PromotionRequestStatus
 from apps.registry.models import PromotionRequest
+from apps.telemetry.services import IngestSource, predictions_ingest
 from tests.conftest import client_for
 from tests.factories import ModelVersionFactory, RegisteredModelFactory
 
@@ -375,59 +377,6 @@ def test_manifests_are_yaml_without_the_token(deployment: Deployment, viewer: An
     assert out.getvalue() == response.content.decode()
 
 
-def event(deployment: Deployment, request_id: str, **changes: Any) -> dict:
-    return {
-        "request_id": request_id,
-        "deployment_id": deployment.pk,
-        "version_id": changes.pop("version_id", 7),
-        "shadow": False,
-        "inputs": {"x": [1, 2], "y": ["a", None]},
-        "outputs": ["a"],
-        "latency_ms": 1.5,
-        "status": 200,
-        "error": None,
-        "request_key": "k",
-        "timestamp": "2026-11-28T09:14:38.164214+00:00",
-        **changes,
-    }
-
-
-def test_ingest_takes_only_the_deployment_token_and_counts_once(deployment: Deployment, member: Any, api: Any) -> None:
-    url = "/api/v1/ingest/predictions/"
-    body = {
-        "events": [
-            event(deployment, "r1"),
-            event(deployment, "r2", status=500, error="boom"),
-            event(deployment, "r1", shadow=True),
-        ]
-    }
-    assert api.post(url, body, format="json").status_code == 401
-    _, user_key = (
-        APIToken.objects.create(user=member, name="x", prefix="mlc_x", key_hash=APIToken.hash_key("mlc_k")),
-        "mlc_k",
-    )
-    assert api.post(url, body, format="json", HTTP_AUTHORIZATION=f"Bearer {user_key}").status_code == 401
-    token = {"HTTP_AUTHORIZATION": f"Bearer {deployment.ingest_token()}"}
-    first = api.post(url, body, format="json", **token)
-    assert first.status_code == 202 and first.json() == {"accepted": 3}
-    assert api.post(url, body, format="json", **token).status_code == 202, "a re-sent batch is accepted"
-    rows = PredictionLog.objects.filter(deployment=deployment)
-    assert rows.count() == 3, "and not counted twice"
-    failed = rows.get(request_id="r2")
-    assert (failed.status, failed.error, failed.model_version_id, failed.latency_ms) == (500, "boom", 7, 1.5)
-    assert failed.created_at.isoformat().startswith("2026-11-28T09:14:38")
-    # Inputs come by column and are stored by row.
-    assert failed.inputs == [{"x": 1, "y": "a"}, {"x": 2, "y": None}]
-    foreign = api.post(
-        url, {"events": [event(deployment, "r9", deployment_id=deployment.pk + 1)]}, format="json", **token
-    )
-    assert foreign.json() == {"accepted": 0}
-    assert "events" in api.post(url, {"events": [{"no": "id"}]}, format="json", **token).json()
-    for bad_inputs in ([{"x": 1}], {"x": [1, 2], "y": [1]}, {"x": 1}):
-        refused = api.post(url, {"events": [event(deployment, "r8", inputs=bad_inputs)]}, format="json", **token)
-        assert refused.status_code == 400 and "events[0].inputs" in refused.json()["events"][0]
-
-
 def test_a_claimed_deployment_is_left_to_its_reconciler(deployment: Deployment) -> None:
     Deployment.objects.filter(pk=deployment.pk).update(
         reconcile_lease_until=timezone.now() + timezone.timedelta(minutes=5)
@@ -538,11 +487,15 @@ def test_a_missing_artifact_fails_the_deployment_and_a_rotated_key_moves_the_tok
 def test_the_local_autoscaler_follows_the_request_rate(deployment: Deployment, member: Any, settings: Any) -> None:
     settings.DEPLOYMENTS_AUTOSCALE_TARGET_RPS = 1
     services.deployment_scale(deployment=deployment, actor=member, autoscale=True, autoscale_min=1, autoscale_max=3)
-    now = timezone.now()
-    PredictionLog.objects.bulk_create(
-        PredictionLog(deployment=deployment, request_id=f"r{i}", status=200, latency_ms=1.0, created_at=now)
+    if timezone.now().second >= 55:
+        time.sleep(6)  # the rate is read over the last whole minute: keep this test inside one minute
+    last_minute = (timezone.now() - timedelta(minutes=1)).isoformat()
+    events = [
+        {"deployment_id": deployment.pk, "request_id": f"r{i}", "status": 200, "timestamp": last_minute}
         for i in range(150)
-    )
+    ]
+    source = IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id)
+    predictions_ingest(source=source, events=events)
     services.deployment_reconcile(deployment_id=deployment.pk)
     deployment.refresh_from_db()
     assert deployment.replicas == 3, "150 requests in a minute at 1 request/s per replica, capped at 3"

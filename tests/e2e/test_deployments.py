@@ -34,10 +34,11 @@ from apps.core.artifacts import get_artifact_store
 from apps.deployments import services
 from apps.deployments.backends import get_backend
 from apps.deployments.choices import DeploymentEventKind, DeploymentStatus, RolloutPhase
-from apps.deployments.models import Deployment, PredictionLog
+from apps.deployments.models import Deployment
 from apps.deployments.tasks import deployment_reconcile_task
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.services import model_version_register
+from apps.telemetry.models import PredictionLog, PredictionRollup
 from tests.e2e.conftest import wait_for
 from tests.registry.registry_helpers import FEATURES, iris_frame, iris_signature, sklearn_bundle
 
@@ -225,12 +226,13 @@ def test_deploy_and_predict_through_both_protocols(console: str, project: Any, o
     assert status == 200 and answer["outputs"][0]["data"] == ["setosa"]
     # Both predictions reach the prediction log through the ingest endpoint, with the deployment's token.
     deadline = time.monotonic() + 15
-    while PredictionLog.objects.filter(deployment=deployment).count() < 2 and time.monotonic() < deadline:
+    while PredictionLog.objects.filter(deployment_id=deployment.pk).count() < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    logged = list(PredictionLog.objects.filter(deployment=deployment).order_by("created_at"))
+    logged = list(PredictionLog.objects.filter(deployment_id=deployment.pk).order_by("created_at"))
     assert len(logged) == 2
     assert {row.model_version_id for row in logged} == {versions["v1"].pk}
     assert logged[0].outputs == ["setosa", "setosa"] and logged[0].status == 200 and logged[0].latency_ms > 0
+    assert sum(PredictionRollup.objects.filter(deployment_id=deployment.pk).values_list("requests", flat=True)) == 2
     # The page's "try it" form sends a prediction to the same server and names the version by its number.
     client = Client()
     client.force_login(owner)

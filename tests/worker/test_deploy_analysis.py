@@ -11,24 +11,20 @@ from worker.deployments.analysis import (
     canary_decide,
     percentile,
     shadow_compare,
-    window_stats,
 )
 from worker.deployments.autoscale import AutoscalePolicy, autoscale_decide
 
 THRESHOLDS = CanaryThresholds(max_error_rate_delta=0.02, max_p99_ratio=1.5, min_requests=50, failures_to_rollback=2)
 
 
-def events(count: int, *, errors: int = 0, latency: float = 2.0, client_errors: int = 0) -> list[dict]:
-    statuses = [500] * errors + [400] * client_errors + [200] * (count - errors - client_errors)
-    return [{"status": s, "latency_ms": latency + (i % 10) * 0.1} for i, s in enumerate(statuses)]
+def window(requests: int, *, errors: int = 0, p99_ms: float = 2.9) -> WindowStats:
+    """A window's figures as telemetry's rollups give them (server errors only; p99 from the histogram)."""
+    return WindowStats(requests, errors, p99_ms, p50_ms=2.4)
 
 
-def test_window_stats_count_only_server_errors() -> None:
-    stats = window_stats(events(100, errors=3, client_errors=10))
-    assert (stats.requests, stats.errors) == (100, 3)
-    assert stats.error_rate == pytest.approx(0.03)
-    assert stats.p99_ms == pytest.approx(2.9)
-    assert window_stats([]).error_rate is None and window_stats([]).p99_ms is None
+def test_window_stats_error_rate() -> None:
+    assert window(100, errors=3).error_rate == pytest.approx(0.03)
+    assert WindowStats(0, 0, None).error_rate is None
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -38,7 +34,7 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_healthy_canary_is_promoted_with_its_numbers() -> None:
-    decision = canary_decide(stable=window_stats(events(200)), canary=window_stats(events(60)), thresholds=THRESHOLDS)
+    decision = canary_decide(stable=window(200), canary=window(60), thresholds=THRESHOLDS)
     assert decision.action == CanaryAction.PROMOTE
     assert decision.numbers["canary"]["requests"] == 60 and decision.numbers["stable"]["requests"] == 200
     assert decision.numbers["error_rate_delta"] == 0
@@ -63,7 +59,7 @@ def test_stable_without_traffic_pauses_too() -> None:
 
 
 def test_errors_hold_once_then_roll_back() -> None:
-    stable, canary = window_stats(events(200, errors=1)), window_stats(events(100, errors=20))
+    stable, canary = window(200, errors=1), window(100, errors=20)
     first = canary_decide(stable=stable, canary=canary, thresholds=THRESHOLDS)
     assert first.action == CanaryAction.HOLD and first.consecutive_failures == 1
     assert "error rate 20.00%" in first.reason
@@ -73,9 +69,7 @@ def test_errors_hold_once_then_roll_back() -> None:
 
 
 def test_a_good_window_resets_the_failure_count() -> None:
-    decision = canary_decide(
-        stable=window_stats(events(100)), canary=window_stats(events(100)), thresholds=THRESHOLDS, previous_failures=1
-    )
+    decision = canary_decide(stable=window(100), canary=window(100), thresholds=THRESHOLDS, previous_failures=1)
     assert decision.action == CanaryAction.PROMOTE and decision.consecutive_failures == 0
 
 

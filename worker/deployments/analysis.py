@@ -1,4 +1,4 @@
-"""Canary analysis and shadow comparison: pure functions over windows of prediction events.
+"""Canary analysis and shadow comparison: pure functions over window figures and pairs of answers.
 
 A canary step compares the canary's window with stable's window of the same period:
 
@@ -34,7 +34,7 @@ class CanaryAction:
 
 @dataclass(frozen=True)
 class WindowStats:
-    """What one version did in one window."""
+    """What one version did in one window (the console reads it from telemetry's rollups)."""
 
     requests: int
     errors: int
@@ -97,19 +97,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return float(ordered[rank - 1])
-
-
-def window_stats(events: Iterable[Mapping[str, Any]]) -> WindowStats:
-    """Stats of prediction events (`status`, `latency_ms`) of one version in one window."""
-    requests = errors = 0
-    latencies: list[float] = []
-    for event in events:
-        requests += 1
-        if int(event.get("status") or 0) >= 500:
-            errors += 1
-        if event.get("latency_ms") is not None:
-            latencies.append(float(event["latency_ms"]))
-    return WindowStats(requests, errors, percentile(latencies, 99), percentile(latencies, 50))
 
 
 def canary_decide(

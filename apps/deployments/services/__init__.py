@@ -1,5 +1,6 @@
 """Use cases of deployments: create, roll out (blue-green, canary, shadow, direct), promote, roll back, scale,
-reconcile with the backend, and ingest prediction events.
+reconcile with the backend, and the look-ups of the model servers' tokens (prediction events go to
+apps.telemetry).
 
 Every change of the desired state locks the deployment row, checks the generation the caller read (a stale
 one is a conflict), bumps the generation, writes a `DeploymentEvent` and the audit log, and queues the
@@ -24,7 +25,6 @@ from apps.deployments.services.commands import (
     deployment_start,
     deployment_stop,
 )
-from apps.deployments.services.ingest import INGEST_BATCH_SIZE, MAX_EVENTS_PER_BATCH, predictions_ingest
 from apps.deployments.services.predict import PredictionAnswer, deployment_predict
 from apps.deployments.services.reconcile import (
     AUTOSCALE_WINDOW_SECONDS,
@@ -40,9 +40,7 @@ from apps.deployments.services.tokens import deployment_artifact_allowed, deploy
 __all__ = [
     "ACTIVE_PHASES",
     "AUTOSCALE_WINDOW_SECONDS",
-    "INGEST_BATCH_SIZE",
     "KEPT_DECISIONS",
-    "MAX_EVENTS_PER_BATCH",
     "PredictionAnswer",
     "RECONCILE_LEASE_SECONDS",
     "RECONCILE_ROUNDS",
@@ -65,5 +63,4 @@ __all__ = [
     "deployment_stop",
     "deployments_to_reconcile",
     "ingest_url",
-    "predictions_ingest",
 ]

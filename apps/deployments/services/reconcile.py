@@ -30,6 +30,7 @@ from apps.deployments.services._common import (
     _snapshot,
 )
 from apps.deployments.services.spec import deployment_spec
+from apps.telemetry import selectors as telemetry
 from worker.deployments.analysis import CanaryAction, CanaryThresholds, canary_decide
 from worker.deployments.autoscale import AutoscalePolicy, autoscale_decide
 from worker.deployments.spec import BackendError, DeploymentSpec, ObservedState, ReplicaHealth
@@ -294,7 +295,7 @@ def _autoscale(deployment: Deployment) -> None:
         target_rps_per_replica=settings.DEPLOYMENTS_AUTOSCALE_TARGET_RPS,
         cooldown_seconds=settings.DEPLOYMENTS_AUTOSCALE_COOLDOWN_SECONDS,
     )
-    rate = selectors.request_rate(deployment=deployment, seconds=AUTOSCALE_WINDOW_SECONDS)
+    rate = telemetry.request_rate(deployment_id=deployment.pk, seconds=AUTOSCALE_WINDOW_SECONDS)
     since = (timezone.now() - deployment.last_scaled_at).total_seconds() if deployment.last_scaled_at else None
     decision = autoscale_decide(
         policy=policy, current_replicas=deployment.replicas, request_rate=rate, seconds_since_last_change=since

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.urls import reverse
 
 from apps.core.services import artifact_verified_path
 from apps.deployments import selectors
@@ -12,7 +13,8 @@ from worker.deployments.spec import DeploymentSpec, VersionSpec
 
 
 def ingest_url() -> str:
-    return f"{settings.CONSOLE_INTERNAL_URL}/api/v1/ingest/predictions/"
+    # The route of telemetry's ingest API, so the servers' configured URL and the route cannot drift apart.
+    return f"{settings.CONSOLE_INTERNAL_URL}{reverse('ingest-predictions')}"
 
 
 def artifact_base_url() -> str:

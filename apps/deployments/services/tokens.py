@@ -16,10 +16,10 @@ def deployment_for_token(token: str) -> Deployment | None:
     )
 
 
-def deployment_artifact_allowed(*, deployment: Deployment, sha256: str) -> ModelVersion | None:
+def deployment_artifact_allowed(*, deployment_id: int, sha256: str) -> ModelVersion | None:
     """The version with this artifact, when the deployment serves it (a pod's init container fetches it)."""
     target = (
-        DeploymentTarget.objects.filter(deployment=deployment, model_version__sha256=sha256)
+        DeploymentTarget.objects.filter(deployment_id=deployment_id, model_version__sha256=sha256)
         .select_related("model_version")
         .first()
     )

@@ -1,0 +1,104 @@
+"""Telemetry: what model servers report back (the prediction log) and its per-minute rollups.
+
+A low layer: it imports only `apps.core`. Like the model servers' events, it names deployments, model
+versions and projects by id, in plain indexed integer columns rather than foreign keys, so that the log
+accepts rows fast, outlives the rows it names, and never makes this app import the apps above it.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+# Upper bounds (ms) of the rollups' latency histogram buckets, as Prometheus' `le` labels; one more bucket
+# takes everything slower. Fixed forever: changing them would make old and new minutes incomparable.
+LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+BUCKET_FIELDS: tuple[str, ...] = tuple(f"bucket_{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+# A rollup's model_version_id for events that no version answered (the unique key cannot hold NULL).
+NO_VERSION = 0
+
+
+class PredictionLog(models.Model):
+    """One prediction (or shadow prediction) a model server shipped back. Written in bulk, read by time window.
+
+    `inputs` are kept as the servers send them, by column (`{"x1": [..], "x2": [..]}`); `input_rows()` in
+    selectors reads them back as one object per row. A re-sent batch is not counted twice:
+    (deployment_id, request_id, shadow) is unique.
+    """
+
+    deployment_id = models.BigIntegerField()
+    project_id = models.BigIntegerField()
+    model_version_id = models.BigIntegerField(null=True, blank=True)
+    request_id = models.CharField(max_length=64)
+    shadow = models.BooleanField(default=False)
+    inputs = models.JSONField(null=True, blank=True)
+    outputs = models.JSONField(null=True, blank=True)
+    probabilities = models.JSONField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    status = models.PositiveSmallIntegerField()
+    error = models.TextField(blank=True)
+    request_key = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(help_text="When the server answered (the event's timestamp).")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment_id", "request_id", "shadow"], name="telemetry_log_request_unique"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["deployment_id", "model_version_id", "created_at"], name="telemetry_log_version_idx"),
+            models.Index(fields=["project_id", "created_at"], name="telemetry_log_project_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} ({self.status})"
+
+
+class PredictionRollup(models.Model):
+    """The predictions of one (deployment, model version, live or shadow, minute): counts and a latency histogram.
+
+    Filled at ingest in the raw rows' transaction. `bucket_NN` counts latencies up to `LATENCY_BUCKETS_MS[NN]`
+    (the last one: slower than all bounds); one integer column per bucket so quantiles come from SQL on
+    Postgres and SQLite alike. `latency_count` counts events that had a latency (the histogram's total).
+    """
+
+    deployment_id = models.BigIntegerField()
+    project_id = models.BigIntegerField()
+    model_version_id = models.BigIntegerField(help_text="0 for predictions no version answered.")
+    shadow = models.BooleanField(default=False)
+    minute = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0, help_text="Answers with a 5xx status.")
+    latency_count = models.PositiveIntegerField(default=0)
+    latency_sum_ms = models.FloatField(default=0.0)
+    bucket_00 = models.PositiveIntegerField(default=0)
+    bucket_01 = models.PositiveIntegerField(default=0)
+    bucket_02 = models.PositiveIntegerField(default=0)
+    bucket_03 = models.PositiveIntegerField(default=0)
+    bucket_04 = models.PositiveIntegerField(default=0)
+    bucket_05 = models.PositiveIntegerField(default=0)
+    bucket_06 = models.PositiveIntegerField(default=0)
+    bucket_07 = models.PositiveIntegerField(default=0)
+    bucket_08 = models.PositiveIntegerField(default=0)
+    bucket_09 = models.PositiveIntegerField(default=0)
+    bucket_10 = models.PositiveIntegerField(default=0)
+    bucket_11 = models.PositiveIntegerField(default=0)
+    bucket_12 = models.PositiveIntegerField(default=0)
+    bucket_13 = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment_id", "model_version_id", "shadow", "minute"], name="telemetry_rollup_key"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["deployment_id", "minute"], name="telemetry_rollup_window_idx"),
+            models.Index(fields=["project_id", "minute"], name="telemetry_rollup_project_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"deployment {self.deployment_id} v{self.model_version_id} {self.minute:%Y-%m-%d %H:%M}"

@@ -1,0 +1,11 @@
+"""Telemetry's API routes, mounted under /api/v1/ (model servers find them through CONSOLE_INTERNAL_URL)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from apps.telemetry.api import PredictionIngestApi
+
+api_urlpatterns = [
+    path("ingest/predictions/", PredictionIngestApi.as_view(), name="ingest-predictions"),
+]
