@@ -132,6 +132,17 @@ def test_tritonclient_defaults_get_every_output_in_binary(
     np.testing.assert_array_equal(result.as_numpy("predict_proba"), expected_proba)
 
 
+def test_binary_and_json_inputs_mix(
+    server: ServerProcess, client: triton.InferenceServerClient, frame: pd.DataFrame
+) -> None:
+    binary, as_json = triton_inputs(frame, binary=True), triton_inputs(frame, binary=False)
+    mixed = [binary[0], as_json[1], binary[2], as_json[3], binary[4]]
+    result = client.infer(MODEL, mixed, model_version="sk")
+    expected_labels, expected_proba = json_answer(server, frame, "sk")
+    assert labels(result.as_numpy("predict")) == expected_labels
+    np.testing.assert_array_equal(result.as_numpy("predict_proba"), expected_proba)
+
+
 def test_only_the_requested_outputs_come_back(client: triton.InferenceServerClient, frame: pd.DataFrame) -> None:
     outputs = [triton.InferRequestedOutput("predict_proba", binary_data=True)]
     result = client.infer(MODEL, triton_inputs(frame, binary=True), model_version="sk", outputs=outputs)
