@@ -159,9 +159,10 @@ def wanted_outputs(payload: Mapping, available: list[str]) -> dict[str, bool]:
 def encode_output(datatype: str, values: list) -> bytes:
     """An output tensor's values (flat, row major) as binary data."""
     if datatype == "BYTES":
-        parts = []
-        for value in values:
+        # The values are a classifier's labels, a few distinct ones repeated: each is encoded once.
+        encoded = {}
+        for value in set(values):
             text = str(value).encode()
-            parts += (_LENGTH.pack(len(text)), text)
-        return b"".join(parts)
+            encoded[value] = _LENGTH.pack(len(text)) + text
+        return b"".join(map(encoded.__getitem__, values))
     return np.asarray(values, dtype=NUMERIC_DTYPES[datatype]).tobytes()
