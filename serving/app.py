@@ -559,8 +559,7 @@ class ModelServer:
         if protocol == "v2":
             tensors = [("predict", version.output_datatype, [rows], predictions)]
             if probabilities is not None:
-                flat = [p for row in probabilities for p in row]
-                tensors.append(("predict_proba", "FP64", [rows, len(version.classes)], flat))
+                tensors.append(("predict_proba", "FP64", [rows, len(version.classes)], probabilities))
             outputs = []
             for name, datatype, shape, values in tensors:
                 if name not in wanted:
@@ -571,7 +570,8 @@ class ModelServer:
                     output["parameters"] = {"binary_data_size": len(chunk)}
                     chunks.append(chunk)
                 else:
-                    output["data"] = values
+                    # JSON tensor data is flat, in row-major order.
+                    output["data"] = values if len(shape) == 1 else [v for row in values for v in row]
                 outputs.append(output)
             response: dict = {
                 "model_name": self.spec.name,

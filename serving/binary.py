@@ -157,7 +157,7 @@ def wanted_outputs(payload: Mapping, available: list[str]) -> dict[str, bool]:
 
 
 def encode_output(datatype: str, values: list) -> bytes:
-    """An output tensor's values (flat, row major) as binary data."""
+    """An output tensor's values as binary data, row major: a flat list, or (numbers only) one list per row."""
     if datatype == "BYTES":
         # The values are a classifier's labels, a few distinct ones repeated: each is encoded once.
         encoded = {}

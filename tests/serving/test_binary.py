@@ -3,6 +3,7 @@ with hand-built bodies for what a well-behaved client never sends."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import struct
 import uuid
@@ -208,6 +209,31 @@ def test_events_of_binary_inputs_hold_the_values(
     (mine,) = [e for e in events if e["request_id"] == request_id]
     assert mine["inputs"] == {name: frame[name].tolist() for name in [*NUMBERS, "size"]}
     assert len(mine["outputs"]) == len(frame)
+
+
+def test_a_binary_answer_is_octet_stream_after_its_json_header(server: ServerProcess) -> None:
+    tensors, data = good_inputs(3)
+    raw, headers = body({"inputs": tensors, "parameters": {"binary_data_output": True}}, data)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("POST", f"/v2/models/{MODEL}/versions/sk/infer", body=raw, headers=headers)
+        response = connection.getresponse()
+        content = response.read()
+    finally:
+        connection.close()
+    assert response.status == 200 and response.getheader("Content-Type") == "application/octet-stream"
+    length = int(response.getheader(HEADER))
+    header = json.loads(content[:length])
+    sizes = [output["parameters"]["binary_data_size"] for output in header["outputs"]]
+    assert sizes[1] == 3 * 3 * 8 and length + sum(sizes) == len(content)
+    proba = np.frombuffer(content[length + sizes[0] :], dtype="<f8").reshape(3, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    labels, position = [], length
+    while position < length + sizes[0]:
+        (size,) = struct.unpack_from("<I", content, position)
+        labels.append(content[position + 4 : position + 4 + size].decode())
+        position += 4 + size
+    assert labels == [header["parameters"]["classes"][i] for i in proba.argmax(axis=1)]
 
 
 def test_server_metadata_lists_the_extension(client: triton.InferenceServerClient) -> None:
