@@ -493,7 +493,7 @@ class ModelServer:
             raise HttpError(400, f"the body is not valid JSON: {exc}", "body") from None
         if not isinstance(payload, dict):
             raise HttpError(400, "the body must be a JSON object", "body")
-        if data is None:
+        if protocol != "v2":
             return payload, len(body)
         try:
             # Binary values take more room as JSON in an event than in the body: the estimate, not the body's size,

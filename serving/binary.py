@@ -53,11 +53,12 @@ def split_body(body: bytes, header_length: str) -> tuple[bytes, memoryview]:
     return body[:size], memoryview(body)[size:]
 
 
-def decode_inputs(payload: Mapping, data: memoryview) -> int:
+def decode_inputs(payload: Mapping, data: memoryview | None) -> int:
     """Put each binary input's values in its tensor's `data` (in place); return their estimated size as JSON.
 
-    Every byte of `data` must belong to exactly one input. Errors name the input (or "body" for bytes that
-    belong to none) and are raised before any model sees the request.
+    `data` is what follows the JSON header, None for a request without the header (where no input may be
+    binary). Every byte of `data` must belong to exactly one input. Errors name the input (or "body" for bytes
+    that belong to none) and are raised before any model sees the request.
     """
     tensors = payload.get("inputs")
     offset = 0
@@ -70,6 +71,8 @@ def decode_inputs(payload: Mapping, data: memoryview) -> int:
         if not isinstance(name, str):
             raise InputError("inputs", f"input {index} needs a name")
         size, datatype, shape = parameters["binary_data_size"], tensor.get("datatype"), tensor.get("shape")
+        if data is None:
+            raise InputError(name, f"binary_data_size needs the {HEADER} header")
         if type(size) is not int or size < 0:
             raise InputError(name, f"binary_data_size must be a number of bytes, not {size!r}")
         if "data" in tensor:
@@ -91,7 +94,7 @@ def decode_inputs(payload: Mapping, data: memoryview) -> int:
         else:
             tensor["data"] = _decode_numbers(name, chunk, NUMERIC_DTYPES[datatype], count, shape)
             json_size += VALUE_BYTES * count
-    if offset != len(data):
+    if data is not None and offset != len(data):
         raise InputError("body", f"{len(data) - offset} bytes after the JSON header belong to no input")
     return json_size
 

@@ -308,6 +308,12 @@ def bad_bodies() -> dict[str, tuple[bytes, dict, str, str]]:
             "sepal_length",
             "not both",
         ),
+        "binary-without-the-header": (
+            json.dumps({"inputs": tensors}).encode(),
+            {},
+            "sepal_length",
+            f"needs the {HEADER} header",
+        ),
         "bytes-left-over": (*body({"inputs": tensors}, data, b"\0\0"), "body", "2 bytes after the JSON header"),
     }
 
