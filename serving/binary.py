@@ -45,7 +45,8 @@ _LENGTH = struct.Struct("<I")
 
 def split_body(body: bytes, header_length: str) -> tuple[bytes, memoryview]:
     """The JSON header and the binary data after it, given the value of the `Inference-Header-Content-Length`."""
-    if not header_length.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not (header_length.isascii() and header_length.isdigit()):
         raise InputError(HEADER, f"{header_length!r} is not a number of bytes")
     size = int(header_length)
     if size == 0 or size > len(body):

@@ -272,6 +272,12 @@ def bad_bodies() -> dict[str, tuple[bytes, dict, str, str]]:
             HEADER,
             "not a number",
         ),
+        "header-a-superscript-digit": (
+            json.dumps({"inputs": tensors}).encode() + data,
+            {HEADER: "\xb2"},
+            HEADER,
+            "not a number",
+        ),
         "size-past-the-end": (*body({"inputs": tensors}, data[:-5]), "size", "bytes of the body are left"),
         "size-not-shape-times-dtype": (
             *body({"inputs": [tensor("sepal_length", "FP64", [3], 16), *tensors[1:]]}, two, data[16:]),
