@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serving import binary
 from serving.events import EventShipper, event, event_size
 from serving.loader import load_predictor
 from serving.metrics import SNAPSHOT_INTERVAL_SECONDS, Metrics, SharedMetrics, render
@@ -165,6 +166,7 @@ class LoadedVersion:
         self.classes = np.asarray(classes) if classes else None
         self.class_list = self.classes.tolist() if self.classes is not None else None
         self.output_datatype = _v2_datatype(self.classes) if self.classes is not None else "FP64"
+        self.output_names = ["predict", "predict_proba"] if self.classes is not None else ["predict"]
         # Metric labels of a successful answer, per protocol, and of its duration (built once, not per request).
         self.ok_labels = {
             protocol: (("version", self.id), ("protocol", protocol), ("status", "200")) for protocol in ("v2", "mlflow")
@@ -355,8 +357,18 @@ class ModelServer:
         headers: list[tuple[str, str]] | None = None,
         after: Callable[[], None] | None = None,
     ) -> Iterable[bytes]:
-        data = _encode_json(body)
-        response_headers = [("Content-Type", JSON), ("Content-Length", str(len(data)))]
+        return self._send(start_response, status, _encode_json(body), JSON, headers, after)
+
+    def _send(
+        self,
+        start_response: StartResponse,
+        status: int,
+        data: bytes,
+        content_type: str,
+        headers: list[tuple[str, str]] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> Iterable[bytes]:
+        response_headers = [("Content-Type", content_type), ("Content-Length", str(len(data)))]
         if headers:
             response_headers.extend(headers)
         start_response(_STATUS_LINES.get(status) or f"{status} ", response_headers)
@@ -379,7 +391,7 @@ class ModelServer:
         return (200 if self.ready else 503), {"name": self.spec.name, "ready": self.ready}
 
     def _server_metadata(self) -> tuple[int, Any]:
-        return 200, {"name": SERVER_NAME, "version": "1", "extensions": []}
+        return 200, {"name": SERVER_NAME, "version": "1", "extensions": ["binary_tensor_data"]}
 
     def _model_metadata(self, version: LoadedVersion) -> dict:
         return {
@@ -459,6 +471,37 @@ class ModelServer:
             raise HttpError(413, f"the body is larger than the limit of {limit} bytes", "body")
         return data
 
+    def _decode_body(self, body: bytes, header_length: str | None, protocol: str) -> tuple[dict, int]:
+        """The request's JSON object, binary inputs decoded into it, and the inputs' estimated size as JSON.
+
+        Every failure here is the body's, not a model's: it is raised before a version is chosen.
+        """
+        data = None
+        if header_length is not None:
+            if protocol != "v2":
+                raise HttpError(400, "binary tensor data is for the V2 infer endpoints", binary.HEADER)
+            try:
+                body, data = binary.split_body(body, header_length)
+            except InputError as exc:
+                raise HttpError(400, exc.message, exc.field) from None
+        # Checked before parsing: a parser or a walk over the payload would recurse as deep as the body nests.
+        if json_too_deep(body):
+            raise HttpError(400, f"the body nests more than {MAX_JSON_DEPTH} levels deep", "body")
+        try:
+            payload = _decode_json(body)
+        except ValueError as exc:
+            raise HttpError(400, f"the body is not valid JSON: {exc}", "body") from None
+        if not isinstance(payload, dict):
+            raise HttpError(400, "the body must be a JSON object", "body")
+        if protocol != "v2":
+            return payload, len(body)
+        try:
+            # Binary values take more room as JSON in an event than in the body: the estimate, not the body's size,
+            # is what the event buffer's byte bound must count.
+            return payload, len(body) + binary.decode_inputs(payload, data)
+        except InputError as exc:
+            raise HttpError(400, exc.message, exc.field) from None
+
     def _request_key(self, environ: dict, payload: Mapping) -> str | None:
         key = environ.get(self._sticky_env)
         if key:
@@ -476,8 +519,9 @@ class ModelServer:
         started = time.perf_counter()
         timestamp = time.time()
         request_id = environ.get("HTTP_X_REQUEST_ID") or ""
-        # No version until the body is a JSON object: a body that is not one says nothing of any model, so its
-        # failure is counted (and its event shipped) without a version, out of every version's analysis.
+        # No version until the body is a JSON object (with its binary inputs, if any, decoded): a body that is not
+        # one says nothing of any model, so its failure is counted (and its event shipped) without a version, out
+        # of every version's analysis.
         version: LoadedVersion | None = None
         columns: Mapping[str, list] | None = None
         key: str | None = None
@@ -485,20 +529,13 @@ class ModelServer:
         try:
             body = self._read_body(environ)
             body_size = len(body)
-            # Checked before parsing: a parser or a walk over the payload would recurse as deep as the body nests.
-            if json_too_deep(body):
-                raise HttpError(400, f"the body nests more than {MAX_JSON_DEPTH} levels deep", "body")
-            try:
-                payload = _decode_json(body)
-            except ValueError as exc:
-                raise HttpError(400, f"the body is not valid JSON: {exc}", "body") from None
-            if not isinstance(payload, dict):
-                raise HttpError(400, "the body must be a JSON object", "body")
+            payload, body_size = self._decode_body(body, environ.get(binary.HEADER_ENVIRON), protocol)
             if protocol == "v2" and not request_id and isinstance(payload.get("id"), str):
                 request_id = payload["id"]
             key = self._request_key(environ, payload)
             version = pinned or self.versions[self.split.pick(key)]
             try:
+                wanted = binary.wanted_outputs(payload, version.output_names) if protocol == "v2" else {}
                 columns = payload_to_columns(payload, columns=version.names)
                 rows = max(map(len, columns.values()), default=0)
                 if rows == 0:
@@ -518,17 +555,24 @@ class ModelServer:
             )
 
         request_id = request_id or new_request_id()
+        chunks: list[bytes] = []
         if protocol == "v2":
-            outputs = [{"name": "predict", "datatype": version.output_datatype, "shape": [rows], "data": predictions}]
+            tensors = [("predict", version.output_datatype, [rows], predictions)]
             if probabilities is not None:
-                outputs.append(
-                    {
-                        "name": "predict_proba",
-                        "datatype": "FP64",
-                        "shape": [rows, len(version.classes)],
-                        "data": [p for row in probabilities for p in row],
-                    }
-                )
+                tensors.append(("predict_proba", "FP64", [rows, len(version.classes)], probabilities))
+            outputs = []
+            for name, datatype, shape, values in tensors:
+                if name not in wanted:
+                    continue
+                output: dict = {"name": name, "datatype": datatype, "shape": shape}
+                if wanted[name]:
+                    chunk = binary.encode_output(datatype, values)
+                    output["parameters"] = {"binary_data_size": len(chunk)}
+                    chunks.append(chunk)
+                else:
+                    # JSON tensor data is flat, in row-major order.
+                    output["data"] = values if len(shape) == 1 else [v for row in values for v in row]
+                outputs.append(output)
             response: dict = {
                 "model_name": self.spec.name,
                 "model_version": version.id,
@@ -569,6 +613,10 @@ class ModelServer:
                 )
             self._to_shadow(columns, request_id, key, timestamp, body_size)
 
+        if chunks:
+            header = _encode_json(response)
+            headers.append((binary.HEADER, str(len(header))))
+            return self._send(start_response, 200, header + b"".join(chunks), binary.CONTENT_TYPE, headers, after)
         return self._json(start_response, 200, response, headers, after)
 
     def _answer_error(

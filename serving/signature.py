@@ -146,6 +146,14 @@ def _to_float(name: str, values: np.ndarray | list) -> np.ndarray:
 def _to_bool(name: str, values: np.ndarray | list) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.dtype.kind == "b":
         return values
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        # Numbers (a binary V2 input of any numeric type) are checked as a whole: 0, 1 or missing.
+        numbers = values.astype(np.float64)
+        bad = np.flatnonzero(~np.isnan(numbers) & (numbers != 0) & (numbers != 1))
+        if len(bad):
+            row = int(bad[0])
+            raise InputError(name, f"row {row}: cannot convert {values[row].item()!r} to a boolean")
+        return numbers if np.isnan(numbers).any() else numbers.astype(bool)
     out = np.empty(len(values), dtype=np.float64)
     for row, value in enumerate(values):
         if _is_missing(value):
@@ -276,10 +284,13 @@ def coerce_columns(data: Any, signature: Mapping, *, max_rows: int | None = None
     if max_rows is not None and n_rows > max_rows:
         raise InputError("rows", f"{n_rows} rows exceed the limit of {max_rows}")
     inputs = signature["inputs"]
-    if all(spec["type"] == "number" for spec in inputs) and not any(isinstance(v, np.ndarray) for v in raw.values()):
-        # All-number lists (a JSON request's usual shape) convert in one numpy call instead of one per column
-        # (the same conversion `_to_float` tries first). Anything else, or a required value that is missing,
-        # goes through the column by column path, which names the column and row at fault.
+    if all(spec["type"] == "number" for spec in inputs) and all(
+        isinstance(v, list) or (isinstance(v, np.ndarray) and v.dtype.kind in "fiub") for v in raw.values()
+    ):
+        # All-number lists (a JSON request's usual shape) and numeric arrays (a binary V2 request's, or a
+        # DataFrame's) convert in one numpy call instead of one per column (the same conversion `_to_float` tries
+        # first). Anything else, or a required value that is missing, goes through the column by column path,
+        # which names the column and row at fault.
         try:
             matrix = np.array([raw[name] for name in names], dtype=np.float64)
         except (TypeError, ValueError):
@@ -386,15 +397,17 @@ def _records_to_columns(records: list, columns: Sequence[str] | None, field: str
     raise InputError(field, "rows must all be objects or all be lists")
 
 
-def _v2_to_columns(tensors: list, columns: Sequence[str] | None) -> dict[str, list]:
-    result: dict[str, list] = {}
+def _v2_to_columns(tensors: list, columns: Sequence[str] | None) -> dict[str, list | np.ndarray]:
+    result: dict[str, list | np.ndarray] = {}
     for index, tensor in enumerate(tensors):
         name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
         if not isinstance(name, str) or datatype not in _V2_TYPES:
             raise InputError("inputs", f"input {index} needs a name and a known datatype, got {datatype!r}")
         if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InputError(name, f"bad shape {shape!r}")
-        values = _flatten(tensor.get("data"))
+        data = tensor.get("data")
+        # A binary input (serving.binary) arrives decoded: a flat array of numbers, or a list of str.
+        values = data if isinstance(data, np.ndarray) else _flatten(data)
         if math.prod(shape) != len(values):
             raise InputError(name, f"shape {shape} does not match {len(values)} values")
         if _V2_TYPES[datatype] == "bytes":
@@ -405,13 +418,17 @@ def _v2_to_columns(tensors: list, columns: Sequence[str] | None) -> dict[str, li
             # One [rows, features] tensor: its columns are the signature's inputs, in order.
             width = shape[1]
             for position, column in enumerate(columns):
-                result[column] = values[position::width]
+                # Arrays are made contiguous: a strided view would reach the event encoder as a string.
+                column_values = values[position::width]
+                result[column] = (
+                    np.ascontiguousarray(column_values) if isinstance(column_values, np.ndarray) else column_values
+                )
         else:
             raise InputError(name, f"shape {shape}: send one 1-D input per column")
     return result
 
 
-def payload_to_columns(payload: Any, *, columns: Sequence[str] | None = None) -> dict[str, list]:
+def payload_to_columns(payload: Any, *, columns: Sequence[str] | None = None) -> dict[str, list | np.ndarray]:
     """Column name -> values from an MLflow `/invocations` body or a KServe V2 infer request.
 
     Accepted: `dataframe_split`, `dataframe_records`, `instances` (row objects, or row lists with `columns`),

@@ -17,10 +17,15 @@ threads for 16 connections) sending prebuilt request bytes; it takes several tim
 both servers measure slower with it. Either way each connection is persistent and reconnects when the
 server closes it, and both servers get the same generator in the same run. Prediction logging is on: our
 server ships its events to a recording sink in this process.
+
+A second table measures one large batch (1,000 rows, XGBoost) on our server's V2 endpoint in both encodings,
+side by side in the same run: JSON (`data` lists), and the binary tensor extension (inputs and outputs as raw
+little-endian bytes after a JSON header, as NVIDIA's tritonclient sends them by default).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import multiprocessing
 import os
@@ -58,10 +63,13 @@ WARMUP_SECONDS = 1.0
 MEASURE_SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
 CONCURRENCY = (1, 16)
 BATCHES = (1, 32)
+V2_BATCH_ROWS = 1000
+V2_PATH = "/v2/models/bench/infer"
 START_TIMEOUT_SECONDS = 120.0
 WRK = shutil.which("wrk")
 LOAD_GENERATOR = "python" if os.environ.get("BENCH_LOAD") == "python" or WRK is None else "wrk"
 # Same thread budget for both servers: one thread per prediction, two worker processes on two cores.
+JSON = "application/json"
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -331,7 +339,7 @@ def run_load(port: int, request: bytes, connections: int) -> dict:
 # Prints one line for `run_wrk` to parse: requests, microseconds, p50 and p99 in microseconds, errors.
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+%s
 local file = io.open("%s", "rb")
 wrk.body = file:read("*a")
 file:close()
@@ -343,11 +351,14 @@ end
 """
 
 
-def run_wrk(port: int, body_path: Path, connections: int) -> dict:
+def run_wrk(
+    port: int, body_path: Path, connections: int, path: str = "/invocations", headers: dict[str, str] | None = None
+) -> dict:
     script = body_path.with_suffix(".lua")
-    script.write_text(WRK_SCRIPT % body_path)
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in {"Content-Type": JSON, **(headers or {})}.items())
+    script.write_text(WRK_SCRIPT % (lines, body_path))
     command = [str(WRK), "-t", "1" if connections == 1 else "2", "-c", str(connections), "-s", str(script)]
-    url = f"http://127.0.0.1:{port}/invocations"
+    url = f"http://127.0.0.1:{port}{path}"
     subprocess.run([*command, "-d", f"{max(1, round(WARMUP_SECONDS))}s", url], capture_output=True, check=True)
     result = subprocess.run(
         [*command, "-d", f"{max(1, round(MEASURE_SECONDS))}s", "--timeout", "10s", url],
@@ -360,12 +371,18 @@ def run_wrk(port: int, body_path: Path, connections: int) -> dict:
     return {"rps": requests / (duration_us / 1e6), "p50": p50_us / 1000, "p99": p99_us / 1000, "errors": errors}
 
 
-def http_request(port: int, body: bytes) -> bytes:
-    head = (
-        f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
+def http_request(port: int, body: bytes, path: str = "/invocations", headers: dict[str, str] | None = None) -> bytes:
+    fields = {"Host": f"127.0.0.1:{port}", "Content-Type": JSON, **(headers or {}), "Content-Length": str(len(body))}
+    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
     return head.encode() + body
+
+
+def measure(
+    port: int, body_path: Path, connections: int, path: str = "/invocations", headers: dict | None = None
+) -> dict:
+    if LOAD_GENERATOR == "wrk":
+        return run_wrk(port, body_path, connections, path, headers)
+    return run_load(port, http_request(port, body_path.read_bytes(), path, headers), connections)
 
 
 def payload(rows: int) -> bytes:
@@ -374,6 +391,77 @@ def payload(rows: int) -> bytes:
     return json.dumps(
         {"dataframe_split": {"columns": list(sample.columns), "data": sample.to_numpy().tolist()}}
     ).encode()
+
+
+def v2_bodies(rows: int) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """Encoding -> (body, extra headers) of one V2 request for `rows` rows: JSON, and binary in and out."""
+    frame, _ = _data(rows + 100)
+    sample = frame.tail(rows)
+    as_json = {
+        "inputs": [
+            {"name": name, "shape": [rows], "datatype": "FP64", "data": sample[name].tolist()}
+            for name in sample.columns
+        ]
+    }
+    data = [np.ascontiguousarray(sample[name].to_numpy(), dtype="<f8").tobytes() for name in sample.columns]
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": name, "shape": [rows], "datatype": "FP64", "parameters": {"binary_data_size": len(chunk)}}
+                for name, chunk in zip(sample.columns, data, strict=True)
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    binary_headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return {"json": (json.dumps(as_json).encode(), {}), "binary": (header + b"".join(data), binary_headers)}
+
+
+def v2_probabilities(port: int, body: bytes, headers: dict[str, str]) -> np.ndarray:
+    """predict_proba from one request, decoded from either encoding (to check both give the same answer)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", V2_PATH, body=body, headers={"Content-Type": JSON, **headers})
+        response = connection.getresponse()
+        content = response.read()
+        assert response.status == 200, content[:500]
+        length = response.getheader("Inference-Header-Content-Length")
+    finally:
+        connection.close()
+    header = json.loads(content[: int(length)] if length else content)
+    offset = int(length or 0)
+    for output in header["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if output["name"] == "predict_proba":
+            if size is None:
+                return np.asarray(output["data"], dtype=np.float64)
+            return np.frombuffer(content[offset : offset + size], dtype="<f8")
+        offset += size or 0
+    raise AssertionError("no predict_proba in the answer")
+
+
+def run_v2_batches(port: int, directory: Path) -> list[dict]:
+    """req/s of a 1,000-row batch on our V2 endpoint, JSON and binary, alternating cell by cell."""
+    bodies = v2_bodies(V2_BATCH_ROWS)
+    answers = [v2_probabilities(port, body, headers) for body, headers in bodies.values()]
+    np.testing.assert_array_equal(answers[0], answers[1])
+    results = []
+    for connections in CONCURRENCY:
+        for encoding, (body, headers) in bodies.items():
+            body_path = directory / f"v2-{encoding}-{V2_BATCH_ROWS}.body"
+            body_path.write_bytes(body)
+            measured = measure(port, body_path, connections, V2_PATH, headers)
+            results.append(
+                {
+                    "encoding": encoding,
+                    "rows": V2_BATCH_ROWS,
+                    "connections": connections,
+                    "body_bytes": len(body),
+                    "load": os.getloadavg()[0],
+                    **measured,
+                }
+            )
+    return results
 
 
 RAW_PREDICT = textwrap.dedent(
@@ -415,7 +503,7 @@ def raw_predict_ms(bundle: str, directory: Path) -> dict[int, float]:
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-def run_benchmark() -> list[dict]:
+def run_benchmark() -> tuple[list[dict], list[dict]]:
     load_at_start = os.getloadavg()
     directory = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     models = build_models(directory)
@@ -434,6 +522,7 @@ def run_benchmark() -> list[dict]:
     sink_url = f"http://127.0.0.1:{sink.server_address[1]}/ingest"
 
     results = []
+    batches: list[dict] = []
     for name, model in models.items():
         raw = raw_predict_ms(model["bundle"], directory)
         starts = [("ours", lambda model=model: start_ours(directory, model, sink_url))]
@@ -449,10 +538,7 @@ def run_benchmark() -> list[dict]:
                 body_path = directory / f"payload-{rows}.json"
                 for connections in CONCURRENCY:
                     for server_name, _, port in servers:
-                        if LOAD_GENERATOR == "wrk":
-                            measured = run_wrk(port, body_path, connections)
-                        else:
-                            measured = run_load(port, http_request(port, body_path.read_bytes()), connections)
+                        measured = measure(port, body_path, connections)
                         results.append(
                             {
                                 "model": name,
@@ -464,12 +550,15 @@ def run_benchmark() -> list[dict]:
                                 **measured,
                             }
                         )
+            if name == "xgboost_200":
+                batches = run_v2_batches(servers[0][2], directory)
         finally:
             for _, process, _ in servers:
                 stop(process)
     sink.shutdown()
     print_table(results, why_no_mlflow, _Sink.events, load_at_start)
-    return results
+    print_batch_table(batches)
+    return results, batches
 
 
 def print_table(results: list[dict], why_no_mlflow: str | None, events: int, load_at_start: tuple[float, ...]) -> None:
@@ -517,8 +606,31 @@ def print_table(results: list[dict], why_no_mlflow: str | None, events: int, loa
     print(f"prediction events received by the sink: {events}")
 
 
+def print_batch_table(batches: list[dict]) -> None:
+    print()
+    print(
+        f"Our server, xgboost_200, one {V2_BATCH_ROWS}-row batch on {V2_PATH}: V2 JSON against the binary tensor "
+        "extension (binary in and out), same run, cell by cell"
+    )
+    header = (
+        f"{'conn':>4} | {'json rps':>9} {'p50 ms':>7} {'err':>4} {'bytes':>7} | "
+        f"{'binary rps':>10} {'p50 ms':>7} {'err':>4} {'bytes':>7} | {'x rps':>6} | {'load':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    by_key = {(r["encoding"], r["connections"]): r for r in batches}
+    for connections in CONCURRENCY:
+        as_json, binary = by_key[("json", connections)], by_key[("binary", connections)]
+        print(
+            f"{connections:>4} | {as_json['rps']:>9.1f} {as_json['p50']:>7.2f} {as_json['errors']:>4} "
+            f"{as_json['body_bytes']:>7} | {binary['rps']:>10.1f} {binary['p50']:>7.2f} {binary['errors']:>4} "
+            f"{binary['body_bytes']:>7} | {binary['rps'] / max(as_json['rps'], 1e-9):>6.1f} | {binary['load']:>5.2f}"
+        )
+
+
 def test_serving_benchmark() -> None:
-    results = run_benchmark()
+    results, batches = run_benchmark()
+    assert all(r["errors"] == 0 for r in batches)
     by_key = {(r["model"], r["server"], r["rows"], r["connections"]): r for r in results}
     assert all(r["errors"] == 0 for r in results if r["server"] == "ours")
     xgb_1 = by_key[("xgboost_200", "ours", 1, 1)]
