@@ -16,8 +16,15 @@ class MembershipInline(admin.TabularInline):
 class ProjectAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "required_approvals", "created_at"]
     search_fields = ["name", "slug"]
-    # How many approvers production needs is changed through the API, with an audit entry, never here.
-    readonly_fields = ["slug", "name_key", "required_approvals", "created_at"]
+    # Approvals and retention are project settings changed through `project_update` (audited), never here.
+    readonly_fields = [
+        "slug",
+        "name_key",
+        "required_approvals",
+        "prediction_log_retention_days",
+        "prediction_rollup_retention_days",
+        "created_at",
+    ]
     inlines = [MembershipInline]
 
 

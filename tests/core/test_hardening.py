@@ -30,7 +30,7 @@ def test_mailpit_is_published_on_loopback_only() -> None:
     assert ports and all(str(port).startswith("127.0.0.1:") for port in ports), ports
 
 
-def test_the_admin_cannot_change_how_many_approvals_production_needs(db: None) -> None:
+def test_the_admin_cannot_change_approvals_or_retention(db: None) -> None:
     project = ProjectFactory(required_approvals=2)
     client = Client()
     client.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
@@ -40,6 +40,8 @@ def test_the_admin_cannot_change_how_many_approvals_production_needs(db: None) -
             "name": project.name,
             "description": "edited in the admin",
             "required_approvals": 1,
+            "prediction_log_retention_days": 1,
+            "prediction_rollup_retention_days": 1,
             "memberships-TOTAL_FORMS": "0",
             "memberships-INITIAL_FORMS": "0",
             "memberships-MIN_NUM_FORMS": "0",
@@ -49,3 +51,4 @@ def test_the_admin_cannot_change_how_many_approvals_production_needs(db: None) -
     assert response.status_code == 302
     project.refresh_from_db()
     assert project.description == "edited in the admin" and project.required_approvals == 2
+    assert (project.prediction_log_retention_days, project.prediction_rollup_retention_days) == (30, 400)
