@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
 
+from apps.core.queueing import enqueue_on_commit
 from apps.deployments import services
 from apps.deployments.choices import DeploymentStatus, DeploymentStrategy
 from apps.deployments.models import Deployment
@@ -47,8 +47,7 @@ def registry_event_handler(event: Any) -> None:
         status=DeploymentStatus.STOPPED
     )
     for deployment_id in followers.values_list("pk", flat=True):
-        version_id = event.version_id
-        transaction.on_commit(lambda d=deployment_id, v=version_id: deployment_rollout_approved_task.delay(d, v))
+        enqueue_on_commit(deployment_rollout_approved_task, deployment_id, event.version_id)
 
 
 def deployment_rollout_approved(*, deployment_id: int, model_version_id: int) -> str:
