@@ -60,3 +60,24 @@ def test_a_second_dead_worker_fails_the_stage(project, owner, iris, django_captu
     assert stage.status == "failed" and "no retry took over" in stage.error
     pipeline_run.refresh_from_db()
     assert pipeline_run.status == "failed"
+
+
+def test_a_stage_whose_message_was_never_sent_is_sent_again(
+    project, owner, iris, django_capture_on_commit_callbacks
+) -> None:
+    """The broker was down when the stage was queued (the user was answered 503): the reaper sends its message
+    again, under the same task id, once it has waited UNCLAIMED_RESEND_AFTER unclaimed."""
+    with django_capture_on_commit_callbacks():  # the send after commit never reached the broker
+        pipeline_run = services.pipeline_run_create(
+            project=project, actor=owner, config_text=IRIS_CONFIG, executor=services.EXECUTOR_WORKER
+        )
+    stage = pipeline_run.stages.get(name="ingest")
+    task_id = stage.task_id
+    assert services.pipeline_runs_reap_stale() == 0
+    stage.refresh_from_db()
+    assert stage.status == "queued", "queued a moment ago: its message may wait behind others"
+    waited = timezone.now() - pipelines.UNCLAIMED_RESEND_AFTER - timedelta(seconds=1)
+    PipelineStage.objects.filter(pk=stage.pk).update(heartbeat_at=waited)
+    services.pipeline_runs_reap_stale()  # tasks run eagerly here: the message sent again runs the stage
+    stage.refresh_from_db()
+    assert (stage.status, stage.attempts, stage.task_id) == ("succeeded", 1, task_id)
