@@ -30,9 +30,15 @@ STAGE_CONFIG_KEYS = ("name", "strategy", "replicas", "backend", "environment", "
 
 
 def ingest_source_for_token(token: str) -> IngestSource | None:
-    """Telemetry's token resolver: the deployment (and its project) whose model servers hold this token."""
+    """Telemetry's token resolver: the deployment whose model servers hold this token, its project and its
+    model's versions (the only ones its events may name)."""
     deployment = services.deployment_for_token(token)
-    return IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id) if deployment else None
+    if deployment is None:
+        return None
+    versions = frozenset(
+        ModelVersion.objects.filter(model_id=deployment.registered_model_id).values_list("pk", flat=True)
+    )
+    return IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id, version_ids=versions)
 
 
 def registry_event_handler(event: Any) -> None:
