@@ -30,7 +30,7 @@ from django.utils import timezone
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
-from apps.core.queueing import enqueue_on_commit
+from apps.core.queueing import BROKER_DOWN, enqueue_on_commit
 from apps.core.services import audit_record, normalize_name
 from apps.datasets.choices import DatasetVersionStatus
 from apps.datasets.models import Dataset, DatasetVersion
@@ -607,8 +607,14 @@ def pipeline_run_cancel(*, pipeline_run: PipelineRun, actor: AbstractBaseUser) -
 def _revoke(task_ids: list[str]) -> None:
     from mlops_console.celery import app
 
-    for task_id in task_ids:
-        app.control.revoke(task_id, terminate=True)
+    try:
+        for task_id in task_ids:
+            app.control.revoke(task_id, terminate=True)
+    except BROKER_DOWN:
+        # The revoke only hurries the cancel: the stage reads the run's status at its next cancel check.
+        logger.warning(
+            "could not revoke tasks %s: the broker is unreachable; they stop at their cancel check", task_ids
+        )
 
 
 def pipeline_stage_revoked(*, stage_id: int, task_id: str) -> None:
