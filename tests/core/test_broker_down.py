@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import kombu.pools
 import pytest
 import redis
 from django.test import Client
@@ -75,10 +76,11 @@ class RedisServer:
 
 
 def _reset_producers() -> None:
-    """Forget pooled broker connections, so the next send connects to the broker configured now."""
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    """Forget pooled broker connections, so the next send connects to the broker configured now: kombu keeps
+    its pools in process-wide groups keyed by connection (emptied here; they refill on demand), and the app
+    and its amqp hold references to theirs."""
+    kombu.pools.reset()
+    app._pool = None
     app.amqp._producer_pool = None
 
 
