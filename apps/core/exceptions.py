@@ -10,6 +10,7 @@ input at fault when there is one.
     Conflict            409    {"detail": message} or {field: [msg]}  (*)
     ValidationError     400    {field: [message]}                     (*), or the form again with the error on its field
     PayloadTooLarge     413    {"detail": message}                    (*); upload views answer it themselves
+    ServiceUnavailable  503    {"detail": message}                    (*)
 
     (*) back to the page the form was posted from (a same-site Referer) with the message; without one, an error
         page with the status and the message.
@@ -74,3 +75,9 @@ class PayloadTooLarge(DomainError):
     """The request body is larger than the upload limit."""
 
     status_code = 413
+
+
+class ServiceUnavailable(DomainError):
+    """A service the change needs is down; what the message says was saved stays saved (see apps.core.queueing)."""
+
+    status_code = 503

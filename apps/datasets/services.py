@@ -27,6 +27,7 @@ from apps.core.choices import ProjectRole
 from apps.core.jobs import JobProgress, job_claim, job_finish, job_start
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
+from apps.core.queueing import enqueue_on_commit
 from apps.core.services import artifact_verified_path, audit_record, audited_update, clean_name
 from apps.datasets import selectors
 from apps.datasets.choices import DatasetVersionStatus
@@ -135,16 +136,9 @@ def sanitize_file_name(raw: str) -> str:
     return name
 
 
-def _send_profile_task(version_id: int) -> None:
-    try:
-        dataset_version_profile_task.delay(version_id)
-    except Exception:
-        # The version is committed and stays pending; the beat reconciler queues it again once the broker is back.
-        logger.exception("could not queue profiling of dataset version %s; it will be retried", version_id)
-
-
 def _enqueue_profile(version_id: int) -> None:
-    transaction.on_commit(lambda: _send_profile_task(version_id))
+    # A lost send is taken over by the beat's datasets.requeue_stale_versions (the version stays pending).
+    enqueue_on_commit(dataset_version_profile_task, version_id)
 
 
 def dataset_version_create(
@@ -381,7 +375,7 @@ def dataset_versions_requeue_stale() -> int:
     ).values_list("pk", flat=True)
     ids = list(stale)
     for version_id in ids:
-        _send_profile_task(version_id)
+        dataset_version_profile_task.delay(version_id)
     if ids:
         logger.warning("queued profiling again for stale dataset versions %s", ids)
     return len(ids)

@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
 
+from apps.core.queueing import enqueue_on_commit
 from apps.deployments import services
 from apps.deployments.choices import DeploymentStatus, DeploymentStrategy
 from apps.deployments.models import Deployment
@@ -30,9 +30,15 @@ STAGE_CONFIG_KEYS = ("name", "strategy", "replicas", "backend", "environment", "
 
 
 def ingest_source_for_token(token: str) -> IngestSource | None:
-    """Telemetry's token resolver: the deployment (and its project) whose model servers hold this token."""
+    """Telemetry's token resolver: the deployment whose model servers hold this token, its project and its
+    model's versions (the only ones its events may name)."""
     deployment = services.deployment_for_token(token)
-    return IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id) if deployment else None
+    if deployment is None:
+        return None
+    versions = frozenset(
+        ModelVersion.objects.filter(model_id=deployment.registered_model_id).values_list("pk", flat=True)
+    )
+    return IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id, version_ids=versions)
 
 
 def registry_event_handler(event: Any) -> None:
@@ -47,8 +53,7 @@ def registry_event_handler(event: Any) -> None:
         status=DeploymentStatus.STOPPED
     )
     for deployment_id in followers.values_list("pk", flat=True):
-        version_id = event.version_id
-        transaction.on_commit(lambda d=deployment_id, v=version_id: deployment_rollout_approved_task.delay(d, v))
+        enqueue_on_commit(deployment_rollout_approved_task, deployment_id, event.version_id)
 
 
 def deployment_rollout_approved(*, deployment_id: int, model_version_id: int) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -79,6 +80,16 @@ def _server_version_label(deployment: Deployment) -> Callable[[str], str]:
     return lambda version_id: labels.get(str(version_id), f"version id {version_id}")
 
 
+def _restarts_note(replica: dict[str, Any]) -> str:
+    """A crash loop with its restart count and the wait for the next restart, else the count of restarts."""
+    restarts = int(replica.get("restarts") or 0)
+    count = f"{restarts} restart{'' if restarts == 1 else 's'}"
+    if replica.get("crash_loop"):
+        wait = max(0, int(float(replica.get("next_restart_at") or 0) - time.time()))
+        return f"crash loop — {count}, next restart in {wait}s"
+    return count if restarts else ""
+
+
 def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
     traffic = selectors.deployment_traffic(deployment)
     state = deployment.strategy_state or {}
@@ -97,6 +108,7 @@ def _live_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any
             **replica,
             "serves": [(label(v), w) for v, w in (replica.get("traffic") or {}).items()],
             "shadow_label": label(replica["shadow"]) if replica.get("shadow") else None,
+            "restarts_note": _restarts_note(replica),
         }
         for replica in (deployment.observed or {}).get("replicas", [])
     ]

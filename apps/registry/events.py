@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.core.models import Project
+from apps.core.queueing import enqueue_on_commit
 
 if TYPE_CHECKING:
     from apps.registry.models import ModelVersion, PromotionRequest, RegisteredModel, RegistryEvent
@@ -86,7 +86,8 @@ def event_emit(
         payload=body,
     )
     event_notify(event)
-    transaction.on_commit(lambda: registry_event_dispatch_task.delay(event.pk))
+    # A lost send is taken over by the beat's registry.events_dispatch_pending (events_pending_ids).
+    enqueue_on_commit(registry_event_dispatch_task, event.pk)
     return event
 
 

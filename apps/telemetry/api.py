@@ -38,7 +38,9 @@ class IngestEventsSerializer(serializers.Serializer):
 class PredictionIngestApi(APIView):
     """Store a batch of prediction events; idempotent (a re-sent event is not stored twice).
 
-    Answers 202 `{"accepted": n}` with n the events newly stored, 400 naming `events` for a malformed batch,
+    Answers 202 `{"accepted": n}` with n the events newly stored, plus `"rejected": [{"index", "request_id",
+    "field", "error"}, ...]` for events refused alone (an impossible timestamp, a version_id that is not one of
+    the deployment's model's versions) while the rest was stored; 400 naming `events` for a malformed batch,
     and 503 when the batch raced with a copy of itself (model servers retry 503s).
     """
 
@@ -50,7 +52,10 @@ class PredictionIngestApi(APIView):
     def post(self, request: Request) -> Response:
         events = request.data.get("events") if isinstance(request.data, dict) else None
         try:
-            accepted = services.predictions_ingest(source=request.auth, events=events)
+            result = services.predictions_ingest(source=request.auth, events=events)
         except services.IngestRetry as exc:
             raise IngestBusy() from exc
-        return Response({"accepted": accepted}, status=status.HTTP_202_ACCEPTED)
+        body: dict[str, Any] = {"accepted": result.accepted}
+        if result.rejected:
+            body["rejected"] = result.rejected
+        return Response(body, status=status.HTTP_202_ACCEPTED)

@@ -62,21 +62,33 @@ class IngestRetry(Exception):  # noqa: N818 - an outcome the caller answers with
 
 @dataclass(frozen=True)
 class IngestSource:
-    """Whose events a batch may hold: the deployment its token names, and that deployment's project."""
+    """Whose events a batch may hold: the deployment its token names, that deployment's project, and the
+    registry ids of its model's versions (an event naming any other version is refused)."""
 
     deployment_id: int
     project_id: int
+    version_ids: frozenset[int] = frozenset()
 
 
-def predictions_ingest(*, source: IngestSource, events: Any) -> int:
-    """Store a batch of prediction events shipped by one deployment's model servers; returns how many were new.
+@dataclass(frozen=True)
+class IngestResult:
+    """`accepted`: events newly stored; `rejected`: `{"index", "request_id", "field", "error"}` per event refused."""
+
+    accepted: int
+    rejected: list[dict[str, Any]]
+
+
+def predictions_ingest(*, source: IngestSource, events: Any) -> IngestResult:
+    """Store a batch of prediction events shipped by one deployment's model servers.
 
     Events naming another deployment (a misconfigured server) are ignored, and so are events already stored
-    (a re-sent batch is not counted twice). A malformed event refuses the whole batch (400 naming it).
+    (a re-sent batch is not counted twice). A malformed batch or event structure refuses the whole batch
+    (400 naming it); an event with an impossible timestamp or a version_id that is not one of the deployment's
+    model's versions is refused alone and reported in `rejected`, and the rest of the batch is stored.
     """
-    rows = _rows(source, events)
+    rows, rejected = _rows(source, events)
     if not rows:
-        return 0
+        return IngestResult(0, rejected)
     try:
         try:
             # Almost every batch is new: write it straight away.
@@ -93,7 +105,7 @@ def predictions_ingest(*, source: IngestSource, events: Any) -> int:
         raise IngestRetry(str(exc)) from None
     except DataError as exc:
         raise ValidationError(f"The batch holds a value the database cannot store: {exc}", field="events") from None
-    return len(rows)
+    return IngestResult(len(rows), rejected)
 
 
 def _store(source: IngestSource, rows: list[tuple]) -> None:
@@ -111,15 +123,24 @@ def _text(value: Any, limit: int) -> str:
     return str(value)[:limit].replace("\x00", "") if value is not None else ""
 
 
-def _version_id(value: Any) -> int | None:
-    """The registry's version id (a positive integer), or None when no version answered."""
+class _Rejected(Exception):  # noqa: N818 - one event refused, the batch goes on
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _version_id(value: Any, source: IngestSource) -> int | None:
+    """One of the deployment's model's versions (its registry id), or None when no version answered."""
+    if value is None or value == "":
+        return None
+    number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and value.isascii() and value.isdigit():
         number = int(value)
-    else:
-        return None
-    return number if 0 < number < 2**63 else None
+    if number not in source.version_ids:
+        raise _Rejected("version_id", f"version_id {str(value)[:40]!r} is not a version of this deployment's model")
+    return number
 
 
 def _check_inputs(inputs: Any, index: int) -> None:
@@ -135,21 +156,24 @@ def _check_inputs(inputs: Any, index: int) -> None:
 
 
 def _timestamp(value: Any, default: datetime) -> datetime:
+    """The event's ISO 8601 time in UTC (naive: UTC), or `default` when the event has none."""
+    if value is None or value == "":
+        return default
     try:
         created = datetime.fromisoformat(str(value))
-    except ValueError:
-        return default
-    return created.astimezone(UTC) if created.tzinfo else created.replace(tzinfo=UTC)
+        return created.astimezone(UTC) if created.tzinfo else created.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # 2024-02-30, or 0001-01-01 ahead of UTC: no such instant
+        raise _Rejected("timestamp", f"timestamp {str(value)[:40]!r} is not a valid ISO 8601 date and time") from None
 
 
-def _rows(source: IngestSource, events: Any) -> list[tuple]:
+def _rows(source: IngestSource, events: Any) -> tuple[list[tuple], list[dict[str, Any]]]:
     if not isinstance(events, list):
         raise ValidationError("Must be a list of prediction events.", field="events")
     if len(events) > MAX_EVENTS_PER_BATCH:
         raise ValidationError(f"At most {MAX_EVENTS_PER_BATCH} events per request.", field="events")
     now = timezone.now()
     deployment = str(source.deployment_id)
-    rows = []
+    rows, rejected = [], []
     for index, event in enumerate(events):
         if not isinstance(event, dict) or not event.get("request_id"):
             raise ValidationError(f"events[{index}] must be an object with a request_id.", field="events")
@@ -163,11 +187,18 @@ def _rows(source: IngestSource, events: Any) -> list[tuple]:
             raise ValidationError(f"events[{index}] has a non-numeric status or latency_ms.", field="events") from None
         inputs = event.get("inputs")
         _check_inputs(inputs, index)
+        try:
+            version_id = _version_id(event.get("version_id"), source)
+            created = _timestamp(event.get("timestamp"), now)
+        except _Rejected as exc:
+            request_id = _text(event["request_id"], 64)
+            rejected.append({"index": index, "request_id": request_id, "field": exc.field, "error": str(exc)})
+            continue
         rows.append(
             (
                 source.deployment_id,
                 source.project_id,
-                _version_id(event.get("version_id")),
+                version_id,
                 _text(event["request_id"], 64),
                 bool(event.get("shadow")),
                 inputs,
@@ -177,11 +208,11 @@ def _rows(source: IngestSource, events: Any) -> list[tuple]:
                 max(0, min(status, 999)),
                 _text(event.get("error"), 2000),
                 _text(event.get("request_key"), 200),
-                _timestamp(event.get("timestamp"), now),
+                created,
                 now,
             )
         )
-    return rows
+    return rows, rejected
 
 
 def _new_rows(deployment_id: int, rows: list[tuple]) -> list[tuple]:

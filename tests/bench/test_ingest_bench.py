@@ -44,7 +44,7 @@ from apps.datasets.models import Dataset
 
 source, dataset_id, chunk = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 # Profiling is timed on its own below, through the same service the Celery task calls.
-services._send_profile_task = lambda version_id: None
+services._enqueue_profile = lambda version_id: None
 timings = {}
 
 started = time.perf_counter()

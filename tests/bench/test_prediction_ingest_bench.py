@@ -215,7 +215,9 @@ def test_prediction_ingest_throughput(deployment: Any) -> None:
 
 def test_canary_window_query_time(deployment: Any) -> None:
     version_id = deployment.targets.get().model_version_id
-    source = IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id)
+    source = IngestSource(
+        deployment_id=deployment.pk, project_id=deployment.project_id, version_ids=frozenset({version_id})
+    )
     until = datetime.now(UTC)
     since = until - timedelta(minutes=10)
     for start in range(0, WINDOW_EVENTS, BATCH):

@@ -376,3 +376,34 @@ def test_a_10_percent_split_over_1000_keys_and_sticky_keys(
         assert (
             post(url, "/invocations", {"dataframe_records": rows(1, i)}, {"X-Request-Key": f"user-{i}"})[1] == served[i]
         )
+
+
+def test_a_canary_that_cannot_load_is_rolled_back_and_the_stable_version_keeps_serving(
+    console: str, project: Any, owner: Any, versions: dict, tmp_path: Path
+) -> None:
+    """The local backend's model servers refuse a reload whose candidate cannot load (the archive is not a
+    bundle): the reconciler rolls the canary back at once instead of applying the refused spec forever."""
+    deployment = deploy(project, owner, versions["v1"])
+    url = ready_url(deployment)
+    garbage = tmp_path / "not-a-bundle.zip"
+    garbage.write_bytes(b"this is not a zip archive")
+    stored = get_artifact_store().put_file(garbage)
+    unloadable = ModelVersion.objects.create(
+        model=versions["v1"].model,
+        number=4,
+        sha256=stored.sha256,
+        size_bytes=stored.size,
+        flavor="sklearn",
+        task="classification",
+        signature=iris_signature(),
+        source="upload",
+    )
+    services.deployment_rollout(deployment=deployment, model_version=unloadable, strategy="canary", actor=owner)
+    deployment = reconcile_until(deployment, lambda d: d.phase == RolloutPhase.ROLLED_BACK, timeout=180)
+    assert traffic_of(deployment) == {versions["v1"].pk: 100}
+    decision = deployment.strategy_state["decisions"][-1]
+    assert decision["action"] == "rollback" and "the backend could not apply the rollout" in decision["reason"]
+    assert "refused" in deployment.events.get(kind=DeploymentEventKind.ROLLED_BACK).data["error"]
+    deployment = reconcile_until(deployment, lambda d: d.status == DeploymentStatus.HEALTHY)
+    status, version, _ = post(url, "/invocations", {"dataframe_records": rows(1)})
+    assert (status, version) == (200, str(versions["v1"].pk)), "the stable version served throughout"

@@ -374,7 +374,7 @@ def test_a_dispatcher_killed_after_its_claim_loses_nothing(
     settings.WEBHOOK_ALLOW_PRIVATE = True
     services.webhook_create(project=project, url=hook_server.url("/ok"), actor=owner)
     version = register()
-    with lost_queue_messages(), mock.patch("apps.registry.tasks.registry_event_dispatch_task.delay"):
+    with lost_queue_messages(), mock.patch("apps.registry.tasks.registry_event_dispatch_task.apply_async"):
         services.promotion_request_create(version=version, actor=member, target_stage="production", comment="go")
     event = RegistryEvent.objects.get(type=RegistryEventType.REQUEST_CREATED)
     run_killed_worker(DISPATCHER, str(event.pk), lease_seconds=300)

@@ -16,6 +16,7 @@ from apps.core.models import APIToken
 from apps.deployments import services as deployment_services
 from apps.deployments.models import Deployment
 from apps.telemetry import selectors
+from apps.telemetry.authentication import ingest_source_for_token
 from apps.telemetry.models import BUCKET_FIELDS, NO_VERSION, PredictionLog, PredictionRollup
 from apps.telemetry.services import IngestSource, predictions_ingest
 from tests.factories import ModelVersionFactory, RegisteredModelFactory
@@ -27,13 +28,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def deployment(project: Any, owner: Any) -> Deployment:
+    """Serving its model's version id 7; ids 8 and 12 are the model's too (the events below name them)."""
     model = RegisteredModelFactory(project=project, name="iris")
-    version = ModelVersionFactory(model=model, number=1)
+    version, *_ = (ModelVersionFactory(model=model, number=n, pk=pk) for n, pk in ((1, 7), (2, 8), (3, 12)))
     return deployment_services.deployment_create(project=project, name="iris", actor=owner, model_version=version)
 
 
 def source(deployment: Deployment) -> IngestSource:
-    return IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id)
+    """What the ingest API gets for the deployment's token (the resolver deployments registers)."""
+    return ingest_source_for_token(deployment.ingest_token())
 
 
 def event(deployment: Deployment, request_id: str, **changes: Any) -> dict:
@@ -117,17 +120,49 @@ def test_events_of_another_deployment_are_ignored_and_bad_ones_refused(deploymen
 def test_odd_values_are_stored_not_refused(deployment: Deployment) -> None:
     events = [
         event(deployment, "tab\there", error="line\nbreak\\ and a NUL\x00", version_id="12", request_key=None),
-        event(deployment, "no-version", version_id="²", latency_ms=None, status=503, timestamp="garbage"),
+        event(deployment, "no-version", version_id=None, latency_ms=None, status=503, timestamp=""),
         event(
-            deployment, "slow", version_id=True, latency_ms=60_000, inputs=None, outputs={"k": "\\\t\n"}, timestamp=None
+            deployment, "slow", version_id=None, latency_ms=60_000, inputs=None, outputs={"k": "\\\t\n"}, timestamp=None
         ),
     ]
-    assert predictions_ingest(source=source(deployment), events=events) == 3
+    assert predictions_ingest(source=source(deployment), events=events).accepted == 3
     stored = {row.request_id: row for row in PredictionLog.objects.all()}
     assert stored["tab\there"].error == "line\nbreak\\ and a NUL" and stored["tab\there"].model_version_id == 12
     assert stored["slow"].outputs == {"k": "\\\t\n"} and stored["slow"].model_version_id is None
     none = PredictionRollup.objects.get(model_version_id=NO_VERSION)
     assert (none.requests, none.errors, none.latency_count, none.bucket_13) == (2, 1, 1, 1)
+
+
+def test_an_impossible_timestamp_or_a_foreign_version_is_refused_alone_and_reported(
+    deployment: Deployment, project: Any, api: Any
+) -> None:
+    other_model = ModelVersionFactory(model=RegisteredModelFactory(project=project, name="other"), number=1)
+    bad = [
+        ("leap", {"timestamp": "2024-02-30T00:00:00"}, "timestamp", "'2024-02-30T00:00:00' is not a valid ISO 8601"),
+        ("ahead", {"timestamp": "0001-01-01T00:00:00+05:00"}, "timestamp", "is not a valid ISO 8601 date and time"),
+        ("garbage", {"timestamp": "garbage"}, "timestamp", "'garbage' is not a valid"),
+        ("foreign", {"version_id": other_model.pk}, "version_id", "is not a version of this deployment's model"),
+        ("unknown", {"version_id": 10**12}, "version_id", "is not a version of this deployment's model"),
+        ("odd", {"version_id": "²"}, "version_id", "'²' is not a version"),
+        ("bool", {"version_id": True}, "version_id", "'True' is not a version"),
+    ]
+    events = [event(deployment, "good-1")]
+    events += [event(deployment, request_id, **change) for request_id, change, _, _ in bad]
+    events += [event(deployment, "good-2", version_id="8")]
+
+    response = api.post(URL, {"events": events}, format="json", **token(deployment))
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["accepted"] == 2
+    assert [(r["index"], r["request_id"], r["field"]) for r in body["rejected"]] == [
+        (index, request_id, field) for index, (request_id, _, field, _) in enumerate(bad, start=1)
+    ]
+    for rejected, (_, _, _, message) in zip(body["rejected"], bad, strict=True):
+        assert message in rejected["error"], rejected
+    stored = dict(PredictionLog.objects.values_list("request_id", "model_version_id"))
+    assert stored == {"good-1": 7, "good-2": 8}, "the rest of the batch is stored"
+    assert sum(PredictionRollup.objects.values_list("requests", flat=True)) == 2
 
 
 def test_rollups_add_up_across_batches_and_quantiles_come_from_the_histogram(deployment: Deployment) -> None:

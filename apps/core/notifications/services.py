@@ -22,6 +22,7 @@ from apps.core.notifications.choices import DeliveryOutcome, DeliveryStatus
 from apps.core.notifications.http import SendResult
 from apps.core.notifications.message import Message
 from apps.core.notifications.models import Delivery, DeliveryAttempt, DeliveryThrottle
+from apps.core.queueing import enqueue_on_commit
 
 MAX_ATTEMPTS = 6
 BACKOFF_BASE_SECONDS = 30
@@ -54,7 +55,8 @@ def notification_enqueue(*, channel: str, target: dict[str, Any], message: Messa
         source=source,
         message=message.to_json(),
     )
-    transaction.on_commit(lambda: notification_deliver_task.delay(delivery.pk))
+    # A lost send is taken over by the beat's notifications.deliver_due (deliveries_due_ids).
+    enqueue_on_commit(notification_deliver_task, delivery.pk)
     return delivery
 
 

@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
 
 from apps.core.exceptions import Conflict
+from apps.core.queueing import enqueue_on_commit
 from apps.core.services import audit_record
 from apps.deployments import selectors
 from apps.deployments.choices import DeploymentEventKind, DeploymentStatus, RolloutPhase
@@ -57,8 +57,8 @@ def _event(
 def _queue_reconcile(deployment: Deployment) -> None:
     from apps.deployments.tasks import deployment_reconcile_task
 
-    deployment_id = deployment.pk
-    transaction.on_commit(lambda: deployment_reconcile_task.delay(deployment_id))
+    # A lost send is taken over by the beat's deployments.reconcile_all, which reconciles every deployment.
+    enqueue_on_commit(deployment_reconcile_task, deployment.pk)
 
 
 def _save_desired(deployment: Deployment, fields: Iterable[str]) -> None:

@@ -7,7 +7,7 @@ deployment at once; it drives the strategy forward from what it observed.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -33,7 +33,7 @@ from apps.deployments.services.spec import deployment_spec
 from apps.telemetry import selectors as telemetry
 from worker.deployments.analysis import CanaryAction, CanaryThresholds, canary_decide
 from worker.deployments.autoscale import AutoscalePolicy, autoscale_decide
-from worker.deployments.spec import BackendError, DeploymentSpec, ObservedState, ReplicaHealth
+from worker.deployments.spec import BackendError, DeploymentSpec, ObservedState, ReplicaHealth, ReplicaState
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
     except Exception as exc:  # a missing or tampered artifact: nothing can be applied
         _record(deployment_id, generation=None, spec=None, observed=None, error=f"cannot build the spec: {exc}")
         return "failed", False
-    error, before = None, None
+    error, before, refused = None, None, False
     try:
         before = backend.observe(deployment.name)
         observed = backend.apply(spec)
     except BackendError as exc:
-        error = str(exc)
+        error, refused = str(exc), True
         observed = backend.observe(deployment.name)
     except Exception as exc:  # the engine's own failures (daemon or API server away) are the status too
         logger.exception("reconciling deployment %s failed", deployment.name)
@@ -102,7 +102,67 @@ def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
     _record(deployment_id, generation=generation, spec=spec, observed=observed, error=error, before=before)
     if error is None and observed.serves(spec):
         return "applied", _advance_strategy(deployment_id, generation)
+    if refused and _rollback_refused_rollout(deployment_id, generation, error):
+        return "rolled back", True
     return ("failed" if error else "progressing"), False
+
+
+@transaction.atomic
+def _rollback_refused_rollout(deployment_id: int, generation: int, error: str) -> bool:
+    """A rollout whose step the backend failed to apply (the candidate cannot load, its replicas crash or never
+    get ready) is rolled back at once: applying the same spec again would fail again, and the version it came
+    from was serving. True when it rolled back (the next round applies the restored state)."""
+    deployment = (
+        Deployment.objects.select_for_update().select_related("project", "registered_model").get(pk=deployment_id)
+    )
+    if deployment.generation != generation or deployment.phase not in ACTIVE_PHASES or not deployment.rollback_spec:
+        return False
+    reason = f"the backend could not apply the rollout: {error[:300]}"
+    if deployment.phase == RolloutPhase.ANALYSING:
+        state = dict(deployment.strategy_state)
+        step = int(state.get("step") or 0)
+        record = {
+            "at": timezone.now().isoformat(),
+            "window_started_at": state.get("window_started_at"),
+            "step": step,
+            "percent": state["steps"][step],
+            "action": CanaryAction.ROLLBACK,
+            "reason": reason,
+            "consecutive_failures": 0,
+            "numbers": {},
+        }
+        state["decisions"] = [*state.get("decisions", []), record][-KEPT_DECISIONS:]
+        deployment.strategy_state = state
+        deployment.save(update_fields=["strategy_state"])
+        _event(
+            deployment,
+            DeploymentEventKind.CANARY_DECISION,
+            f"Canary at {record['percent']}%: {CanaryAction.ROLLBACK} — {reason}",
+            data=record,
+        )
+    _rollback_locked(deployment, actor=None, reason=reason, data={"error": error[:1000]})
+    return True
+
+
+def _replica_died(deployment: Deployment, replica: ReplicaState) -> None:
+    """One event per death: a replica in a crash loop stays dead across reconciles until its deferred restart."""
+    data = {"replica": replica.replica, "pid": replica.pid, "container_id": replica.container_id}
+    last = deployment.events.filter(kind=DeploymentEventKind.REPLICA_DIED, data__replica=replica.replica).first()
+    if last is not None and replica.crash_loop and all(last.data.get(key) == value for key, value in data.items()):
+        return
+    what = f"Replica {replica.replica} (pid {replica.pid or replica.container_id}) had stopped"
+    if replica.crash_loop and replica.next_restart_at:
+        until = datetime.fromtimestamp(replica.next_restart_at, tz=UTC)
+        message = f"{what}; crash loop ({replica.restarts} restarts): restart deferred until {until:%H:%M:%S} UTC."
+    else:
+        message = f"{what}; restarted."
+    _event(
+        deployment,
+        DeploymentEventKind.REPLICA_DIED,
+        message,
+        data={**data, "restarts": replica.restarts, "crash_loop": replica.crash_loop},
+        audit=False,
+    )
 
 
 def _status_for(
@@ -135,13 +195,7 @@ def _record(
     if before is not None:
         for replica in before.replicas:
             if replica.health == ReplicaHealth.DEAD:
-                _event(
-                    deployment,
-                    DeploymentEventKind.REPLICA_DIED,
-                    f"Replica {replica.replica} (pid {replica.pid or replica.container_id}) had stopped; restarted.",
-                    data={"replica": replica.replica, "pid": replica.pid, "container_id": replica.container_id},
-                    audit=False,
-                )
+                _replica_died(deployment, replica)
     if generation is not None and error is None and deployment.applied_generation != generation:
         deployment.applied_generation = generation
         deployment.applied_spec = {**spec.to_dict(), "token": ""} if spec else None

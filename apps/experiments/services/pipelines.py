@@ -15,7 +15,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -30,6 +30,7 @@ from django.utils import timezone
 from apps.core.choices import ProjectRole
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
+from apps.core.queueing import BROKER_DOWN, enqueue_on_commit
 from apps.core.services import audit_record, normalize_name
 from apps.datasets.choices import DatasetVersionStatus
 from apps.datasets.models import Dataset, DatasetVersion
@@ -60,6 +61,8 @@ from worker.training.errors import ConfigError, TrainingCancelled
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
+# A queued stage no worker claimed in this time had its message lost (a broker outage): it is sent again.
+UNCLAIMED_RESEND_AFTER = timedelta(minutes=10)
 CLAIM_POLL_SECONDS = 1.0
 # A redelivered task waits this long for the attempt it duplicates to go silent before giving up
 # (a live attempt keeps beating, so the duplicate leaves; a dead one goes stale after TAKEOVER_AFTER).
@@ -231,14 +234,19 @@ def pipeline_run_create(
 
 
 def _queue_stage(pipeline_run: PipelineRun, stage: PipelineStage) -> None:
-    """Mark the stage queued under a fresh task id and send the task once the transaction commits."""
+    """Mark the stage queued under a fresh task id and send the task once the transaction commits.
+
+    A queued stage's heartbeat_at is when its message was sent: a message lost to a broker outage is sent
+    again by the reaper (`_stages_resend_unclaimed`).
+    """
     task_id = f"{EXECUTOR_INLINE}-{uuid.uuid4()}" if pipeline_run.executor == EXECUTOR_INLINE else str(uuid.uuid4())
-    PipelineStage.objects.filter(pk=stage.pk).update(status=PipelineStageStatus.QUEUED, task_id=task_id)
+    PipelineStage.objects.filter(pk=stage.pk).update(
+        status=PipelineStageStatus.QUEUED, task_id=task_id, heartbeat_at=timezone.now()
+    )
     if pipeline_run.executor == EXECUTOR_WORKER:
         from apps.experiments.tasks import pipeline_stage_task
 
-        stage_id = stage.pk
-        transaction.on_commit(lambda: pipeline_stage_task.apply_async(args=[stage_id], task_id=task_id))
+        enqueue_on_commit(pipeline_stage_task, stage.pk, task_id=task_id)
 
 
 # Running a stage
@@ -599,8 +607,14 @@ def pipeline_run_cancel(*, pipeline_run: PipelineRun, actor: AbstractBaseUser) -
 def _revoke(task_ids: list[str]) -> None:
     from mlops_console.celery import app
 
-    for task_id in task_ids:
-        app.control.revoke(task_id, terminate=True)
+    try:
+        for task_id in task_ids:
+            app.control.revoke(task_id, terminate=True)
+    except BROKER_DOWN:
+        # The revoke only hurries the cancel: the stage reads the run's status at its next cancel check.
+        logger.warning(
+            "could not revoke tasks %s: the broker is unreachable; they stop at their cancel check", task_ids
+        )
 
 
 def pipeline_stage_revoked(*, stage_id: int, task_id: str) -> None:
@@ -634,15 +648,38 @@ def _stage_requeue(stage: PipelineStage, *, silent: float) -> bool:
     return True
 
 
+def _stages_resend_unclaimed(now: datetime) -> None:
+    """Send again, under the same task id, the message of stages queued UNCLAIMED_RESEND_AFTER ago and still not
+    claimed: the send failed (the broker was down) or the message was lost. Should both arrive, the claim on the
+    task id lets one run; the other finds the stage taken and leaves."""
+    from apps.experiments.tasks import pipeline_stage_task
+
+    waiting = PipelineStage.objects.filter(
+        Q(heartbeat_at__lt=now - UNCLAIMED_RESEND_AFTER) | Q(heartbeat_at__isnull=True),
+        status=PipelineStageStatus.QUEUED,
+        pipeline_run__executor=EXECUTOR_WORKER,
+    )
+    for stage in waiting:
+        resent = PipelineStage.objects.filter(
+            pk=stage.pk, status=PipelineStageStatus.QUEUED, task_id=stage.task_id, heartbeat_at=stage.heartbeat_at
+        ).update(heartbeat_at=now)
+        if resent:
+            pipeline_stage_task.apply_async(args=[stage.pk], task_id=stage.task_id)
+            logger.warning(
+                "stage %s: queued %s ago and not claimed; its message was sent again", stage.pk, UNCLAIMED_RESEND_AFTER
+            )
+
+
 def pipeline_runs_reap_stale() -> int:
-    """Re-queue once, else fail, stages whose heartbeat stopped (their worker died without a retry taking
-    over), and fail such trial runs.
+    """Send again the messages of stages queued long ago and never claimed; re-queue once, else fail, stages
+    whose heartbeat stopped (their worker died without a retry taking over), and fail such trial runs.
 
     Run by beat every REAP_INTERVAL; returns how many stages and trial runs it ended (re-queued ones are not).
     """
     from apps.experiments.services.studies import study_trial_lost
 
     now = timezone.now()
+    _stages_resend_unclaimed(now)
     ended = 0
     stale = PipelineStage.objects.filter(status=PipelineStageStatus.RUNNING).filter(
         Q(heartbeat_at__lt=now - REAP_AFTER) | Q(heartbeat_at__isnull=True, started_at__lt=now - REAP_AFTER)

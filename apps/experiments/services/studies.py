@@ -24,6 +24,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from apps.core.queueing import enqueue_on_commit
 from apps.core.services import audit_record
 from apps.experiments import hpo
 from apps.experiments.choices import (
@@ -103,8 +104,8 @@ def study_start(*, stage: PipelineStage, runtime: StageRuntime) -> Study | None:
         if pipeline_run.executor != EXECUTOR_INLINE:
             from apps.experiments.tasks import study_trial_task
 
-            study_id, slots = study.pk, range(study.n_trials)
-            transaction.on_commit(lambda: [study_trial_task.delay(study_id, slot) for slot in slots])
+            for slot in range(study.n_trials):
+                enqueue_on_commit(study_trial_task, study.pk, slot)
     if pipeline_run.executor == EXECUTOR_INLINE:
         for slot in range(study.n_trials):
             study_trial_execute(study_id=study.pk, slot=slot, task_id=f"{EXECUTOR_INLINE}-{uuid.uuid4()}")

@@ -180,10 +180,10 @@ WORKER = textwrap.dedent(
 @contextmanager
 def lost_queue_messages() -> Iterator[None]:
     """Rows are committed but their Celery messages never arrive (a broker outage), so only what the test
-    runs touches them. Committed rows run their on-commit callbacks at once, hence the patch of `delay`."""
+    runs touches them. Committed rows run their on-commit callbacks at once, hence the patch of `apply_async`."""
     from apps.core.notifications.tasks import notification_deliver_task
 
-    with mock.patch.object(notification_deliver_task, "delay"):
+    with mock.patch.object(notification_deliver_task, "apply_async"):
         yield
 
 
