@@ -1,7 +1,9 @@
-"""The ingest API: model servers POST `{"events": [...]}` with their deployment's token (see authentication)."""
+"""Telemetry's API: model servers POST `{"events": [...]}` with their deployment's token (see authentication);
+users POST ground truth (feedback) with their personal API token, checked against their role in the project."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -11,6 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.exceptions import NotFound, ValidationError
+from apps.core.models import Project
 from apps.telemetry import services
 from apps.telemetry.authentication import HasIngestToken, IngestTokenAuthentication
 
@@ -59,3 +63,42 @@ class PredictionIngestApi(APIView):
         if result.rejected:
             body["rejected"] = result.rejected
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+def _optional_int(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise ValidationError("must be a positive integer", field=name)
+    return int(raw)
+
+
+class FeedbackApi(APIView):
+    """Ground truth for logged predictions: `POST /api/v1/feedback/?project=<slug>[&deployment_id=N]`.
+
+    The body is a JSON list of `{request_id, label}` or `{request_id, value}`, or a multipart CSV `file`
+    (columns request_id and label, or request_id and value). Personal API token (or session); editors and
+    above. Answers 200 `{"stored", "replaced", "unknown", "unknown_ids", "errors"}`.
+    """
+
+    parser_classes = [OrjsonParser, parsers.MultiPartParser]
+
+    @extend_schema(responses={200: OpenApiResponse(description="stored, replaced, unknown, unknown_ids, errors")})
+    def post(self, request: Request) -> Response:
+        slug = request.query_params.get("project")
+        if not slug:
+            raise ValidationError("required: the slug of the project the predictions belong to", field="project")
+        project = Project.objects.filter(slug=slug).first()
+        if project is None:
+            raise NotFound("No such project.")
+        deployment_id = _optional_int(request, "deployment_id")
+        if request.content_type.startswith("multipart/"):
+            result = services.prediction_labels_store(
+                actor=request.user, project=project, csv_file=request.FILES.get("file"), deployment_id=deployment_id
+            )
+        else:
+            result = services.prediction_labels_store(
+                actor=request.user, project=project, items=request.data, deployment_id=deployment_id
+            )
+        return Response(dataclasses.asdict(result))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.telemetry.api import PredictionIngestApi
+from apps.telemetry.api import FeedbackApi, PredictionIngestApi
 
 api_urlpatterns = [
     path("ingest/predictions/", PredictionIngestApi.as_view(), name="ingest-predictions"),
+    path("feedback/", FeedbackApi.as_view(), name="feedback"),
 ]
