@@ -198,6 +198,7 @@ class _Rows:
     y_pred: np.ndarray
     y_true: np.ndarray | None
     proba: np.ndarray | None
+    kinds: frozenset[str]  # of the labels read: "label" (classes) or "value" (regression)
 
 
 def _answered(deployment_id: int, since: datetime, until: datetime) -> Any:
@@ -206,26 +207,39 @@ def _answered(deployment_id: int, since: datetime, until: datetime) -> Any:
         PredictionLog.objects.filter(
             deployment_id=deployment_id, created_at__gte=since, created_at__lt=until, status__lt=400
         )
-        .exclude(outputs=None)
-        .annotate(has_label=Exists(label), truth=Subquery(label.values("truth")[:1]))
+        .filter(outputs__isnull=False)
+        .annotate(
+            has_label=Exists(label),
+            truth=Subquery(label.values("truth")[:1]),
+            label_kind=Subquery(label.values("kind")[:1]),
+        )
     )
 
 
 def _flatten(rows: list[tuple], labelled: bool) -> _Rows:
     """One entry per predicted row: the outputs (and probabilities, labels) of requests laid end to end."""
-    y_pred, y_true, proba = [], [], []
-    for outputs, probabilities, truth in rows:
-        if labelled and len(truth) != len(outputs):
-            continue  # a label stored for another shape of the request (never by the feedback service)
+    y_pred, y_true, proba, kinds = [], [], [], set()
+    for outputs, probabilities, truth, kind in rows:
+        # The log keeps what servers sent; a request whose shapes do not line up is left out, not a 500.
+        if not isinstance(outputs, list) or (labelled and (not isinstance(truth, list) or len(truth) != len(outputs))):
+            continue
         y_pred.extend(outputs)
         if labelled:
             y_true.extend(truth)
-        proba.extend(probabilities or [])
-    has_proba = len(proba) == len(y_pred) and len(y_pred) > 0
+            kinds.add(kind)
+        if isinstance(probabilities, list) and len(probabilities) == len(outputs):
+            proba.extend(probabilities)
+    probabilities_array = None
+    if proba and len(proba) == len(y_pred):
+        try:
+            probabilities_array = np.array(proba, dtype=float)
+        except (TypeError, ValueError):  # ragged rows or non-numbers: no probabilities, so no AUC or estimate
+            probabilities_array = None
     return _Rows(
         y_pred=np.array(y_pred, dtype=object),
         y_true=np.array(y_true, dtype=object) if labelled else None,
-        proba=np.array(proba, dtype=float) if has_proba else None,
+        proba=probabilities_array,
+        kinds=frozenset(kinds),
     )
 
 
@@ -247,8 +261,25 @@ def _class_order(proba: np.ndarray, y_pred: np.ndarray, y_true: np.ndarray | Non
     return classes, None
 
 
+def _classes_of(labelled: _Rows, unlabelled: _Rows, reference: _Rows) -> tuple[list | None, str | None]:
+    with_proba = [rows for rows in (labelled, unlabelled, reference) if rows.proba is not None]
+    if not with_proba:
+        return None, "no class probabilities were logged"
+    if len({rows.proba.shape[1:] for rows in with_proba}) > 1:
+        return None, "the logged probabilities do not all have the same number of columns"
+    return _class_order(
+        np.concatenate([rows.proba for rows in with_proba]),
+        np.concatenate([rows.y_pred for rows in with_proba]),
+        np.concatenate([labelled.y_true, reference.y_true]),
+    )
+
+
 def _version_rows(rows: Any, labelled: bool, limit: int) -> tuple[list[tuple], bool]:
-    picked = rows.filter(has_label=labelled).order_by("-created_at").values_list("outputs", "probabilities", "truth")
+    picked = (
+        rows.filter(has_label=labelled)
+        .order_by("-created_at")
+        .values_list("outputs", "probabilities", "truth", "label_kind")
+    )
     read = list(picked[: limit + 1])
     return read[:limit], len(read) > limit
 
@@ -317,7 +348,10 @@ def _version_performance(
         "labelled": count["labelled"],
         "truncated": truncated,
     }
-    classifier = any(rows.proba is not None for rows in (labelled, unlabelled, reference))
+    # The labels say which task it is (the feedback service checks their kind against the prediction); with
+    # none yet, logged class probabilities do.
+    kinds = labelled.kinds | reference.kinds
+    classifier = "label" in kinds if kinds else any(rows.proba is not None for rows in (labelled, unlabelled))
     if not classifier:
         realised = (
             regression_performance(y_true=labelled.y_true.astype(float), y_pred=labelled.y_pred.astype(float))
@@ -333,20 +367,15 @@ def _version_performance(
             estimate=None,
             estimate_reason="the label-free estimate is for classifiers",
         )
-    with_proba = [rows for rows in (labelled, unlabelled, reference) if rows.proba is not None]
-    classes, class_reason = _class_order(
-        np.concatenate([rows.proba for rows in with_proba]),
-        np.concatenate([rows.y_pred for rows in with_proba]),
-        np.concatenate([labelled.y_true, reference.y_true]),
-    )
+    classes, class_reason = _classes_of(labelled, unlabelled, reference)
     realised, reason = None, "no labelled predictions in the window"
     if labelled.y_pred.size:
-        with_proba = labelled.proba is not None and classes is not None
+        scored = labelled.proba is not None and classes is not None
         realised = classification_performance(
             y_true=labelled.y_true,
             y_pred=labelled.y_pred,
-            proba=labelled.proba if with_proba else None,
-            classes=classes if with_proba else None,
+            proba=labelled.proba if scored else None,
+            classes=classes if scored else None,
         )
         reason = None
         if realised.roc_auc is None and class_reason is not None:

@@ -351,7 +351,9 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
 # ------------------------------------------------------------------------------------------ retention
 
 
-def _delete_before(model: type[PredictionLog | PredictionRollup], time_field: str, scope: Q, cutoff: datetime) -> int:
+def _delete_before(
+    model: type[PredictionLog | PredictionRollup | PredictionLabel], time_field: str, scope: Q, cutoff: datetime
+) -> int:
     """Delete the scope's rows older than `cutoff`, at most RETENTION_BATCH_ROWS per statement.
 
     Each round reads the ids of the oldest RETENTION_BATCH_ROWS rows through the (project_id, time) index
@@ -371,7 +373,11 @@ def _delete_before(model: type[PredictionLog | PredictionRollup], time_field: st
 
 
 def predictions_retention_apply(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete raw rows and rollups older than their project's retention (projects gone: the defaults)."""
+    """Delete raw rows and rollups older than their project's retention (projects gone: the defaults).
+
+    Labels go with the raw rows: one received before the raw rows' cutoff can only label a prediction older
+    still, already deleted.
+    """
     now = now or timezone.now()
     policies = list(
         Project.objects.values_list("pk", "prediction_log_retention_days", "prediction_rollup_retention_days")
@@ -380,9 +386,10 @@ def predictions_retention_apply(*, now: datetime | None = None) -> dict[str, int
     rollup_default = Project._meta.get_field("prediction_rollup_retention_days").default
     scopes = [(Q(project_id=pk), log_days, rollup_days) for pk, log_days, rollup_days in policies]
     scopes.append((~Q(project_id__in=[pk for pk, _, _ in policies]), log_default, rollup_default))
-    deleted = {"log_rows": 0, "rollup_rows": 0}
+    deleted = {"log_rows": 0, "rollup_rows": 0, "label_rows": 0}
     for scope, log_days, rollup_days in scopes:
         deleted["log_rows"] += _delete_before(PredictionLog, "created_at", scope, now - timedelta(days=log_days))
+        deleted["label_rows"] += _delete_before(PredictionLabel, "received_at", scope, now - timedelta(days=log_days))
         deleted["rollup_rows"] += _delete_before(PredictionRollup, "minute", scope, now - timedelta(days=rollup_days))
     return deleted
 
@@ -430,6 +437,12 @@ def _parse_label_item(item: Any) -> tuple[str, str, list] | tuple[str, str]:
         expected = "a class (string, integer or boolean)" if kind == "label" else "a finite number"
         return kind, f"must be {expected}, or a list of them with one per row of the prediction"
     return request_id, kind, entries
+
+
+def _label_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, int | float) else "text"
 
 
 def _coerce_like(entry: str, example: Any) -> Any:
@@ -520,6 +533,11 @@ def prediction_labels_store(
             continue
         if source == PredictionLabel.Source.CSV and kind == "label":
             entries = [_coerce_like(entry, output) for entry, output in zip(entries, outputs, strict=True)]
+        wrong = next((e for e, o in zip(entries, outputs, strict=True) if _label_type(e) != _label_type(o)), None)
+        if kind == "label" and wrong is not None:
+            expected = _label_type(outputs[0])
+            result.error(index, "label", f"the model's classes are {expected}; {wrong!r} is {_label_type(wrong)}")
+            continue
         accepted.append((index, deployment, version_id, request_id, kind, entries))
     _labels_write(actor, project, source, accepted, result)
     return result

@@ -108,6 +108,7 @@ def test_malformed_items_are_refused_one_by_one_and_the_rest_stored(project: Any
         {"request_id": "failed", "label": "a"},
         {"request_id": "ok", "value": 1.0},
         {"request_id": "regression", "label": "x"},
+        {"request_id": "ok", "label": 1},
         {"request_id": "ok", "label": "yes"},
         {"request_id": "regression", "value": 2},
     ]
@@ -124,7 +125,9 @@ def test_malformed_items_are_refused_one_by_one_and_the_rest_stored(project: Any
         (8, "request_id"),
         (9, "value"),
         (10, "label"),
+        (11, "label"),
     ]
+    assert result.errors[11]["message"] == "the model's classes are text; 1 is a number"
     assert "2 rows" in result.errors[7]["message"] and "status 500" in result.errors[8]["message"]
     assert result.stored == 2
     assert dict(PredictionLabel.objects.values_list("request_id", "truth")) == {"ok": ["yes"], "regression": [2]}

@@ -179,6 +179,22 @@ def test_an_unknown_class_order_gives_no_auc_and_says_why(project: Any) -> None:
     assert result.realised.roc_auc is None and "probability columns" in result.realised.roc_auc_reason
 
 
+def test_rows_whose_shapes_do_not_line_up_are_left_out(project: Any) -> None:
+    logs(
+        project,
+        [
+            {"request_id": "scalar", "outputs": "a", "probabilities": None},
+            {"request_id": "short", "outputs": ["a", "b"], "probabilities": [[1.0, 0.0], [0.0, 1.0]]},
+            {"request_id": "ragged", "outputs": ["a", "b"], "probabilities": [[1.0, 0.0], [1.0]]},
+            {"request_id": "fine", "outputs": ["b"], "probabilities": [[0.0, 1.0]]},
+        ],
+    )
+    labels(project, {"scalar": ["a"], "short": ["a"], "ragged": ["a", "b"], "fine": ["b"]})
+    (result,) = performance_by_version(deployment_id=DEPLOYMENT, **window())
+    assert (result.labelled, result.realised.n_labelled, result.realised.accuracy) == (4, 3, 1.0)
+    assert result.realised.roc_auc is None, "ragged probabilities: no AUC rather than an error"
+
+
 URL = f"/api/v1/deployments/{DEPLOYMENT}/performance/"
 
 
