@@ -9,11 +9,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from apps.core.models import APIToken, AuditEntry
+from apps.deployments import services as deployment_services
 from apps.telemetry import services
 from apps.telemetry.models import PredictionLabel, PredictionLog
 from apps.telemetry.services import prediction_labels_store
 from tests.conftest import client_for
-from tests.factories import ProjectFactory
+from tests.factories import ModelVersionFactory, ProjectFactory, RegisteredModelFactory
 
 pytestmark = pytest.mark.django_db
 DEPLOYMENT = 41
@@ -223,3 +224,17 @@ def test_a_personal_api_token_authenticates(project: Any, member: Any, api: Any)
         url(project), [{"request_id": "r1", "label": "yes"}], format="json", HTTP_AUTHORIZATION="Bearer mlc_feedback"
     )
     assert answer.status_code == 200 and answer.json()["stored"] == 1
+
+
+def test_a_deployment_ingest_token_cannot_send_labels(project: Any, owner: Any, api: Any) -> None:
+    model = RegisteredModelFactory(project=project, name="iris")
+    version = ModelVersionFactory(model=model, number=1)
+    deployment = deployment_services.deployment_create(project=project, name="iris", actor=owner, model_version=version)
+    log(project, "r1", deployment_id=deployment.pk)
+    answer = api.post(
+        url(project),
+        [{"request_id": "r1", "label": "yes"}],
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {deployment.ingest_token()}",
+    )
+    assert answer.status_code == 401 and not PredictionLabel.objects.exists()
