@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -72,6 +73,26 @@ class PredictionIngestApi(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
+class FeedbackItemSerializer(serializers.Serializer):
+    """The documented shape of one feedback item (the service checks items one by one)."""
+
+    request_id = serializers.CharField(max_length=64)
+    label = serializers.JSONField(required=False, help_text="A class, or a list with one per row.")
+    value = serializers.FloatField(required=False, help_text="A regression target (or a list, one per row).")
+
+
+class FeedbackCsvSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="CSV with columns request_id and label (or request_id and value).")
+
+
+class FeedbackResultSerializer(serializers.Serializer):
+    stored = serializers.IntegerField()
+    replaced = serializers.IntegerField()
+    unknown = serializers.IntegerField()
+    unknown_ids = serializers.ListField(child=serializers.CharField())
+    errors = serializers.ListField(child=serializers.DictField())
+
+
 def _optional_int(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
@@ -91,7 +112,17 @@ class FeedbackApi(APIView):
 
     parser_classes = [OrjsonParser, parsers.MultiPartParser]
 
-    @extend_schema(responses={200: OpenApiResponse(description="stored, replaced, unknown, unknown_ids, errors")})
+    @extend_schema(
+        request={
+            "application/json": FeedbackItemSerializer(many=True),
+            "multipart/form-data": FeedbackCsvSerializer,
+        },
+        parameters=[
+            OpenApiParameter("project", str, required=True, description="The project's slug."),
+            OpenApiParameter("deployment_id", int, description="Look request ids up in this deployment only."),
+        ],
+        responses={200: FeedbackResultSerializer},
+    )
     def post(self, request: Request) -> Response:
         slug = request.query_params.get("project")
         if not slug:
@@ -151,7 +182,14 @@ class DeploymentPerformanceApi(APIView):
     any member of it may read; everyone else (and a deployment that never logged) gets 404.
     """
 
-    @extend_schema(responses={200: OpenApiResponse(description="window, and per version: counts and metrics")})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("window", str, description="1h … 90d, in hours or days (default 24h)."),
+            OpenApiParameter("reference_since", OpenApiTypes.DATETIME, description="CBPE reference window start."),
+            OpenApiParameter("reference_until", OpenApiTypes.DATETIME, description="CBPE reference window end."),
+        ],
+        responses={200: OpenApiResponse(description="window, and per version: counts, metrics and the estimate")},
+    )
     def get(self, request: Request, deployment_id: int) -> Response:
         project_id = (
             PredictionRollup.objects.filter(deployment_id=deployment_id).values_list("project_id", flat=True).first()
