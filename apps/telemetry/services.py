@@ -461,9 +461,15 @@ def _coerce_like(entry: str, example: Any) -> Any:
 
 def _logged_predictions(project: Project, deployment_id: int | None, request_ids: list[str]) -> dict[str, list]:
     """Live predictions of the project by request id: (deployment_id, version, status, outputs, probabilities)."""
-    logs = PredictionLog.objects.filter(project_id=project.pk, shadow=False)
-    if deployment_id is not None:
-        logs = logs.filter(deployment_id=deployment_id)
+    if deployment_id is None:
+        # The raw table's request-id index leads with deployment_id: name the project's deployments (those with
+        # rollups since its raw rows' retention began) so each lookup uses it rather than scanning the project.
+        since = timezone.now() - timedelta(days=project.prediction_log_retention_days + 1)
+        rollups = PredictionRollup.objects.filter(project_id=project.pk, minute__gte=since)
+        deployment_ids = list(rollups.values_list("deployment_id", flat=True).distinct().order_by())
+    else:
+        deployment_ids = [deployment_id]
+    logs = PredictionLog.objects.filter(project_id=project.pk, deployment_id__in=deployment_ids, shadow=False)
     found: dict[str, list] = {}
     for start in range(0, len(request_ids), LABEL_LOOKUP_CHUNK):
         chunk = request_ids[start : start + LABEL_LOOKUP_CHUNK]

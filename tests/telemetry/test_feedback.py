@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from apps.core.models import APIToken, AuditEntry
 from apps.deployments import services as deployment_services
 from apps.telemetry import services
 from apps.telemetry.models import PredictionLabel, PredictionLog
-from apps.telemetry.services import prediction_labels_store
+from apps.telemetry.services import IngestSource, prediction_labels_store, predictions_ingest
 from tests.conftest import client_for
 from tests.factories import ModelVersionFactory, ProjectFactory, RegisteredModelFactory
 
@@ -26,18 +27,21 @@ def other_project(db: None) -> Any:
 
 
 def log(project: Any, request_id: str, *, deployment_id: int = DEPLOYMENT, **changes: Any) -> PredictionLog:
-    fields = {
-        "deployment_id": deployment_id,
-        "project_id": project.pk,
-        "model_version_id": 7,
+    """A prediction as a model server ships it: through ingest (raw row and rollup)."""
+    event = {
         "request_id": request_id,
+        "deployment_id": deployment_id,
+        "version_id": 7,
+        "shadow": False,
+        "inputs": {"x": [1]},
         "outputs": ["yes"],
         "probabilities": [[0.2, 0.8]],
         "status": 200,
-        "created_at": datetime(2026, 11, 28, 9, 0, tzinfo=UTC),
+        "timestamp": (timezone.now() - timedelta(days=2)).isoformat(),
         **changes,
     }
-    return PredictionLog.objects.create(**fields)
+    predictions_ingest(source=IngestSource(deployment_id=deployment_id, project_id=project.pk), events=[event])
+    return PredictionLog.objects.get(deployment_id=deployment_id, request_id=request_id, shadow=event["shadow"])
 
 
 def url(project: Any, **params: Any) -> str:
@@ -48,7 +52,7 @@ def url(project: Any, **params: Any) -> str:
 def test_labels_are_stored_once_per_request_and_a_change_is_audited(project: Any, member: Any) -> None:
     log(project, "r1")
     log(project, "r2", outputs=["no", "yes"], probabilities=[[0.9, 0.1], [0.3, 0.7]])
-    log(project, "r1", shadow=True, model_version_id=8)
+    log(project, "r1", shadow=True, version_id=8)
     api = client_for(member)
     first = api.post(url(project), [{"request_id": "r1", "label": "yes"}, {"request_id": "r2", "label": ["no", "no"]}])
     assert first.status_code == 200, first.content
@@ -71,12 +75,11 @@ def test_labels_are_stored_once_per_request_and_a_change_is_audited(project: Any
 
 
 def test_a_label_arriving_days_late_joins_its_prediction(project: Any, member: Any) -> None:
-    old = log(project, "old")
-    PredictionLog.objects.filter(pk=old.pk).update(created_at=datetime(2026, 11, 1, tzinfo=UTC))
+    old = log(project, "old", timestamp=(timezone.now() - timedelta(days=12)).isoformat())
     result = prediction_labels_store(actor=member, project=project, items=[{"request_id": "old", "label": "yes"}])
     assert result.stored == 1
     label = PredictionLabel.objects.get()
-    assert (label.received_at - datetime(2026, 11, 1, tzinfo=UTC)).days >= 3
+    assert (label.received_at - old.created_at).days == 12
 
 
 def test_unknown_ids_are_counted_and_the_first_hundred_listed(project: Any, member: Any, other_project: Any) -> None:
@@ -150,7 +153,7 @@ def test_a_malformed_body_is_a_400_naming_the_field(project: Any, member: Any) -
 
 def test_an_id_in_two_deployments_needs_deployment_id(project: Any, member: Any) -> None:
     log(project, "dup", deployment_id=1)
-    log(project, "dup", deployment_id=2, model_version_id=9)
+    log(project, "dup", deployment_id=2, version_id=9)
     api = client_for(member)
     ambiguous = api.post(url(project), [{"request_id": "dup", "label": "yes"}], format="json").json()
     assert ambiguous["errors"][0]["field"] == "request_id" and ambiguous["stored"] == 0
