@@ -28,7 +28,7 @@ from apps.core.choices import ProjectRole
 from apps.core.exceptions import ValidationError
 from apps.core.models import Project
 from apps.core.permissions import require_project_role
-from apps.core.services import audit_record
+from apps.core.services import audit_record_many
 from apps.telemetry.models import (
     BUCKET_FIELDS,
     LATENCY_BUCKETS_MS,
@@ -550,61 +550,61 @@ def prediction_labels_store(
 
 
 def _labels_write(actor: Any, project: Project, source: str, accepted: list[tuple], result: FeedbackResult) -> None:
-    """Insert new labels and update replaced ones in one transaction; audit each label a later one changed."""
+    """Upsert the labels in one transaction; audit each label a later one changed."""
     now = timezone.now()
     with transaction.atomic():
-        current: dict[tuple[int, str], PredictionLabel] = {}
         deployments = {deployment for _, deployment, *_ in accepted}
         request_ids = [request_id for *_, request_id, _, _ in accepted]
+        stored: dict[tuple[int, str], tuple[str, list, str]] = {}
         for start in range(0, len(request_ids), LABEL_LOOKUP_CHUNK):
             existing = PredictionLabel.objects.select_for_update().filter(
                 deployment_id__in=deployments, request_id__in=request_ids[start : start + LABEL_LOOKUP_CHUNK]
             )
-            current.update({(label.deployment_id, label.request_id): label for label in existing})
-        stored_before = set(current)
+            for deployment, request_id, kind, truth, label_source in existing.values_list(
+                "deployment_id", "request_id", "kind", "truth", "source"
+            ):
+                stored[(deployment, request_id)] = (kind, truth, label_source)
+        labels: dict[tuple[int, str], PredictionLabel] = {}
         changed: list[tuple[PredictionLabel, dict[str, Any]]] = []
         for _, deployment, version_id, request_id, kind, entries in accepted:
-            label = current.get((deployment, request_id))
-            if label is None:
-                current[(deployment, request_id)] = PredictionLabel(
-                    deployment_id=deployment,
-                    project_id=project.pk,
-                    model_version_id=version_id,
-                    request_id=request_id,
-                    kind=kind,
-                    truth=entries,
-                    source=source,
-                    received_at=now,
-                )
-            elif (label.kind, label.truth) != (kind, entries):
-                before = {"kind": label.kind, "truth": label.truth, "source": label.source}
-                label.kind, label.truth, label.source, label.received_at = kind, entries, source, now
-                changed.append((label, before))
-                result.replaced += 1
+            key = (deployment, request_id)
             result.stored += 1
-        new = [label for key, label in current.items() if key not in stored_before]
-        # update_conflicts: a concurrent request that stored the same new id first is overwritten, not a 500.
+            earlier = labels.get(key)
+            before = (earlier.kind, earlier.truth, earlier.source) if earlier is not None else stored.get(key)
+            if before is not None and before[:2] == (kind, entries):
+                continue  # the same label again: nothing changes
+            label = PredictionLabel(
+                deployment_id=deployment,
+                project_id=project.pk,
+                model_version_id=version_id,
+                request_id=request_id,
+                kind=kind,
+                truth=entries,
+                source=source,
+                received_at=now,
+            )
+            labels[key] = label
+            if before is not None:
+                changed.append((label, dict(zip(("kind", "truth", "source"), before, strict=True))))
+                result.replaced += 1
+        # One upsert for new and changed labels; a concurrent request that stored the same new id first is
+        # overwritten, not a 500.
         PredictionLabel.objects.bulk_create(
-            new,
+            list(labels.values()),
             batch_size=SQLITE_BATCH_SIZE,
             update_conflicts=True,
             unique_fields=["deployment_id", "request_id"],
-            update_fields=["kind", "truth", "source", "received_at"],
+            update_fields=["model_version_id", "kind", "truth", "source", "received_at"],
         )
-        PredictionLabel.objects.bulk_update(
-            [label for label, _ in changed if label.pk is not None],
-            ["kind", "truth", "source", "received_at"],
-            batch_size=SQLITE_BATCH_SIZE,
+        audit_record_many(
+            actor=actor,
+            action="prediction_label.replace",
+            project=project,
+            changes=[
+                (label, before, {"kind": label.kind, "truth": label.truth, "source": label.source})
+                for label, before in changed
+            ],
         )
-        for label, before in changed:
-            audit_record(
-                actor=actor,
-                action="prediction_label.replace",
-                obj=label,
-                project=project,
-                before=before,
-                after={"kind": label.kind, "truth": label.truth, "source": label.source},
-            )
 
 
 def _csv_items(upload: Any) -> list[dict[str, str]]:

@@ -69,7 +69,8 @@ def test_labels_are_stored_once_per_request_and_a_change_is_audited(project: Any
     assert changed.json() == {"stored": 1, "replaced": 1, "unknown": 0, "unknown_ids": [], "errors": []}
     assert PredictionLabel.objects.count() == 2 and PredictionLabel.objects.get(request_id="r1").truth == ["no"]
     entry = AuditEntry.objects.get(action="prediction_label.replace")
-    assert (entry.project, entry.actor) == (project, member)
+    assert (entry.project, entry.actor, entry.object_type) == (project, member, "telemetry.predictionlabel")
+    assert entry.object_id == str(PredictionLabel.objects.get(request_id="r1").pk)
     assert entry.before == {"kind": "label", "truth": ["yes"], "source": "api"}
     assert entry.after == {"kind": "label", "truth": ["no"], "source": "api"}
 
@@ -241,3 +242,19 @@ def test_a_deployment_ingest_token_cannot_send_labels(project: Any, owner: Any, 
         HTTP_AUTHORIZATION=f"Bearer {deployment.ingest_token()}",
     )
     assert answer.status_code == 401 and not PredictionLabel.objects.exists()
+
+
+def test_a_batch_relabelling_many_requests_audits_each_change(project: Any, member: Any) -> None:
+    for i in range(30):
+        log(project, f"m{i}")
+    first = [{"request_id": f"m{i}", "label": "yes"} for i in range(30)]
+    assert prediction_labels_store(actor=member, project=project, items=first).stored == 30
+    second = [{"request_id": f"m{i}", "label": "no" if i < 20 else "yes"} for i in range(30)]
+    second += [{"request_id": "m0", "label": "maybe"}]  # the same id twice in one batch: the last one wins
+    result = prediction_labels_store(actor=member, project=project, items=second)
+    assert (result.stored, result.replaced) == (31, 21)
+    assert PredictionLabel.objects.get(request_id="m0").truth == ["maybe"]
+    assert PredictionLabel.objects.filter(truth=["no"]).count() == 19
+    entries = AuditEntry.objects.filter(action="prediction_label.replace")
+    assert entries.count() == 21
+    assert sorted(entry.after["truth"][0] for entry in entries.filter(object_repr="label of m0")) == ["maybe", "no"]
