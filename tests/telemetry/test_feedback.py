@@ -205,6 +205,10 @@ def test_csv_errors_name_the_column_or_the_file(project: Any, member: Any, monke
     big = "request_id,label\n" + "r,1\n" * 30
     answer = api.post(url(project), {"file": csv_file(big)}, format="multipart")
     assert answer.status_code == 400 and "file" in answer.json()
+    monkeypatch.setattr(services, "MAX_FEEDBACK_CSV_BYTES", 10_000)
+    monkeypatch.setattr(services, "MAX_LABELS_PER_REQUEST", 2)
+    rows = api.post(url(project), {"file": csv_file("request_id,label\na,1\nb,1\nc,1\n")}, format="multipart")
+    assert rows.json() == {"file": ["at most 2 rows per upload"]}
     assert not PredictionLabel.objects.exists()
 
 
