@@ -233,3 +233,16 @@ def test_api_answers_an_empty_window_and_validates_parameters(project: Any, view
     assert "reference_until" in backwards.json()
     assert api.get("/api/v1/deployments/999/performance/").status_code == 404
     assert datetime.fromisoformat(empty.json()["until"].replace("Z", "+00:00")).tzinfo is not None
+
+
+def test_api_serialises_the_estimate_and_its_confusion_matrix(project: Any, viewer: Any) -> None:
+    rows, truth = classifier_rows(np.random.default_rng(8), 300)
+    logs(project, rows)
+    labels(project, {f"r{i}": [str(truth[i])] for i in range(200)})
+    body = json.loads(client_for(viewer).get(URL).content)
+    (version,) = body["versions"]
+    assert (version["predictions"], version["labelled"], version["classes"]) == (300, 200, CLASSES)
+    assert version["realised"]["n_labelled"] == 200 and 0 <= version["realised"]["roc_auc"] <= 1
+    estimate = version["estimate"]
+    assert estimate["n_rows"] == 100 and 0 <= estimate["accuracy"] <= 1
+    assert np.array(estimate["expected_confusion"]).shape == (3, 3)
