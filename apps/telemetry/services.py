@@ -515,7 +515,7 @@ def prediction_labels_store(
         else:
             parsed.append((index, *outcome))
     logged = _logged_predictions(project, deployment_id, list({request_id for _, request_id, _, _ in parsed}))
-    accepted: list[tuple[int, int, int | None, str, str, list]] = []
+    accepted: list[tuple[int, int | None, str, str, list]] = []
     for index, request_id, kind, entries in parsed:
         matches = logged.get(request_id)
         if not matches:
@@ -539,14 +539,16 @@ def prediction_labels_store(
         if len(entries) != len(outputs):
             result.error(index, kind, f"the prediction has {len(outputs)} rows: give one {kind} per row")
             continue
-        if source == PredictionLabel.Source.CSV and kind == "label":
-            entries = [_coerce_like(entry, output) for entry, output in zip(entries, outputs, strict=True)]
-        wrong = next((e for e, o in zip(entries, outputs, strict=True) if _label_type(e) != _label_type(o)), None)
-        if kind == "label" and wrong is not None:
-            expected = _label_type(outputs[0])
-            result.error(index, "label", f"the model's classes are {expected}; {wrong!r} is {_label_type(wrong)}")
-            continue
-        accepted.append((index, deployment, version_id, request_id, kind, entries))
+        if kind == "label":
+            if source == PredictionLabel.Source.CSV:
+                entries = [_coerce_like(entry, output) for entry, output in zip(entries, outputs, strict=True)]
+            pairs = zip(entries, outputs, strict=True)
+            wrong = next((entry for entry, output in pairs if _label_type(entry) != _label_type(output)), None)
+            if wrong is not None:
+                expected = _label_type(outputs[0])
+                result.error(index, "label", f"the model's classes are {expected}; {wrong!r} is {_label_type(wrong)}")
+                continue
+        accepted.append((deployment, version_id, request_id, kind, entries))
     _labels_write(actor, project, source, accepted, result)
     return result
 
@@ -555,8 +557,8 @@ def _labels_write(actor: Any, project: Project, source: str, accepted: list[tupl
     """Upsert the labels in one transaction; audit each label a later one changed."""
     now = timezone.now()
     with transaction.atomic():
-        deployments = {deployment for _, deployment, *_ in accepted}
-        request_ids = [request_id for *_, request_id, _, _ in accepted]
+        deployments = {deployment for deployment, *_ in accepted}
+        request_ids = [request_id for _, _, request_id, _, _ in accepted]
         stored: dict[tuple[int, str], tuple[str, list, str]] = {}
         for start in range(0, len(request_ids), LABEL_LOOKUP_CHUNK):
             existing = PredictionLabel.objects.select_for_update().filter(
@@ -568,7 +570,7 @@ def _labels_write(actor: Any, project: Project, source: str, accepted: list[tupl
                 stored[(deployment, request_id)] = (kind, truth, label_source)
         labels: dict[tuple[int, str], PredictionLabel] = {}
         changed: list[tuple[PredictionLabel, dict[str, Any]]] = []
-        for _, deployment, version_id, request_id, kind, entries in accepted:
+        for deployment, version_id, request_id, kind, entries in accepted:
             key = (deployment, request_id)
             result.stored += 1
             earlier = labels.get(key)
