@@ -40,7 +40,10 @@ def log(project: Any, request_id: str, *, deployment_id: int = DEPLOYMENT, **cha
         "timestamp": (timezone.now() - timedelta(days=2)).isoformat(),
         **changes,
     }
-    predictions_ingest(source=IngestSource(deployment_id=deployment_id, project_id=project.pk), events=[event])
+    predictions_ingest(
+        source=IngestSource(deployment_id=deployment_id, project_id=project.pk, version_ids=frozenset({7, 8, 9})),
+        events=[event],
+    )
     return PredictionLog.objects.get(deployment_id=deployment_id, request_id=request_id, shadow=event["shadow"])
 
 
