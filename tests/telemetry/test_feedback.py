@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.core.models import APIToken, AuditEntry
@@ -265,3 +267,26 @@ def test_a_batch_relabelling_many_requests_audits_each_change(project: Any, memb
     entries = AuditEntry.objects.filter(action="prediction_label.replace")
     assert entries.count() == 21
     assert sorted(entry.after["truth"][0] for entry in entries.filter(object_repr="label of m0")) == ["maybe", "no"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_requests_labelling_the_same_new_id_at_once_both_succeed(project: Any, member: Any) -> None:
+    log(project, "race")
+    outcome: dict[str, Any] = {}
+
+    def second() -> None:
+        try:
+            items = [{"request_id": "race", "label": "no"}]
+            outcome["second"] = prediction_labels_store(actor=member, project=project, items=items)
+        finally:
+            connection.close()
+
+    with transaction.atomic():  # the first request's insert, not committed yet
+        prediction_labels_store(actor=member, project=project, items=[{"request_id": "race", "label": "yes"}])
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=1)
+        assert thread.is_alive(), "the second insert waits for the first request's transaction"
+    thread.join(timeout=10)
+    assert outcome["second"].stored == 1, "an upsert, not a unique violation"
+    assert PredictionLabel.objects.get(request_id="race").truth == ["no"]
