@@ -57,18 +57,18 @@ def clean_name(value: Any, *, missing: str, field: str = "name", max_length: int
     return name, key
 
 
-def audit_record(
+def _audit_entry(
     *,
     actor: AbstractBaseUser | None,
     action: str,
     obj: Any,
     project: Project | None,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
-    message: str = "",
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    message: str,
 ) -> AuditEntry:
     actor = actor if getattr(actor, "is_authenticated", False) else None
-    return AuditEntry.objects.create(
+    return AuditEntry(
         project=project,
         actor=actor,
         actor_name=actor.get_username() if actor else "",
@@ -81,6 +81,40 @@ def audit_record(
         message=message,
         ip_address=current_ip.get(),
     )
+
+
+def audit_record(
+    *,
+    actor: AbstractBaseUser | None,
+    action: str,
+    obj: Any,
+    project: Project | None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    message: str = "",
+) -> AuditEntry:
+    entry = _audit_entry(
+        actor=actor, action=action, obj=obj, project=project, before=before, after=after, message=message
+    )
+    entry.save()
+    return entry
+
+
+def audit_record_many(
+    *,
+    actor: AbstractBaseUser | None,
+    action: str,
+    project: Project | None,
+    changes: list[tuple[Any, dict[str, Any], dict[str, Any]]],
+    message: str = "",
+) -> list[AuditEntry]:
+    """One entry per (obj, before, after), written in batches: a bulk change audits every object it changed
+    without one INSERT each."""
+    entries = [
+        _audit_entry(actor=actor, action=action, obj=obj, project=project, before=before, after=after, message=message)
+        for obj, before, after in changes
+    ]
+    return AuditEntry.objects.bulk_create(entries, batch_size=500)
 
 
 def audited_update(

@@ -1,18 +1,30 @@
-"""The ingest API: model servers POST `{"events": [...]}` with their deployment's token (see authentication)."""
+"""Telemetry's API: model servers POST `{"events": [...]}` with their deployment's token (see authentication);
+users POST ground truth (feedback) with their personal API token, checked against their role in the project."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.telemetry import services
+from apps.core.choices import ProjectRole
+from apps.core.exceptions import NotFound, ValidationError
+from apps.core.models import Project
+from apps.core.permissions import has_project_role
+from apps.telemetry import selectors, services
 from apps.telemetry.authentication import HasIngestToken, IngestTokenAuthentication
+from apps.telemetry.models import PredictionRollup
 
 
 class OrjsonParser(parsers.JSONParser):
@@ -59,3 +71,152 @@ class PredictionIngestApi(APIView):
         if result.rejected:
             body["rejected"] = result.rejected
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class FeedbackItemSerializer(serializers.Serializer):
+    """The documented shape of one feedback item (the service checks items one by one)."""
+
+    request_id = serializers.CharField(max_length=64)
+    label = serializers.JSONField(required=False, help_text="A class, or a list with one per row.")
+    value = serializers.FloatField(required=False, help_text="A regression target (or a list, one per row).")
+
+
+class FeedbackCsvSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="CSV with columns request_id and label (or request_id and value).")
+
+
+class FeedbackResultSerializer(serializers.Serializer):
+    stored = serializers.IntegerField()
+    replaced = serializers.IntegerField()
+    unknown = serializers.IntegerField()
+    unknown_ids = serializers.ListField(child=serializers.CharField())
+    errors = serializers.ListField(child=serializers.DictField())
+
+
+def _optional_int(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise ValidationError("must be a positive integer", field=name)
+    return int(raw)
+
+
+class FeedbackApi(APIView):
+    """Ground truth for logged predictions: `POST /api/v1/feedback/?project=<slug>[&deployment_id=N]`.
+
+    The body is a JSON list of `{request_id, label}` or `{request_id, value}`, or a multipart CSV `file`
+    (columns request_id and label, or request_id and value). Personal API token (or session); editors and
+    above. Answers 200 `{"stored", "replaced", "unknown", "unknown_ids", "errors"}`.
+    """
+
+    parser_classes = [OrjsonParser, parsers.MultiPartParser]
+
+    @extend_schema(
+        request={
+            "application/json": FeedbackItemSerializer(many=True),
+            "multipart/form-data": FeedbackCsvSerializer,
+        },
+        parameters=[
+            OpenApiParameter("project", str, required=True, description="The project's slug."),
+            OpenApiParameter("deployment_id", int, description="Look request ids up in this deployment only."),
+        ],
+        responses={200: FeedbackResultSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        slug = request.query_params.get("project")
+        if not slug:
+            raise ValidationError("required: the slug of the project the predictions belong to", field="project")
+        project = Project.objects.filter(slug=slug).first()
+        if project is None:
+            raise NotFound("No such project.")
+        deployment_id = _optional_int(request, "deployment_id")
+        if request.content_type.startswith("multipart/"):
+            result = services.prediction_labels_store(
+                actor=request.user, project=project, csv_file=request.FILES.get("file"), deployment_id=deployment_id
+            )
+        else:
+            result = services.prediction_labels_store(
+                actor=request.user, project=project, items=request.data, deployment_id=deployment_id
+            )
+        return Response(dataclasses.asdict(result))
+
+
+# `window`: hours or days, up to the raw rows' longest useful life (the default retention is 30 days).
+WINDOW_PATTERN = re.compile(r"^([1-9][0-9]*)([hd])$")
+MAX_WINDOW = timedelta(days=90)
+
+
+def parse_window(raw: str) -> timedelta:
+    match = WINDOW_PATTERN.match(raw)
+    window = timedelta(**{"hours" if match[2] == "h" else "days": int(match[1])}) if match else None
+    if window is None or window > MAX_WINDOW:
+        raise ValidationError("a duration such as 1h, 24h, 7d or 30d, at most 90d", field="window")
+    return window
+
+
+def _moment(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    moment = parse_datetime(raw)
+    if moment is None:
+        raise ValidationError("an ISO 8601 date and time, such as 2026-11-28T09:00:00Z", field=name)
+    return moment if timezone.is_aware(moment) else timezone.make_aware(moment, UTC)
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass tree as JSON-able data (numpy arrays as lists)."""
+    if dataclasses.is_dataclass(value):
+        return {item.name: _plain(getattr(value, item.name)) for item in dataclasses.fields(value)}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class DeploymentPerformanceApi(APIView):
+    """Performance per model version from labelled predictions, with the label-free estimate for the rest:
+    `GET /api/v1/deployments/{id}/performance/?window=24h[&reference_since=…&reference_until=…]`.
+
+    Telemetry knows a deployment only by id, so the project is the one its logged predictions belong to;
+    any member of it may read; everyone else (and a deployment that never logged) gets 404.
+    """
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("window", str, description="1h … 90d, in hours or days (default 24h)."),
+            OpenApiParameter("reference_since", OpenApiTypes.DATETIME, description="CBPE reference window start."),
+            OpenApiParameter("reference_until", OpenApiTypes.DATETIME, description="CBPE reference window end."),
+        ],
+        responses={200: OpenApiResponse(description="window, and per version: counts, metrics and the estimate")},
+    )
+    def get(self, request: Request, deployment_id: int) -> Response:
+        project_id = (
+            PredictionRollup.objects.filter(deployment_id=deployment_id).values_list("project_id", flat=True).first()
+        )
+        project = Project.objects.filter(pk=project_id).first() if project_id is not None else None
+        if project is None or not has_project_role(request.user, project, ProjectRole.VIEWER):
+            raise NotFound(f"No predictions are logged for deployment {deployment_id} in your projects.")
+        window = parse_window(request.query_params.get("window", "24h"))
+        reference_since, reference_until = _moment(request, "reference_since"), _moment(request, "reference_until")
+        if (reference_since is None) != (reference_until is None):
+            raise ValidationError("give reference_since and reference_until together", field="reference_until")
+        if reference_since is not None and reference_since >= reference_until:
+            raise ValidationError("must be later than reference_since", field="reference_until")
+        until = timezone.now()
+        versions = selectors.performance_by_version(
+            deployment_id=deployment_id,
+            since=until - window,
+            until=until,
+            reference_since=reference_since,
+            reference_until=reference_until,
+        )
+        return Response(
+            {
+                "deployment_id": deployment_id,
+                "since": until - window,
+                "until": until,
+                "row_limit": selectors.PERFORMANCE_ROW_LIMIT,
+                "versions": [_plain(version) for version in versions],
+            }
+        )

@@ -102,3 +102,40 @@ class PredictionRollup(models.Model):
 
     def __str__(self) -> str:
         return f"deployment {self.deployment_id} v{self.model_version_id} {self.minute:%Y-%m-%d %H:%M}"
+
+
+class PredictionLabel(models.Model):
+    """The ground truth of one logged prediction, sent later by the user (feedback): the join key is the
+    request id the model server answered in `X-Request-Id`, unique per deployment.
+
+    `truth` holds one entry per row of the prediction (a one-row request: a one-entry list), class labels for
+    `kind="label"`, numbers for `kind="value"` (regression). A second label for the same request replaces the
+    first (audited). `model_version_id` is copied from the live prediction it labels.
+    """
+
+    class Kind(models.TextChoices):
+        LABEL = "label", "Class label"
+        VALUE = "value", "Value (regression)"
+
+    class Source(models.TextChoices):
+        API = "api", "API (JSON)"
+        CSV = "csv", "CSV upload"
+
+    deployment_id = models.BigIntegerField()
+    project_id = models.BigIntegerField()
+    model_version_id = models.BigIntegerField(null=True, blank=True)
+    request_id = models.CharField(max_length=64)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    truth = models.JSONField(help_text="One label (or value) per row of the prediction.")
+    source = models.CharField(max_length=8, choices=Source.choices)
+    received_at = models.DateTimeField(help_text="When this label arrived (a replacement: when the replacement did).")
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment_id", "request_id"], name="telemetry_label_request_unique")
+        ]
+        indexes = [models.Index(fields=["project_id", "received_at"], name="telemetry_label_project_idx")]
+
+    def __str__(self) -> str:
+        return f"label of {self.request_id}"

@@ -3,25 +3,38 @@
 Figures over time windows come from the per-minute rollups, never from raw rows: a window covers the whole
 minutes it overlaps, and latency quantiles are interpolated inside the histogram bucket that holds them (as
 Prometheus' `histogram_quantile`), computed by the database. Only questions that need single predictions
-(the shadow comparison pairs answers by request id) read raw rows, and then a bounded number of them.
+(the shadow comparison pairs answers by request id; performance joins each prediction to its label) read raw
+rows, and then a bounded number of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from django.db import connection
-from django.db.models import FloatField, Sum
+from django.db.models import Count, Exists, FloatField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from apps.telemetry.models import BUCKET_FIELDS, LATENCY_BUCKETS_MS, PredictionLog, PredictionRollup
+from apps.telemetry.models import BUCKET_FIELDS, LATENCY_BUCKETS_MS, PredictionLabel, PredictionLog, PredictionRollup
+from worker.monitoring.cbpe import CALIBRATION_FOLDS, ECE_BINS, CBPEEstimate, cbpe_estimate, cbpe_fit
+from worker.monitoring.performance import (
+    ClassificationPerformance,
+    RegressionPerformance,
+    classification_performance,
+    regression_performance,
+)
 
 # The shadow comparison reads at most this many recent shadow answers (and their live twins).
 SHADOW_PAIR_LIMIT = 5_000
 QUANTILES = {"p50_ms": 0.5, "p90_ms": 0.9, "p99_ms": 0.99}
+# Performance joins predictions to labels row by row, so it reads raw rows: per version and window at most
+# this many labelled predictions (the most recent), and as many unlabelled ones for the label-free estimate.
+PERFORMANCE_ROW_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -154,3 +167,228 @@ def input_rows(inputs: Any) -> list[dict] | None:
         return inputs
     names = list(inputs)
     return [dict(zip(names, values, strict=True)) for values in zip(*inputs.values(), strict=True)]
+
+
+@dataclass(frozen=True)
+class VersionPerformance:
+    """How one model version did in a window, from the labels users sent (feedback), and a label-free estimate.
+
+    `predictions` counts the version's answered requests in the window, `labelled` those with a label (so a
+    page shows "labelled of predictions" next to each metric); `realised` is computed on the most recent
+    `PERFORMANCE_ROW_LIMIT` labelled requests (`truncated` when there were more), its `n_labelled` counting
+    rows (a request can hold several). `estimate` is CBPE on the unlabelled requests. Each metric that cannot
+    be computed is None, with the reason in `reason` or `estimate_reason`.
+    """
+
+    model_version_id: int | None
+    shadow: bool
+    task: str | None
+    predictions: int
+    labelled: int
+    truncated: bool
+    classes: list | None
+    realised: ClassificationPerformance | RegressionPerformance | None
+    reason: str | None
+    estimate: CBPEEstimate | None
+    estimate_reason: str | None
+
+
+@dataclass(frozen=True)
+class _Rows:
+    y_pred: np.ndarray
+    y_true: np.ndarray | None
+    proba: np.ndarray | None
+    kinds: frozenset[str]  # of the labels read: "label" (classes) or "value" (regression)
+
+
+def _answered(deployment_id: int, since: datetime, until: datetime) -> Any:
+    label = PredictionLabel.objects.filter(deployment_id=OuterRef("deployment_id"), request_id=OuterRef("request_id"))
+    return (
+        PredictionLog.objects.filter(
+            deployment_id=deployment_id, created_at__gte=since, created_at__lt=until, status__lt=400
+        )
+        .filter(outputs__isnull=False)
+        .annotate(
+            has_label=Exists(label),
+            truth=Subquery(label.values("truth")[:1]),
+            label_kind=Subquery(label.values("kind")[:1]),
+        )
+    )
+
+
+def _flatten(rows: list[tuple], labelled: bool) -> _Rows:
+    """One entry per predicted row: the outputs (and probabilities, labels) of requests laid end to end."""
+    y_pred, y_true, proba, kinds = [], [], [], set()
+    for outputs, probabilities, truth, kind in rows:
+        # The log keeps what servers sent; a request whose shapes do not line up is left out, not a 500.
+        if not isinstance(outputs, list) or (labelled and (not isinstance(truth, list) or len(truth) != len(outputs))):
+            continue
+        y_pred.extend(outputs)
+        if labelled:
+            y_true.extend(truth)
+            kinds.add(kind)
+        if isinstance(probabilities, list) and len(probabilities) == len(outputs):
+            proba.extend(probabilities)
+    probabilities_array = None
+    if proba and len(proba) == len(y_pred):
+        try:
+            probabilities_array = np.array(proba, dtype=float)
+        except (TypeError, ValueError):  # ragged rows or non-numbers: no probabilities, so no AUC or estimate
+            probabilities_array = None
+    return _Rows(
+        y_pred=np.array(y_pred, dtype=object),
+        y_true=np.array(y_true, dtype=object) if labelled else None,
+        proba=probabilities_array,
+        kinds=frozenset(kinds),
+    )
+
+
+def _class_order(proba: np.ndarray, y_pred: np.ndarray, y_true: np.ndarray | None) -> tuple[list | None, str | None]:
+    """The class of each probability column. Events do not carry it; the model server's classes are sorted
+    (scikit-learn's `classes_`) and its label is the argmax, so the order is the sorted classes seen, accepted
+    only when the columns match them one to one and every prediction is its row's argmax."""
+    seen = set(y_pred.tolist()) | (set(y_true.tolist()) if y_true is not None else set())
+    try:
+        classes = sorted(seen)
+    except TypeError:
+        return None, "labels and predictions mix types, so the probability columns cannot be matched to classes"
+    if proba.ndim != 2 or len(classes) != proba.shape[1]:
+        width = proba.shape[1] if proba.ndim == 2 else 0
+        return None, f"{len(classes)} classes seen but {width} probability columns: their order is unknown"
+    argmax = np.array(classes, dtype=object)[np.argmax(proba, axis=1)]
+    if not (argmax == y_pred).all():
+        return None, "the predictions are not the argmax of the probabilities in sorted class order"
+    return classes, None
+
+
+def _classes_of(labelled: _Rows, unlabelled: _Rows, reference: _Rows) -> tuple[list | None, str | None]:
+    with_proba = [rows for rows in (labelled, unlabelled, reference) if rows.proba is not None]
+    if not with_proba:
+        return None, "no class probabilities were logged"
+    if len({rows.proba.shape[1:] for rows in with_proba}) > 1:
+        return None, "the logged probabilities do not all have the same number of columns"
+    return _class_order(
+        np.concatenate([rows.proba for rows in with_proba]),
+        np.concatenate([rows.y_pred for rows in with_proba]),
+        np.concatenate([labelled.y_true, reference.y_true]),
+    )
+
+
+def _version_rows(rows: Any, labelled: bool, limit: int) -> tuple[list[tuple], bool]:
+    picked = (
+        rows.filter(has_label=labelled)
+        .order_by("-created_at")
+        .values_list("outputs", "probabilities", "truth", "label_kind")
+    )
+    read = list(picked[: limit + 1])
+    return read[:limit], len(read) > limit
+
+
+def _estimate(reference: _Rows, current: _Rows, classes: list | None) -> tuple[CBPEEstimate | None, str | None]:
+    if current.y_pred.size == 0:
+        return None, "every prediction in the window has a label"
+    if current.proba is None or reference.proba is None or classes is None:
+        return None, "the estimate needs the class probabilities of labelled and unlabelled predictions"
+    if reference.y_true.size < CALIBRATION_FOLDS * ECE_BINS:
+        return None, f"the reference needs at least {CALIBRATION_FOLDS * ECE_BINS} labelled rows"
+    try:
+        model = cbpe_fit(y_true=reference.y_true, proba=reference.proba, classes=classes)
+        return cbpe_estimate(model=model, proba=current.proba, y_pred=current.y_pred), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def performance_by_version(
+    *,
+    deployment_id: int,
+    since: datetime,
+    until: datetime,
+    reference_since: datetime | None = None,
+    reference_until: datetime | None = None,
+    limit: int = PERFORMANCE_ROW_LIMIT,
+) -> list[VersionPerformance]:
+    """Realised performance per model version (live and shadow) in [since, until), from joined labels, and the
+    CBPE estimate for its unlabelled predictions (classifiers), fitted on the labelled predictions of the
+    reference window (by default the same window).
+
+    Reads raw rows (a label joins one request): one counting query, then per version at most `limit`
+    labelled and `limit` unlabelled requests (and `limit` labelled ones of the reference window).
+    """
+    window = _answered(deployment_id, since, until)
+    counts = (
+        window.values("model_version_id", "shadow")
+        .annotate(n=Count("id"), labelled=Count("id", filter=Q(has_label=True)))
+        .order_by("shadow", "model_version_id")
+    )
+    results = []
+    for count in counts:
+        key = {"model_version_id": count["model_version_id"], "shadow": count["shadow"]}
+        rows = window.filter(**key)
+        labelled_rows, truncated = _version_rows(rows, True, limit)
+        unlabelled_rows, _ = _version_rows(rows, False, limit)
+        labelled, unlabelled = _flatten(labelled_rows, True), _flatten(unlabelled_rows, False)
+        if reference_since is not None and reference_until is not None:
+            reference_rows, _ = _version_rows(
+                _answered(deployment_id, reference_since, reference_until).filter(**key), True, limit
+            )
+            reference = _flatten(reference_rows, True)
+        else:
+            reference = labelled
+        results.append(_version_performance(count, truncated, labelled, unlabelled, reference))
+    return results
+
+
+def _version_performance(
+    count: dict, truncated: bool, labelled: _Rows, unlabelled: _Rows, reference: _Rows
+) -> VersionPerformance:
+    common = {
+        "model_version_id": count["model_version_id"],
+        "shadow": count["shadow"],
+        "predictions": count["n"],
+        "labelled": count["labelled"],
+        "truncated": truncated,
+    }
+    # The labels say which task it is (the feedback service checks their kind against the prediction); with
+    # none yet, logged class probabilities do.
+    kinds = labelled.kinds | reference.kinds
+    classifier = "label" in kinds if kinds else any(rows.proba is not None for rows in (labelled, unlabelled))
+    if not classifier:
+        realised = (
+            regression_performance(y_true=labelled.y_true.astype(float), y_pred=labelled.y_pred.astype(float))
+            if labelled.y_pred.size
+            else None
+        )
+        return VersionPerformance(
+            **common,
+            task="regression",
+            classes=None,
+            realised=realised,
+            reason=None if realised else "no labelled predictions in the window",
+            estimate=None,
+            estimate_reason="the label-free estimate is for classifiers",
+        )
+    classes, class_reason = _classes_of(labelled, unlabelled, reference)
+    realised, reason = None, "no labelled predictions in the window"
+    if labelled.y_pred.size:
+        scored = labelled.proba is not None and classes is not None
+        realised = classification_performance(
+            y_true=labelled.y_true,
+            y_pred=labelled.y_pred,
+            proba=labelled.proba if scored else None,
+            classes=classes if scored else None,
+        )
+        reason = None
+        if realised.roc_auc is None and class_reason is not None:
+            realised = dataclasses.replace(realised, roc_auc_reason=class_reason)
+    estimate, estimate_reason = _estimate(reference, unlabelled, classes)
+    if estimate is None and class_reason is not None and unlabelled.y_pred.size:
+        estimate_reason = class_reason
+    return VersionPerformance(
+        **common,
+        task="classification",
+        classes=classes,
+        realised=realised,
+        reason=reason,
+        estimate=estimate,
+        estimate_reason=estimate_reason,
+    )

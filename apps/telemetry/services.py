@@ -1,4 +1,5 @@
-"""Use cases of telemetry: ingest prediction events (raw rows and their per-minute rollups), and retention.
+"""Use cases of telemetry: ingest prediction events (raw rows and their per-minute rollups), retention, and the
+ground truth users send later (feedback labels).
 
 Ingest is the hot path of the console (every model server ships every prediction here), so it works in
 whole batches: the batch is checked and turned into rows in Python, rows already stored (a re-sent batch)
@@ -10,9 +11,11 @@ one transaction: the rollups never count a row that is not stored, nor miss one 
 from __future__ import annotations
 
 import bisect
+import csv
 import io
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,9 +24,19 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.choices import ProjectRole
 from apps.core.exceptions import ValidationError
 from apps.core.models import Project
-from apps.telemetry.models import BUCKET_FIELDS, LATENCY_BUCKETS_MS, NO_VERSION, PredictionLog, PredictionRollup
+from apps.core.permissions import require_project_role
+from apps.core.services import audit_record_many
+from apps.telemetry.models import (
+    BUCKET_FIELDS,
+    LATENCY_BUCKETS_MS,
+    NO_VERSION,
+    PredictionLabel,
+    PredictionLog,
+    PredictionRollup,
+)
 
 MAX_EVENTS_PER_BATCH = 5000
 # Rows per INSERT statement on SQLite (its limit on bound variables); Postgres takes a batch in one COPY.
@@ -32,6 +45,14 @@ SQLITE_BATCH_SIZE = 500
 RETENTION_BATCH_ROWS = 5_000
 # Rollup rows per upsert statement (a batch spanning many minutes and versions stays under the limit).
 ROLLUP_UPSERT_ROWS = 500
+# Feedback: labels per request (JSON list or CSV rows; 20,000 take about 5 s to store, 9 s to replace on the
+# shared test machine, so a full request stays well inside gunicorn's 120 s), the CSV file's size, request
+# ids per lookup query.
+MAX_LABELS_PER_REQUEST = 50_000
+MAX_FEEDBACK_CSV_BYTES = 10 * 1024**2
+LABEL_LOOKUP_CHUNK = 5_000
+# How many unknown request ids a feedback answer lists (all are counted).
+UNKNOWN_IDS_SHOWN = 100
 
 # Columns of the raw table, in the order of the tuples built below (and of the COPY).
 _COLUMNS = (
@@ -332,7 +353,9 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
 # ------------------------------------------------------------------------------------------ retention
 
 
-def _delete_before(model: type[PredictionLog | PredictionRollup], time_field: str, scope: Q, cutoff: datetime) -> int:
+def _delete_before(
+    model: type[PredictionLog | PredictionRollup | PredictionLabel], time_field: str, scope: Q, cutoff: datetime
+) -> int:
     """Delete the scope's rows older than `cutoff`, at most RETENTION_BATCH_ROWS per statement.
 
     Each round reads the ids of the oldest RETENTION_BATCH_ROWS rows through the (project_id, time) index
@@ -352,7 +375,11 @@ def _delete_before(model: type[PredictionLog | PredictionRollup], time_field: st
 
 
 def predictions_retention_apply(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete raw rows and rollups older than their project's retention (projects gone: the defaults)."""
+    """Delete raw rows and rollups older than their project's retention (projects gone: the defaults).
+
+    Labels go with the raw rows: one received before the raw rows' cutoff can only label a prediction older
+    still, already deleted.
+    """
     now = now or timezone.now()
     policies = list(
         Project.objects.values_list("pk", "prediction_log_retention_days", "prediction_rollup_retention_days")
@@ -361,8 +388,260 @@ def predictions_retention_apply(*, now: datetime | None = None) -> dict[str, int
     rollup_default = Project._meta.get_field("prediction_rollup_retention_days").default
     scopes = [(Q(project_id=pk), log_days, rollup_days) for pk, log_days, rollup_days in policies]
     scopes.append((~Q(project_id__in=[pk for pk, _, _ in policies]), log_default, rollup_default))
-    deleted = {"log_rows": 0, "rollup_rows": 0}
+    deleted = {"log_rows": 0, "rollup_rows": 0, "label_rows": 0}
     for scope, log_days, rollup_days in scopes:
         deleted["log_rows"] += _delete_before(PredictionLog, "created_at", scope, now - timedelta(days=log_days))
+        deleted["label_rows"] += _delete_before(PredictionLabel, "received_at", scope, now - timedelta(days=log_days))
         deleted["rollup_rows"] += _delete_before(PredictionRollup, "minute", scope, now - timedelta(days=rollup_days))
     return deleted
+
+
+@dataclass
+class FeedbackResult:
+    """What a feedback request did: `stored` labels (new or replacing), of which `replaced` changed an earlier
+    label (each audited), `unknown` request ids with no logged prediction (the first ones listed), and the
+    items refused, each naming its field."""
+
+    stored: int = 0
+    replaced: int = 0
+    unknown: int = 0
+    unknown_ids: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def error(self, index: int, field_name: str, message: str) -> None:
+        self.errors.append({"index": index, "field": field_name, "message": message})
+
+
+def _class_label(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int | bool) or (isinstance(value, str) and value != "")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_label_item(item: Any) -> tuple[str, str, list] | tuple[str, str]:
+    """(request_id, kind, entries) of a well-formed item, or (field, message) naming what is wrong."""
+    if not isinstance(item, dict):
+        return "request_id", "each item must be an object {request_id, label} or {request_id, value}"
+    request_id = item.get("request_id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
+        return "request_id", "required: the X-Request-Id the model server answered (1 to 64 characters)"
+    if ("label" in item) == ("value" in item):
+        return "label", "give either label (a class) or value (a regression target)"
+    kind = "label" if "label" in item else "value"
+    truth = item[kind]
+    entries = truth if isinstance(truth, list) else [truth]
+    valid = _class_label if kind == "label" else _number
+    if not entries or not all(valid(entry) for entry in entries):
+        expected = "a class (string, integer or boolean)" if kind == "label" else "a finite number"
+        return kind, f"must be {expected}, or a list of them with one per row of the prediction"
+    return request_id, kind, entries
+
+
+def _label_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, int | float) else "text"
+
+
+def _coerce_like(entry: str, example: Any) -> Any:
+    """A CSV label (always text) as the type of the model's own outputs, so "1" labels a prediction of 1."""
+    try:
+        if isinstance(example, bool):
+            return {"true": True, "false": False, "1": True, "0": False}[entry.strip().lower()]
+        if isinstance(example, int):
+            return int(entry)
+        if isinstance(example, float):
+            return float(entry)
+    except (KeyError, ValueError):
+        pass
+    return entry
+
+
+def _logged_predictions(project: Project, deployment_id: int | None, request_ids: list[str]) -> dict[str, list]:
+    """Live predictions of the project by request id: (deployment_id, version, status, outputs, probabilities)."""
+    if deployment_id is None:
+        # The raw table's request-id index leads with deployment_id: name the project's deployments (those with
+        # rollups since its raw rows' retention began) so each lookup uses it rather than scanning the project.
+        since = timezone.now() - timedelta(days=project.prediction_log_retention_days + 1)
+        rollups = PredictionRollup.objects.filter(project_id=project.pk, minute__gte=since)
+        deployment_ids = list(rollups.values_list("deployment_id", flat=True).distinct().order_by())
+    else:
+        deployment_ids = [deployment_id]
+    logs = PredictionLog.objects.filter(project_id=project.pk, deployment_id__in=deployment_ids, shadow=False)
+    found: dict[str, list] = {}
+    for start in range(0, len(request_ids), LABEL_LOOKUP_CHUNK):
+        chunk = request_ids[start : start + LABEL_LOOKUP_CHUNK]
+        for row in logs.filter(request_id__in=chunk).values_list(
+            "request_id", "deployment_id", "model_version_id", "status", "outputs", "probabilities"
+        ):
+            found.setdefault(row[0], []).append(row[1:])
+    return found
+
+
+def prediction_labels_store(
+    *,
+    actor: Any,
+    project: Project,
+    items: Any = None,
+    csv_file: Any = None,
+    deployment_id: int | None = None,
+) -> FeedbackResult:
+    """Store ground truth for logged predictions, keyed by the request id the model server answered.
+
+    Editors and above. Idempotent per (deployment, request id): a label for a request already labelled
+    replaces it, audited with before/after when it changes it. Ids with no logged live prediction in the
+    project (or the given deployment) are counted, not stored; a malformed item is refused on its own (its
+    index and field in `errors`) while the rest are stored. The labels come as `items` (a JSON list) or as
+    `csv_file` (an upload; its text labels are read as the type of the model's outputs).
+    """
+    require_project_role(actor, project, ProjectRole.EDITOR)
+    source = PredictionLabel.Source.API
+    if csv_file is not None or items is None:
+        source, items = PredictionLabel.Source.CSV, _csv_items(csv_file)
+    if not isinstance(items, list):
+        raise ValidationError("must be a JSON list of {request_id, label} or {request_id, value} objects", field="body")
+    if len(items) > MAX_LABELS_PER_REQUEST:
+        raise ValidationError(f"at most {MAX_LABELS_PER_REQUEST:,} labels per request", field="body")
+    result = FeedbackResult()
+    parsed: list[tuple[int, str, str, list]] = []
+    for index, item in enumerate(items):
+        outcome = _parse_label_item(item)
+        if len(outcome) == 2:
+            result.error(index, *outcome)
+        else:
+            parsed.append((index, *outcome))
+    logged = _logged_predictions(project, deployment_id, list({request_id for _, request_id, _, _ in parsed}))
+    accepted: list[tuple[int, int | None, str, str, list]] = []
+    for index, request_id, kind, entries in parsed:
+        matches = logged.get(request_id)
+        if not matches:
+            result.unknown += 1
+            if len(result.unknown_ids) < UNKNOWN_IDS_SHOWN:
+                result.unknown_ids.append(request_id)
+            continue
+        if len(matches) > 1:
+            result.error(index, "request_id", "predictions of several deployments have this id; pass deployment_id")
+            continue
+        deployment, version_id, status, outputs, probabilities = matches[0]
+        if not isinstance(outputs, list) or not outputs:
+            result.error(index, "request_id", f"the prediction failed (status {status}); it has no output to label")
+            continue
+        if kind == "value" and probabilities is not None:
+            result.error(index, "value", "a classifier answered this request: send label, not value")
+            continue
+        if kind == "label" and probabilities is None:
+            result.error(index, "label", "a regressor answered this request (no class probabilities): send value")
+            continue
+        if len(entries) != len(outputs):
+            result.error(index, kind, f"the prediction has {len(outputs)} rows: give one {kind} per row")
+            continue
+        if kind == "label":
+            if source == PredictionLabel.Source.CSV:
+                entries = [_coerce_like(entry, output) for entry, output in zip(entries, outputs, strict=True)]
+            pairs = zip(entries, outputs, strict=True)
+            wrong = next((entry for entry, output in pairs if _label_type(entry) != _label_type(output)), None)
+            if wrong is not None:
+                expected = _label_type(outputs[0])
+                result.error(index, "label", f"the model's classes are {expected}; {wrong!r} is {_label_type(wrong)}")
+                continue
+        accepted.append((deployment, version_id, request_id, kind, entries))
+    _labels_write(actor, project, source, accepted, result)
+    return result
+
+
+def _labels_write(actor: Any, project: Project, source: str, accepted: list[tuple], result: FeedbackResult) -> None:
+    """Upsert the labels in one transaction; audit each label a later one changed."""
+    now = timezone.now()
+    with transaction.atomic():
+        deployments = {deployment for deployment, *_ in accepted}
+        request_ids = [request_id for _, _, request_id, _, _ in accepted]
+        stored: dict[tuple[int, str], tuple[str, list, str]] = {}
+        for start in range(0, len(request_ids), LABEL_LOOKUP_CHUNK):
+            existing = PredictionLabel.objects.select_for_update().filter(
+                deployment_id__in=deployments, request_id__in=request_ids[start : start + LABEL_LOOKUP_CHUNK]
+            )
+            for deployment, request_id, kind, truth, label_source in existing.values_list(
+                "deployment_id", "request_id", "kind", "truth", "source"
+            ):
+                stored[(deployment, request_id)] = (kind, truth, label_source)
+        labels: dict[tuple[int, str], PredictionLabel] = {}
+        changed: list[tuple[PredictionLabel, dict[str, Any]]] = []
+        for deployment, version_id, request_id, kind, entries in accepted:
+            key = (deployment, request_id)
+            result.stored += 1
+            earlier = labels.get(key)
+            before = (earlier.kind, earlier.truth, earlier.source) if earlier is not None else stored.get(key)
+            if before is not None and before[:2] == (kind, entries):
+                continue  # the same label again: nothing changes
+            label = PredictionLabel(
+                deployment_id=deployment,
+                project_id=project.pk,
+                model_version_id=version_id,
+                request_id=request_id,
+                kind=kind,
+                truth=entries,
+                source=source,
+                received_at=now,
+            )
+            labels[key] = label
+            if before is not None:
+                changed.append((label, dict(zip(("kind", "truth", "source"), before, strict=True))))
+                result.replaced += 1
+        # One upsert for new and changed labels; a concurrent request that stored the same new id first is
+        # overwritten, not a 500.
+        PredictionLabel.objects.bulk_create(
+            list(labels.values()),
+            batch_size=SQLITE_BATCH_SIZE,
+            update_conflicts=True,
+            unique_fields=["deployment_id", "request_id"],
+            update_fields=["model_version_id", "kind", "truth", "source", "received_at"],
+        )
+        audit_record_many(
+            actor=actor,
+            action="prediction_label.replace",
+            project=project,
+            changes=[
+                (label, before, {"kind": label.kind, "truth": label.truth, "source": label.source})
+                for label, before in changed
+            ],
+        )
+
+
+def _csv_items(upload: Any) -> list[dict[str, str]]:
+    """The rows of a feedback CSV (`request_id` and `label` or `value` columns) as feedback items.
+
+    400 naming `file` when it is too large or not UTF-8 CSV, naming the column when a required one is missing.
+    """
+    if upload is None:
+        raise ValidationError("required: a CSV file with columns request_id and label (or value)", field="file")
+    if upload.size > MAX_FEEDBACK_CSV_BYTES:
+        raise ValidationError(f"the CSV is larger than the limit of {MAX_FEEDBACK_CSV_BYTES:,} bytes", field="file")
+    try:
+        text = upload.read().decode("utf-8-sig")
+        reader = csv.DictReader(io.StringIO(text))
+        columns = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = columns
+        rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValidationError(f"not a UTF-8 CSV file: {exc}", field="file") from None
+    if len(rows) > MAX_LABELS_PER_REQUEST:
+        raise ValidationError(f"at most {MAX_LABELS_PER_REQUEST:,} rows per upload", field="file")
+    if "request_id" not in columns:
+        raise ValidationError("the CSV has no request_id column", field="request_id")
+    if ("label" in columns) == ("value" in columns):
+        raise ValidationError("the CSV needs exactly one of the columns label and value", field="label")
+    kind = "label" if "label" in columns else "value"
+    items: list[dict[str, Any]] = []
+    for row in rows:
+        truth: Any = row.get(kind)
+        if kind == "value":
+            try:
+                truth = float(truth)
+            except (TypeError, ValueError):
+                pass  # left as text: the item is refused naming `value`
+        items.append({"request_id": row.get("request_id"), kind: truth})
+    return items

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.telemetry.api import PredictionIngestApi
+from apps.telemetry.api import DeploymentPerformanceApi, FeedbackApi, PredictionIngestApi
 
 api_urlpatterns = [
     path("ingest/predictions/", PredictionIngestApi.as_view(), name="ingest-predictions"),
+    path("feedback/", FeedbackApi.as_view(), name="feedback"),
+    path(
+        "deployments/<int:deployment_id>/performance/",
+        DeploymentPerformanceApi.as_view(),
+        name="deployment-performance",
+    ),
 ]

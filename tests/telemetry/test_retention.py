@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.core.models import AuditEntry, Project
 from apps.telemetry import services
-from apps.telemetry.models import PredictionLog, PredictionRollup
+from apps.telemetry.models import PredictionLabel, PredictionLog, PredictionRollup
 from apps.telemetry.tasks import predictions_retention_apply_task
 from tests.conftest import client_for
 from tests.factories import ProjectFactory
@@ -63,7 +63,22 @@ def test_rows_older_than_their_projects_retention_are_deleted(project: Project) 
         for project_id in (project.pk, other.pk, gone)
     }
     assert rollups == {project.pk: [1, 3, 29, 31, 399], other.pk: [1, 3], gone: [1, 3, 29, 31, 399]}
-    assert deleted == {"log_rows": 3 + 5 + 3, "rollup_rows": 1 + 4 + 1}
+    assert deleted == {"log_rows": 3 + 5 + 3, "rollup_rows": 1 + 4 + 1, "label_rows": 0}
+
+
+def test_labels_go_with_the_raw_rows(project: Project) -> None:
+    for request_id, days_old in (("fresh", 29), ("old", 31)):
+        PredictionLabel.objects.create(
+            deployment_id=1,
+            project_id=project.pk,
+            request_id=request_id,
+            kind="label",
+            truth=["a"],
+            source="api",
+            received_at=NOW - timedelta(days=days_old),
+        )
+    assert services.predictions_retention_apply(now=NOW)["label_rows"] == 1
+    assert list(PredictionLabel.objects.values_list("request_id", flat=True)) == ["fresh"]
 
 
 def test_deletes_go_in_bounded_batches(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
