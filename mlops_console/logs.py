@@ -8,6 +8,7 @@ worker's log lines for that task carry them too. `LOG_FORMAT=json` writes one JS
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import uuid
@@ -101,6 +102,17 @@ class RequestIdMiddleware:
         response[REQUEST_ID_HEADER] = request_id
         return response
 
+    def process_view(self, request: HttpRequest, view: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        # The project or deployment a page or an API call is about, named by its URL (the API router's and the
+        # pages' url names: project-… with a slug, deployment-… with a pk).
+        name = request.resolver_match.url_name or ""
+        fields = dict(_context.get() or {})
+        if name.startswith("project-") and "slug" in kwargs:
+            fields["project"] = str(kwargs["slug"])
+        if name.startswith("deployment-") and "pk" in kwargs:
+            fields["deployment"] = str(kwargs["pk"])
+        _context.set(fields)
+
 
 @signals.before_task_publish.connect
 def _add_context_header(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -112,15 +124,29 @@ def _add_context_header(headers: dict[str, Any] | None = None, **_: Any) -> None
 _task_tokens: dict[str, Any] = {}
 
 
+def _task_arguments(task: Any, args: Any, kwargs: Any) -> dict[str, str]:
+    """The deployment a task works on, from its `deployment_id` argument (tasks take ids, not objects)."""
+    try:
+        bound = inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {}))
+    except TypeError:
+        return {}
+    deployment = bound.arguments.get("deployment_id")
+    return {"deployment": str(deployment)} if deployment is not None else {}
+
+
 @signals.task_prerun.connect
-def _enter_task_context(task_id: str, task: Any, **_: Any) -> None:
+def _enter_task_context(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **_: Any) -> None:
     request = task.request
     if request.is_eager:
-        return  # run in the caller's thread: the caller's context applies as it is
+        # Run in the caller's thread: the caller's context applies, with what the arguments name.
+        fields = {**(_context.get() or {}), **_task_arguments(task, args, kwargs)}
+        _task_tokens[task_id] = (_context.set(fields), _request.set(_request.get()))
+        return
     # A worker puts custom message headers on the request; tasks run one after another in a thread, so the
     # context is set for every task (empty when none came) and never leaks from the one before.
     carried = getattr(request, TASK_HEADER, None) or (request.headers or {}).get(TASK_HEADER) or {}
     fields = {key: str(value) for key, value in carried.items() if key in FIELDS}
+    fields.update(_task_arguments(task, args, kwargs))
     _task_tokens[task_id] = (_context.set(fields), _request.set(None))
 
 

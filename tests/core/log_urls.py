@@ -1,4 +1,4 @@
-"""A URLconf for tests/core/test_logs.py: a page that logs a line and queues a task that logs one."""
+"""A URLconf for tests/core/test_logs.py: pages that log a line (one queues a task that logs one too)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ def log_probe_task(word: str) -> None:
     logger.info("task says %s", word)
 
 
+@shared_task(name="tests.log_deployment_probe")
+def log_deployment_probe_task(deployment_id: int) -> None:
+    logger.info("deployment task runs")
+
+
+def named_probe(request: HttpRequest, **kwargs: object) -> HttpResponse:
+    logger.info("named page says hello")
+    return HttpResponse("ok")
+
+
 def probe(request: HttpRequest) -> HttpResponse:
     with log_context(project="fraud", deployment=7):
         logger.info("view says hello (signed in: %s)", request.user.is_authenticated)
@@ -25,4 +35,8 @@ def probe(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
-urlpatterns = [path("probe/", probe)]
+urlpatterns = [
+    path("probe/", probe),
+    path("projects/<slug:slug>/", named_probe, name="project-probe"),
+    path("deployments/<int:pk>/", named_probe, name="deployment-probe"),
+]

@@ -19,7 +19,7 @@ from celery.contrib.testing.worker import start_worker
 
 from mlops_console.celery import app
 from mlops_console.logs import REQUEST_ID_HEADER, TASK_HEADER, json_formatter
-from tests.core.log_urls import log_probe_task
+from tests.core.log_urls import log_deployment_probe_task, log_probe_task
 from tests.factories import UserFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +91,26 @@ def test_json_lines_carry_every_field(client, console_log: io.StringIO) -> None:
             "fraud",
             "7",
         )
+
+
+@pytest.mark.django_db
+@pytest.mark.urls("tests.core.log_urls")
+def test_a_project_or_deployment_in_the_url_names_the_log_lines(client, console_log: io.StringIO) -> None:
+    (handler,) = [h for h in logging.getLogger().handlers if h.name == "console"]
+    text_formatter = handler.formatter
+    handler.setFormatter(json_formatter())
+    try:
+        client.get("/projects/fraud/")
+        client.get("/deployments/12/")
+        log_deployment_probe_task.delay(5)
+        log_deployment_probe_task.delay(deployment_id=6)
+    finally:
+        handler.setFormatter(text_formatter)
+    records = [json.loads(line) for line in console_log.getvalue().splitlines()]
+    pages = [(r["project"], r["deployment"]) for r in records if r["message"] == "named page says hello"]
+    assert pages == [("fraud", None), (None, "12")]
+    tasks = [r["deployment"] for r in records if r["message"] == "deployment task runs"]
+    assert tasks == ["5", "6"]
 
 
 @pytest.fixture
