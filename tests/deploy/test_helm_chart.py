@@ -8,7 +8,14 @@ against the Kubernetes 1.30 schema in strict mode, as the deployment backend's o
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +164,16 @@ def test_console_pods_write_only_to_their_volumes_and_share_the_artifacts_claim(
 
 
 def test_web_probes_health_and_readiness(helm: Any) -> None:
-    web = named(render(helm, EXTERNAL), "Deployment", "-web")["spec"]["template"]["spec"]["containers"][0]
+    manifests = render(helm, EXTERNAL)
+    web = named(manifests, "Deployment", "-web")["spec"]["template"]["spec"]["containers"][0]
     assert web["command"][:2] == ["gunicorn", "mlops_console.wsgi:application"]
-    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert web["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # The kubelet asks for a pod IP, which Django refuses (400) unless the Host is an allowed one.
+    host = [{"name": "Host", "value": "localhost"}]
+    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "httpHeaders": host}
+    assert web["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "httpHeaders": host}
+    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "httpHeaders": host}
+    allowed = named(manifests, "ConfigMap", "-config")["data"]["ALLOWED_HOSTS"]
+    assert allowed == "mlops.example.com,localhost"
     assert web["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
 
 
@@ -274,3 +286,59 @@ def test_console_pods_carry_the_labels_the_model_servers_policy_admits(helm: Any
         pod_labels = named(manifests, "Deployment", f"-{component}")["spec"]["template"]["metadata"]["labels"]
         assert labels.items() <= pod_labels.items()
         assert pod_labels[ACCESS_LABEL] == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_web_container_serves_its_probes_with_the_charts_settings(helm: Any, tmp_path: Path) -> None:
+    """The web container's command and the chart's settings, run here: the probes answer as the kubelet asks."""
+    manifests = render(helm, EXTERNAL)
+    env = {
+        **os.environ,
+        **named(manifests, "ConfigMap", "-config")["data"],
+        **named(manifests, "Secret", "-env")["stringData"],
+        # This machine's services and writable paths in place of the cluster's.
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
+        "ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+        "VAR_DIR": str(tmp_path / "var"),
+        "DEPLOYMENTS_STATE_DIR": str(tmp_path / "var" / "deployments"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    container = named(manifests, "Deployment", "-web")["spec"]["template"]["spec"]["containers"][0]
+    command = list(container["command"])
+    port = free_port()
+    command[command.index("--bind") + 1] = f"127.0.0.1:{port}"
+    command[command.index("--workers") + 1] = "1"
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def get(path: str, host: str) -> http.client.HTTPResponse:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", path, headers={"Host": host})
+            return connection.getresponse()
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = get("/healthz", "localhost")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.5)
+        assert health.status == 200 and health.getheader("X-Request-Id")
+        # Neither probe is redirected to https (SECURE_SSL_REDIRECT is on) and readiness reaches the database.
+        ready = get("/readyz", "localhost")
+        assert ready.status == 200 and json.loads(ready.read()) == {"status": "ok", "database": "ok"}
+        # What the kubelet would send without the chart's Host header: a pod IP, which Django refuses.
+        assert get("/healthz", f"10.1.2.3:{port}").status == 400
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    # LOG_FORMAT=json (the chart's default): Django's and gunicorn's own lines aside, the console's lines are JSON.
+    refused = [line for line in stderr.splitlines() if "Invalid HTTP_HOST header" in line]
+    assert refused and json.loads(refused[0])["level"] == "ERROR"
