@@ -119,7 +119,7 @@ def real_worker() -> Iterator[None]:
     console_log: starting it sets logging up again)."""
     app.conf.task_always_eager = False
     try:
-        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        with start_worker(app, pool="solo", loglevel="INFO", perform_ping_check=False, shutdown_timeout=30):
             yield
     finally:
         app.conf.task_always_eager = True
