@@ -1,8 +1,8 @@
 """OpenTelemetry traces of web requests, Celery tasks and database calls, on only when an OTLP endpoint is set.
 
-With `OTEL_EXPORTER_OTLP_ENDPOINT` unset nothing of OpenTelemetry is even imported. Set, spans go to it over
-OTLP/HTTP (the exporter reads the standard OTEL_* variables: headers, timeouts...), and a task queued by a request
-joins the request's trace: the Celery instrumentation carries the trace context in the task message.
+With `OTEL_EXPORTER_OTLP_ENDPOINT` unset no instrumentation, exporter or tracer provider is loaded. Set, spans go
+to it over OTLP/HTTP (the exporter reads the standard OTEL_* variables: headers, timeouts...), and a task queued by
+a request joins the request's trace: the Celery instrumentation carries the trace context in the task message.
 """
 
 from __future__ import annotations
