@@ -73,6 +73,8 @@ try:
     DEPLOYMENTS_CANARY_MIN_REQUESTS = env_int("DEPLOYMENTS_CANARY_MIN_REQUESTS", 50, minimum=1)
     DEPLOYMENTS_AUTOSCALE_TARGET_RPS = env_int("DEPLOYMENTS_AUTOSCALE_TARGET_RPS", 50, minimum=1)
     DEPLOYMENTS_AUTOSCALE_COOLDOWN_SECONDS = env_int("DEPLOYMENTS_AUTOSCALE_COOLDOWN_SECONDS", 60, minimum=0)
+    # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
+    MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
     DEPLOYMENTS_DOCKER_URL = env_str("DEPLOYMENTS_DOCKER_URL")
     DEPLOYMENTS_DOCKER_BASE_IMAGE = env_str("DEPLOYMENTS_DOCKER_BASE_IMAGE", "python:3.11-slim")
     DEPLOYMENTS_KUBE_NAMESPACE = env_str("DEPLOYMENTS_KUBE_NAMESPACE", "default")
@@ -102,6 +104,7 @@ INSTALLED_APPS = [
     "apps.experiments",
     "apps.registry",
     "apps.deployments",
+    "apps.monitoring",
     "axes",
 ]
 
@@ -264,6 +267,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "deployments-reconcile": {"task": "deployments.reconcile_all", "schedule": float(DEPLOYMENTS_RECONCILE_SECONDS)},
     # Deletes prediction rows and rollups past their project's retention (docs/telemetry.md).
     "telemetry-retention": {"task": "telemetry.retention_apply", "schedule": 3600.0},
+    # A drift report of the last interval per running deployment with traffic (docs/monitoring.md).
+    "monitoring-drift-reports": {
+        "task": "monitoring.drift_reports_schedule",
+        "schedule": float(MONITORING_DRIFT_INTERVAL_SECONDS),
+    },
 }
 
 LOGGING = {

@@ -8,6 +8,7 @@ Prometheus' `histogram_quantile`), computed by the database. Only questions that
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,3 +155,23 @@ def input_rows(inputs: Any) -> list[dict] | None:
         return inputs
     names = list(inputs)
     return [dict(zip(names, values, strict=True)) for values in zip(*inputs.values(), strict=True)]
+
+
+def logged_input_batches(
+    *, deployment_id: int, since: datetime, until: datetime, batch_size: int
+) -> Iterator[list[dict[str, list[Any]]]]:
+    """The live logged inputs of [since, until), as stored (by column), in batches of at most `batch_size` events.
+
+    Raw rows, because drift needs the single input values that no rollup keeps; each batch is one indexed query
+    that resumes after the last id read (keyset pagination), so memory and statement time stay bounded.
+    """
+    logs = PredictionLog.objects.filter(
+        deployment_id=deployment_id, shadow=False, created_at__gte=since, created_at__lt=until, inputs__isnull=False
+    ).order_by("id")
+    last_id = 0
+    while True:
+        batch = list(logs.filter(id__gt=last_id).values_list("id", "inputs")[:batch_size])
+        if not batch:
+            return
+        last_id = batch[-1][0]
+        yield [inputs for _, inputs in batch if isinstance(inputs, dict)]
