@@ -232,6 +232,7 @@ SPECTACULAR_SETTINGS = {
         "PromotionRequestStatusEnum": "apps.registry.choices.PromotionRequestStatus",
         "DeliveryStatusEnum": "apps.core.notifications.choices.DeliveryStatus",
         "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
+        "DriftReferenceSourceEnum": "apps.monitoring.choices.ReferenceSource",
     },
 }
 

@@ -188,3 +188,21 @@ def test_the_schedule_runs_deployments_with_traffic(
     assert report.deployment == deployment and report.status == JobStatus.SUCCEEDED
     assert report.window_end - report.window_start == timedelta(hours=1)
     assert report.job.created_by is None
+
+
+def test_monitoring_imports_no_app_above_it_and_none_below_imports_it() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "apps"
+    for app, forbidden in (("monitoring", ("apps.abtests",)), *((a, ("apps.monitoring",)) for a in LOWER_APPS)):
+        for path in (root / app).rglob("*.py"):
+            if "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                assert not [name for name in names if name.startswith(forbidden)], path
+
+
+LOWER_APPS = ("core", "telemetry", "datasets", "experiments", "registry", "deployments")

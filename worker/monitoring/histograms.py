@@ -49,11 +49,11 @@ def column_histogram(reference: ColumnProfile, current: np.ndarray | None) -> di
             "current": cur_counts.tolist(),
         }
     counts: dict[str, list[int]] = {}
-    for category, count in zip(reference.categories.astype(str), reference.counts, strict=True):
-        counts.setdefault(category, [0, 0])[0] += int(count)
+    for category, count in zip(reference.categories.astype(str).tolist(), reference.counts.tolist(), strict=True):
+        counts.setdefault(category, [0, 0])[0] += count
     values, value_counts = np.unique(_present(current), return_counts=True)
-    for category, count in zip(values, value_counts, strict=True):
-        counts.setdefault(str(category), [0, 0])[1] += int(count)
+    for category, count in zip(values.tolist(), value_counts.tolist(), strict=True):
+        counts.setdefault(category, [0, 0])[1] += count
     ranked = sorted(counts.items(), key=lambda item: -(item[1][0] + item[1][1]))
     shown, rest = ranked[:MAX_CATEGORIES], ranked[MAX_CATEGORIES:]
     if rest:
