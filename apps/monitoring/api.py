@@ -16,7 +16,7 @@ from apps.core.exceptions import NotFound
 from apps.deployments.models import Deployment
 from apps.monitoring import services
 from apps.monitoring.choices import ReferenceSource
-from apps.monitoring.filters import DriftReportFilterSet
+from apps.monitoring.filters import DriftReferenceFilterSet, DriftReportFilterSet
 from apps.monitoring.models import DriftReference, DriftReport
 from apps.registry.models import ModelVersion
 
@@ -149,6 +149,7 @@ class DriftReferenceViewSet(ProjectScopedViewSetMixin, mixins.ListModelMixin, vi
 
     project_path = "deployment__project"
     serializer_class = DriftReferenceSerializer
+    filterset_class = DriftReferenceFilterSet
     queryset = DriftReference.objects.none()
 
     def get_queryset(self) -> QuerySet[DriftReference]:

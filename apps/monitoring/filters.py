@@ -12,3 +12,8 @@ class DriftReportFilterSet(StrictFilterSet):
     drifted = FlagFilter(
         field_name="dataset_drift", label="Drifted", help_text="true: dataset drift; false: no dataset drift."
     )
+
+
+class DriftReferenceFilterSet(StrictFilterSet):
+    project = ProjectFilter(field_name="deployment__project")
+    deployment = IdFilter(field_name="deployment_id", label="Deployment", help_text="Deployment id.")

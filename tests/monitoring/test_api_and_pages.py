@@ -121,9 +121,10 @@ def test_api_builds_a_traffic_reference(deployment: Any, member: Any, viewer: An
     answer = client_for(member).post("/api/v1/drift-references/", body, format="json")
     assert answer.status_code == 201, answer.json()
     assert answer.json()["n_rows"] == 200 and answer.json()["source"] == "traffic"
-    assert [row["id"] for row in client_for(viewer).get("/api/v1/drift-references/").json()["results"]] == [
-        answer.json()["id"]
-    ]
+    references = "/api/v1/drift-references/"
+    assert [row["id"] for row in client_for(viewer).get(references).json()["results"]] == [answer.json()["id"]]
+    assert client_for(viewer).get(references, {"deployment": deployment.pk + 1}).json()["results"] == []
+    assert client_for(viewer).get(references, {"source": "training"}).status_code == 400
 
 
 def test_report_page_shows_table_and_charts(report: DriftReport, viewer: Any, member: Any, outsider: Any) -> None:
