@@ -73,8 +73,6 @@ try:
     DEPLOYMENTS_CANARY_MIN_REQUESTS = env_int("DEPLOYMENTS_CANARY_MIN_REQUESTS", 50, minimum=1)
     DEPLOYMENTS_AUTOSCALE_TARGET_RPS = env_int("DEPLOYMENTS_AUTOSCALE_TARGET_RPS", 50, minimum=1)
     DEPLOYMENTS_AUTOSCALE_COOLDOWN_SECONDS = env_int("DEPLOYMENTS_AUTOSCALE_COOLDOWN_SECONDS", 60, minimum=0)
-    # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
-    MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
     DEPLOYMENTS_DOCKER_URL = env_str("DEPLOYMENTS_DOCKER_URL")
     DEPLOYMENTS_DOCKER_BASE_IMAGE = env_str("DEPLOYMENTS_DOCKER_BASE_IMAGE", "python:3.11-slim")
     DEPLOYMENTS_KUBE_NAMESPACE = env_str("DEPLOYMENTS_KUBE_NAMESPACE", "default")
@@ -82,6 +80,8 @@ try:
     DEPLOYMENTS_KUBE_CONSOLE_NAMESPACE = env_str("DEPLOYMENTS_KUBE_CONSOLE_NAMESPACE", "mlops")
     if DEPLOYMENTS_DEFAULT_BACKEND not in {"local", "docker", "kubernetes"}:
         raise EnvError("DEPLOYMENTS_DEFAULT_BACKEND must be local, docker or kubernetes")
+    # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
+    MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 

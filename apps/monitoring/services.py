@@ -33,6 +33,7 @@ from apps.monitoring.choices import ReferenceSource
 from apps.monitoring.models import DriftReference, DriftReport
 from apps.registry.models import ModelVersion
 from apps.telemetry import selectors as telemetry
+from apps.telemetry.models import NO_VERSION
 from worker.datasets.schema import schema_columns
 from worker.monitoring.drift import CATEGORICAL, NUMERIC, ReferenceProfile, drift_report, reference_profile
 from worker.monitoring.histograms import column_histogram
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 DRIFT_JOB_KIND = "monitoring.drift_report"
 # Logged events read per query of the prediction log (a server's event may hold several rows).
 INPUT_BATCH_EVENTS = 1_000
+# The share of a report's progress bar given to reading the window (the tests take the rest).
+READ_SHARE = 0.8
 # A job still running after this long belongs to a worker that died; the next delivery takes it over.
 DRIFT_JOB_STALE_AFTER = timedelta(hours=1)
 # `manage.py check_drift` and `check_data_drift` look back this far unless told otherwise.
@@ -99,7 +102,11 @@ def _as_array(values: list[Any], kind: str) -> np.ndarray:
 def _window_columns(
     *, deployment: Deployment, start: datetime, end: datetime, kinds: dict[str, str], progress: JobProgress | None
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The window's logged inputs as one array per column of `kinds`, and the number of rows."""
+    """The window's logged inputs as one array per column of `kinds`, and the number of rows.
+
+    Reading is most of a report's time: `progress` goes from 0 to READ_SHARE as the predictions the rollups
+    counted in the window are read."""
+    expected = _logged_requests(deployment, start, end) if progress is not None else 0
     values: dict[str, list[Any]] = {name: [] for name in kinds}
     n_rows = n_events = 0
     batches = telemetry.logged_input_batches(
@@ -113,7 +120,10 @@ def _window_columns(
             n_rows += n
         n_events += len(batch)
         if progress is not None:
-            progress(0.0, f"read {n_events} logged predictions ({n_rows} rows)")
+            progress(
+                READ_SHARE * min(1.0, n_events / max(expected, 1)),
+                f"read {n_events} logged predictions ({n_rows} rows)",
+            )
     return {name: _as_array(column, kinds[name]) for name, column in values.items()}, n_rows
 
 
@@ -227,6 +237,42 @@ def drift_window(
     return start, end
 
 
+def _logged_requests(deployment: Deployment, start: datetime, end: datetime) -> int:
+    """Live predictions the deployment logged in the window, by any version of its model (from the rollups)."""
+    version_ids = [*deployment.registered_model.versions.values_list("pk", flat=True), NO_VERSION]
+    served = telemetry.version_window_stats(
+        deployment_id=deployment.pk, version_ids=version_ids, since=start, until=end
+    )
+    return sum(stats.requests for stats in served.values())
+
+
+def _report_start(
+    *,
+    deployment: Deployment,
+    actor: AbstractBaseUser | None,
+    window: timedelta | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> DriftReport:
+    if actor is not None:
+        require_project_role(actor, deployment.project, ProjectRole.EDITOR)
+    start, end = drift_window(window=window, start=start, end=end)
+    version = _live_version(deployment)
+    if not _logged_requests(deployment, start, end):
+        raise ValidationError(
+            f"Deployment {deployment.name!r} logged no predictions between {start:%Y-%m-%d %H:%M} and "
+            f"{end:%Y-%m-%d %H:%M} UTC; choose a window with traffic.",
+            field="window",
+        )
+    reference = _reference_for(deployment, version, actor)
+    report = DriftReport.objects.create(
+        deployment=deployment, model_version=version, reference=reference, window_start=start, window_end=end
+    )
+    report.job = job_start(kind=DRIFT_JOB_KIND, project=deployment.project, actor=actor, obj=report)
+    report.save(update_fields=["job"])
+    return report
+
+
 @transaction.atomic
 def drift_report_run(
     *,
@@ -239,26 +285,10 @@ def drift_report_run(
     """Queue a drift report of the deployment's live inputs in the window against its version's reference.
 
     Editors; `actor=None` is the system (the beat's schedule). A window without logged predictions is a 400
-    naming `window`; a version with neither a reference nor training lineage is a 409 naming `reference`.
+    naming `window`; a version with neither a reference nor training lineage is a 409 naming `reference`. The
+    first report of a version builds its training reference here, in the same transaction.
     """
-    if actor is not None:
-        require_project_role(actor, deployment.project, ProjectRole.EDITOR)
-    start, end = drift_window(window=window, start=start, end=end)
-    version = _live_version(deployment)
-    live_ids = [target.model_version_id for target in deployment_targets(deployment)[0]]
-    served = telemetry.version_window_stats(deployment_id=deployment.pk, version_ids=live_ids, since=start, until=end)
-    if not sum(stats.requests for stats in served.values()):
-        raise ValidationError(
-            f"Deployment {deployment.name!r} logged no predictions between {start:%Y-%m-%d %H:%M} and "
-            f"{end:%Y-%m-%d %H:%M} UTC; choose a window with traffic.",
-            field="window",
-        )
-    reference = _reference_for(deployment, version, actor)
-    report = DriftReport.objects.create(
-        deployment=deployment, model_version=version, reference=reference, window_start=start, window_end=end
-    )
-    report.job = job_start(kind=DRIFT_JOB_KIND, project=deployment.project, actor=actor, obj=report)
-    report.save(update_fields=["job"])
+    report = _report_start(deployment=deployment, actor=actor, window=window, start=start, end=end)
     transaction.on_commit(lambda: _send_report_task(report.pk))
     return report
 
@@ -288,7 +318,7 @@ def drift_report_execute(*, report_id: int) -> DriftReport | None:
             kinds=kinds,
             progress=progress,
         )
-        progress(0.8, f"testing {len(kinds)} columns over {n_rows} rows")
+        progress(READ_SHARE, f"testing {len(kinds)} columns over {n_rows} rows")
         result = drift_report(profile, columns)
         report.result = result.to_dict()
         report.histograms = {
@@ -321,9 +351,11 @@ def drift_report_execute(*, report_id: int) -> DriftReport | None:
 def check_data_drift(
     *, deployment: Deployment, actor: AbstractBaseUser | None, window: timedelta = DEFAULT_WINDOW
 ) -> DriftReport:
-    """The seed's `MonitoringSystem.check_data_drift(deployment)`: run a drift report now, in this process, and
-    return it (the object the report page shows). The queued task then finds the job done and does nothing."""
-    report = drift_report_run(deployment=deployment, actor=actor, window=window)
+    """The seed's `MonitoringSystem.check_data_drift(deployment)`: run a drift report now, in this process (no
+    task is queued), and return it: the object the report page shows. Same checks and refusals as
+    `drift_report_run`."""
+    with transaction.atomic():
+        report = _report_start(deployment=deployment, actor=actor, window=window, start=None, end=None)
     drift_report_execute(report_id=report.pk)
     report.refresh_from_db()
     return report

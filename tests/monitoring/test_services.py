@@ -164,9 +164,14 @@ def test_a_second_delivery_does_nothing_and_a_failure_is_recorded(
     assert again.reason.startswith("The report failed: ") and again.drift_share is None
 
 
-def test_check_data_drift_returns_the_finished_report(deployment: Any, member: Any) -> None:
+def test_check_data_drift_returns_the_finished_report(
+    deployment: Any, member: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     log_traffic(deployment, rows=200, drifted=True)
-    report = services.check_data_drift(deployment=deployment, actor=member)
+    with django_capture_on_commit_callbacks() as queued:
+        report = services.check_data_drift(deployment=deployment, actor=member)
+    # Run in this process: no task is queued that a worker could claim first.
+    assert queued == []
     assert isinstance(report, DriftReport)
     assert report.status == JobStatus.SUCCEEDED and report.dataset_drift is True
     assert not math.isnan(report.drift_share)
