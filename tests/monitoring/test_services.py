@@ -193,6 +193,17 @@ def test_the_schedule_runs_deployments_with_traffic(
     assert report.deployment == deployment and report.status == JobStatus.SUCCEEDED
     assert report.window_end - report.window_start == timedelta(hours=1)
     assert report.job.created_by is None
+    # Beat queues the task at the same interval, and the task runs the same service.
+    from django.conf import settings as django_settings
+
+    entry = django_settings.CELERY_BEAT_SCHEDULE["monitoring-drift-reports"]
+    assert entry == {"task": "monitoring.drift_reports_schedule", "schedule": 3600.0}
+    from apps.monitoring.tasks import drift_reports_schedule_task
+
+    log_traffic(deployment, rows=20, drifted=False, start=timezone.now() - timedelta(minutes=5), seed=9)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert drift_reports_schedule_task.delay().get() == 1
+    assert DriftReport.objects.count() == 2
 
 
 def test_monitoring_imports_no_app_above_it_and_none_below_imports_it() -> None:
@@ -211,3 +222,21 @@ def test_monitoring_imports_no_app_above_it_and_none_below_imports_it() -> None:
 
 
 LOWER_APPS = ("core", "telemetry", "datasets", "experiments", "registry", "deployments")
+
+
+def test_traffic_served_by_a_previous_version_counts_and_the_new_version_is_compared(
+    deployment: Any, owner: Any, member: Any, training_version: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.deployments import services as deployment_services
+    from tests.factories import ModelVersionFactory
+    from tests.monitoring.conftest import SIGNATURE
+
+    log_traffic(deployment, rows=200, drifted=False)
+    old = deployment.targets.get().model_version
+    new = ModelVersionFactory(model=old.model, number=2, signature=SIGNATURE, dataset_version=training_version)
+    with django_capture_on_commit_callbacks(execute=False):
+        deployment_services.deployment_rollout(deployment=deployment, model_version=new, strategy="direct", actor=owner)
+    assert [target.model_version for target in deployment.targets.all()] == [new]
+    report = run(deployment, member, django_capture_on_commit_callbacks)
+    assert report.model_version == new and report.reference.model_version == new
+    assert report.status == JobStatus.SUCCEEDED and report.n_rows == 200
