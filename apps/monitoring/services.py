@@ -8,6 +8,7 @@ reference profile; the engine's DriftReport is stored as JSON beside the figures
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -93,10 +94,15 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
+def _category(value: Any) -> Any:
+    """A scalar as it is; a list or object (a tensor-like input) as its JSON text, so it is one category."""
+    return value if value is None or isinstance(value, str | int | float) else json.dumps(value, sort_keys=True)
+
+
 def _as_array(values: list[Any], kind: str) -> np.ndarray:
     if kind == NUMERIC:
         return np.fromiter((_number(value) for value in values), dtype=np.float64, count=len(values))
-    return np.array(values, dtype=object)
+    return np.fromiter((_category(value) for value in values), dtype=object, count=len(values))
 
 
 def _window_columns(
@@ -104,27 +110,33 @@ def _window_columns(
 ) -> tuple[dict[str, np.ndarray], int]:
     """The window's logged inputs as one array per column of `kinds`, and the number of rows.
 
-    Reading is most of a report's time: `progress` goes from 0 to READ_SHARE as the predictions the rollups
-    counted in the window are read."""
+    Each batch is turned into arrays before the next is read, so the decoded JSON of one batch at a time is
+    held, not the window's. Reading is most of a report's time: `progress` goes from 0 to READ_SHARE as the
+    predictions the rollups counted in the window are read."""
     expected = _logged_requests(deployment, start, end) if progress is not None else 0
-    values: dict[str, list[Any]] = {name: [] for name in kinds}
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in kinds}
     n_rows = n_events = 0
     batches = telemetry.logged_input_batches(
         deployment_id=deployment.pk, since=start, until=end, batch_size=INPUT_BATCH_EVENTS
     )
     for batch in batches:
+        values: dict[str, list[Any]] = {name: [] for name in kinds}
         for inputs in batch:
             n = len(next(iter(inputs.values()), []))
             for name, column in values.items():
                 column.extend(inputs.get(name) or [None] * n)
             n_rows += n
+        for name, column in values.items():
+            chunks[name].append(_as_array(column, kinds[name]))
         n_events += len(batch)
         if progress is not None:
             progress(
                 READ_SHARE * min(1.0, n_events / max(expected, 1)),
                 f"read {n_events} logged predictions ({n_rows} rows)",
             )
-    return {name: _as_array(column, kinds[name]) for name, column in values.items()}, n_rows
+    empty = {NUMERIC: np.empty(0, dtype=np.float64), CATEGORICAL: np.empty(0, dtype=object)}
+    columns = {name: np.concatenate(parts) if parts else empty[kinds[name]] for name, parts in chunks.items()}
+    return columns, n_rows
 
 
 def _training_dataset(version: ModelVersion) -> Any:

@@ -240,3 +240,22 @@ def test_traffic_served_by_a_previous_version_counts_and_the_new_version_is_comp
     report = run(deployment, member, django_capture_on_commit_callbacks)
     assert report.model_version == new and report.reference.model_version == new
     assert report.status == JobStatus.SUCCEEDED and report.n_rows == 200
+
+
+def test_rows_logged_before_inputs_were_by_column_and_odd_values_are_read(
+    deployment: Any, member: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.telemetry import selectors as telemetry
+    from apps.telemetry.models import PredictionLog
+
+    log_traffic(deployment, rows=200, drifted=False)
+    logs = list(PredictionLog.objects.order_by("id"))
+    for log in logs[:5]:  # stored by row, as before issue 9
+        log.inputs = telemetry.input_rows(log.inputs)
+    # A tensor-like value in a categorical column, and text in a numeric one: one value each, not an error.
+    logs[5].inputs = {"x": ["n/a"] * 20, "colour": [[1, 2]] * 20}
+    PredictionLog.objects.bulk_update(logs[:6], ["inputs"])
+    report = run(deployment, member, django_capture_on_commit_callbacks)
+    assert report.status == JobStatus.SUCCEEDED and report.n_rows == 200
+    x = next(column for column in report.result["columns"] if column["column"] == "x")
+    assert x["n_current"] == 180 and x["missing_share_current"] == pytest.approx(0.1)
