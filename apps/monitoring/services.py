@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -90,10 +90,6 @@ def feature_kinds(version: ModelVersion) -> dict[str, str]:
     return kinds
 
 
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) else math.nan
-
-
 def _category(value: Any) -> Any:
     """A scalar as it is; a list or object (a tensor-like input) as its JSON text, so it is one category."""
     return value if value is None or isinstance(value, str | int | float) else json.dumps(value, sort_keys=True)
@@ -101,7 +97,8 @@ def _category(value: Any) -> Any:
 
 def _as_array(values: list[Any], kind: str) -> np.ndarray:
     if kind == NUMERIC:
-        return np.fromiter((_number(value) for value in values), dtype=np.float64, count=len(values))
+        # In C: numbers (and booleans, and numbers written as text) as floats; anything else is missing.
+        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
     return np.fromiter((_category(value) for value in values), dtype=object, count=len(values))
 
 
