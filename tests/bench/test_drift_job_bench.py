@@ -96,6 +96,8 @@ def test_drift_job_over_a_window_of_logged_predictions(project: Any, owner: Any,
     seconds = time.perf_counter() - started
     peak = peak_rss()
     assert report.status == JobStatus.SUCCEEDED and report.n_rows == ROWS
+    # The targets at 1,000,000 rows: within 60 s and 1.5 GB peak.
+    assert seconds < 60 * ROWS / 1_000_000 and peak < 1.5e9 * max(1.0, ROWS / 1_000_000)
     print(
         f"\ndrift job, {ROWS:,} rows × {FEATURES} features: {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MiB "
         f"(the process held {baseline / 2**20:.0f} MiB before) "
