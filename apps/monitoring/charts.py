@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import plotly.graph_objects as go
@@ -56,5 +57,10 @@ def drift_share_figure(history: list[DriftReport], threshold: float = 0.5) -> go
     )
     if history:
         figure.add_hline(y=threshold, line={"dash": "dot", "color": "#e03131"}, annotation_text="dataset drift")
-    figure.update_layout(yaxis={"range": [0, 1.05], "tickformat": ".0%"}, showlegend=False, **LAYOUT)
+    xaxis: dict[str, Any] = {"type": "date"}
+    if len(history) == 1:
+        # One point: a day around it, not an axis zoomed to a millisecond.
+        moment = history[0].window_end
+        xaxis["range"] = [moment - timedelta(hours=12), moment + timedelta(hours=12)]
+    figure.update_layout(xaxis=xaxis, yaxis={"range": [0, 1.05], "tickformat": ".0%"}, showlegend=False, **LAYOUT)
     return figure

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from apps.monitoring.models import DriftReport
-from tests.e2e.conftest import browser_login, draw_all_plots
+from tests.e2e.conftest import browser_login, draw_all_plots, screenshot
 from tests.monitoring.conftest import deployment, log_traffic, training_version  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -38,4 +38,5 @@ def test_an_editor_checks_drift_and_reads_the_report(
     draw_all_plots(page)
     assert page.locator("[data-testid=drift-histogram] .main-svg").count() >= 2
     assert page.locator("[data-testid=drift-share-chart] .main-svg").count() >= 1
+    assert screenshot(page, "drift-report", width=1366, height=800).stat().st_size > 0
     assert js_errors == []

@@ -141,6 +141,7 @@ def test_report_page_shows_table_and_charts(report: DriftReport, viewer: Any, me
     assert [trace["name"] for trace in histogram["data"]] == ["reference (2000)", "current (400)"]
     share = json.loads(page.context["share_figure"])
     assert share["data"][0]["y"] == [1.0]
+    assert share["layout"]["xaxis"]["type"] == "date" and len(share["layout"]["xaxis"]["range"]) == 2
     assert 'data-testid="drift-run"' in browser(member).get(report.get_absolute_url()).content.decode()
     assert browser(outsider).get(report.get_absolute_url()).status_code == 404
     listing = browser(viewer).get("/monitoring/drift/", {"drifted": "true"})
