@@ -273,6 +273,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "monitoring.drift_reports_schedule",
         "schedule": float(MONITORING_DRIFT_INTERVAL_SECONDS),
     },
+    # Sends drift reports whose task was lost or whose worker died again.
+    "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
 }
 
 LOGGING = {

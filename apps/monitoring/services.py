@@ -19,19 +19,22 @@ import pandas as pd
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.artifacts import get_artifact_store
-from apps.core.choices import ProjectRole
+from apps.core.choices import JobStatus, ProjectRole
 from apps.core.exceptions import Conflict, ValidationError
 from apps.core.jobs import JobProgress, job_claim, job_finish, job_start
 from apps.core.permissions import require_project_role
+from apps.core.queueing import enqueue_on_commit
 from apps.core.services import audit_record
 from apps.datasets.services import dataset_version_load_frame
 from apps.deployments.models import Deployment
 from apps.deployments.selectors import deployment_targets
 from apps.monitoring.choices import ReferenceSource
 from apps.monitoring.models import DriftReference, DriftReport
+from apps.monitoring.tasks import drift_report_execute_task
 from apps.registry.models import ModelVersion
 from apps.telemetry import selectors as telemetry
 from apps.telemetry.models import NO_VERSION
@@ -48,6 +51,8 @@ INPUT_BATCH_EVENTS = 1_000
 READ_SHARE = 0.8
 # A job still running after this long belongs to a worker that died; the next delivery takes it over.
 DRIFT_JOB_STALE_AFTER = timedelta(hours=1)
+# A queued report whose task has not started after this long was lost (sent while the broker was down).
+DRIFT_JOB_REQUEUE_AFTER = timedelta(minutes=5)
 # `manage.py check_drift` and `check_data_drift` look back this far unless told otherwise.
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=400)
@@ -222,16 +227,6 @@ def _reference_for(deployment: Deployment, version: ModelVersion, actor: Abstrac
     return drift_reference_build(deployment=deployment, version=version, source=ReferenceSource.TRAINING, actor=actor)
 
 
-def _send_report_task(report_id: int) -> None:
-    from apps.monitoring.tasks import drift_report_execute_task
-
-    try:
-        drift_report_execute_task.delay(report_id)
-    except Exception:
-        # The job stays queued and visible as such; running the report again queues a new one.
-        logger.exception("could not queue drift report %s", report_id)
-
-
 def drift_window(
     *, window: timedelta | None = None, start: datetime | None = None, end: datetime | None = None
 ) -> tuple[datetime, datetime]:
@@ -298,7 +293,8 @@ def drift_report_run(
     first report of a version builds its training reference here, in the same transaction.
     """
     report = _report_start(deployment=deployment, actor=actor, window=window, start=start, end=end)
-    transaction.on_commit(lambda: _send_report_task(report.pk))
+    # A lost send is taken over by the beat's monitoring.drift_reports_requeue_stale (the job stays queued).
+    enqueue_on_commit(drift_report_execute_task, report.pk)
     return report
 
 
@@ -387,3 +383,21 @@ def drift_reports_schedule(*, now: datetime | None = None) -> int:
             continue
         queued += 1
     return queued
+
+
+def drift_reports_requeue_stale(*, now: datetime | None = None) -> int:
+    """Beat: send again the reports queued too long (their send was lost) or running on a dead worker.
+
+    The job's claim keeps this safe: a report already taken by a live worker is not run twice.
+    """
+    now = now or timezone.now()
+    stale = DriftReport.objects.filter(
+        Q(job__status=JobStatus.QUEUED, job__created_at__lt=now - DRIFT_JOB_REQUEUE_AFTER)
+        | Q(job__status=JobStatus.RUNNING, job__started_at__lt=now - DRIFT_JOB_STALE_AFTER)
+    ).values_list("pk", flat=True)
+    ids = list(stale)
+    for report_id in ids:
+        drift_report_execute_task.delay(report_id)
+    if ids:
+        logger.warning("queued drift reports again: %s", ids)
+    return len(ids)

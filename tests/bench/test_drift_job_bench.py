@@ -43,7 +43,11 @@ def peak_rss() -> int:
 
 def log(deployment: Any, version_id: int, rows: int, start: Any, shift: float, tag: str) -> None:
     rng = np.random.default_rng(len(tag))
-    source = IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id)
+    source = IngestSource(
+        deployment_id=deployment.pk,
+        project_id=deployment.project_id,
+        version_ids=frozenset(deployment.registered_model.versions.values_list("pk", flat=True)),
+    )
     n_events = rows // ROWS_PER_EVENT
     seconds = 3000 / max(n_events, 1)
     for first in range(0, n_events, EVENTS_PER_BATCH):
@@ -62,12 +66,12 @@ def log(deployment: Any, version_id: int, rows: int, start: Any, shift: float, t
                     "timestamp": (start + timedelta(seconds=index * seconds)).isoformat(),
                 }
             )
-        predictions_ingest(source=source, events=events)
+        assert predictions_ingest(source=source, events=events).rejected == []
 
 
 def test_drift_job_over_a_window_of_logged_predictions(project: Any, owner: Any, monkeypatch: Any) -> None:
     # The job is run (and timed) here, not by the task its commit would queue.
-    monkeypatch.setattr(services, "_send_report_task", lambda report_id: None)
+    monkeypatch.setattr(services, "enqueue_on_commit", lambda task, *args: None)
     signature = {
         "inputs": [{"name": f"f{i:02d}", "type": "number"} for i in range(15)]
         + [{"name": f"c{i}", "type": "string"} for i in range(5)],

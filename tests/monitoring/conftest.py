@@ -65,7 +65,11 @@ def log_traffic(
                 "timestamp": (start + timedelta(seconds=index)).isoformat(),
             }
         )
-    source = IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id)
+    source = IngestSource(
+        deployment_id=deployment.pk,
+        project_id=deployment.project_id,
+        version_ids=frozenset(deployment.registered_model.versions.values_list("pk", flat=True)),
+    )
     for offset in range(0, len(events), 500):
-        predictions_ingest(source=source, events=events[offset : offset + 500])
+        assert predictions_ingest(source=source, events=events[offset : offset + 500]).rejected == []
     return start

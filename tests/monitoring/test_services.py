@@ -259,3 +259,19 @@ def test_rows_logged_before_inputs_were_by_column_and_odd_values_are_read(
     assert report.status == JobStatus.SUCCEEDED and report.n_rows == 200
     x = next(column for column in report.result["columns"] if column["column"] == "x")
     assert x["n_current"] == 180 and x["missing_share_current"] == pytest.approx(0.1)
+
+
+def test_a_lost_send_is_taken_over_by_the_sweep(
+    deployment: Any, member: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.core.models import Job
+
+    log_traffic(deployment, rows=100, drifted=False)
+    with django_capture_on_commit_callbacks(execute=False):  # the send never happens
+        report = services.drift_report_run(deployment=deployment, actor=member, window=timedelta(hours=2))
+    assert services.drift_reports_requeue_stale() == 0  # not late yet
+    Job.objects.filter(pk=report.job_id).update(created_at=timezone.now() - timedelta(minutes=6))
+    assert services.drift_reports_requeue_stale() == 1
+    report.refresh_from_db()
+    assert report.status == JobStatus.SUCCEEDED
+    assert services.drift_reports_requeue_stale() == 0
