@@ -84,6 +84,8 @@ try:
     DEPLOYMENTS_KUBE_CONSOLE_NAMESPACE = env_str("DEPLOYMENTS_KUBE_CONSOLE_NAMESPACE", "mlops")
     if DEPLOYMENTS_DEFAULT_BACKEND not in {"local", "docker", "kubernetes"}:
         raise EnvError("DEPLOYMENTS_DEFAULT_BACKEND must be local, docker or kubernetes")
+    # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
+    MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -106,6 +108,7 @@ INSTALLED_APPS = [
     "apps.experiments",
     "apps.registry",
     "apps.deployments",
+    "apps.monitoring",
     "axes",
 ]
 
@@ -235,6 +238,7 @@ SPECTACULAR_SETTINGS = {
         "PromotionRequestStatusEnum": "apps.registry.choices.PromotionRequestStatus",
         "DeliveryStatusEnum": "apps.core.notifications.choices.DeliveryStatus",
         "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
+        "DriftReferenceSourceEnum": "apps.monitoring.choices.ReferenceSource",
     },
 }
 
@@ -272,6 +276,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "deployments-reconcile": {"task": "deployments.reconcile_all", "schedule": float(DEPLOYMENTS_RECONCILE_SECONDS)},
     # Deletes prediction rows and rollups past their project's retention (docs/telemetry.md).
     "telemetry-retention": {"task": "telemetry.retention_apply", "schedule": 3600.0},
+    # A drift report of the last interval per running deployment with traffic (docs/monitoring.md).
+    "monitoring-drift-reports": {
+        "task": "monitoring.drift_reports_schedule",
+        "schedule": float(MONITORING_DRIFT_INTERVAL_SECONDS),
+    },
+    # Sends drift reports whose task was lost or whose worker died again.
+    "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
 }
 
 LOGGING = {

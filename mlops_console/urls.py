@@ -11,6 +11,7 @@ from apps.datasets.api import router as datasets_router
 from apps.deployments.api import ArtifactFetchApi
 from apps.deployments.api import router as deployments_router
 from apps.experiments.api import router as experiments_router
+from apps.monitoring.api import router as monitoring_router
 from apps.registry.api import router as registry_router
 from apps.telemetry.urls import api_urlpatterns as telemetry_api_urlpatterns
 
@@ -20,6 +21,7 @@ api_urlpatterns = [
     *experiments_router.urls,
     *registry_router.urls,
     *deployments_router.urls,
+    *monitoring_router.urls,
     *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]
@@ -37,6 +39,7 @@ urlpatterns = [
     path("datasets/", include("apps.datasets.urls")),
     path("deployments/", include("apps.deployments.urls")),
     path("experiments/", include("apps.experiments.urls")),
+    path("monitoring/", include("apps.monitoring.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]

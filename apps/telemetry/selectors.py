@@ -10,6 +10,7 @@ rows, and then a bounded number of them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -392,3 +393,32 @@ def _version_performance(
         estimate=estimate,
         estimate_reason=estimate_reason,
     )
+
+
+def logged_input_batches(
+    *, deployment_id: int, since: datetime, until: datetime, batch_size: int
+) -> Iterator[list[dict[str, list[Any]]]]:
+    """The live logged inputs of [since, until) by column, in batches of at most `batch_size` events.
+
+    Raw rows, because drift needs the single input values that no rollup keeps; each batch is one query that
+    resumes after the last id read (keyset pagination), so memory and statement time stay bounded.
+    """
+    logs = PredictionLog.objects.filter(
+        deployment_id=deployment_id, shadow=False, created_at__gte=since, created_at__lt=until, inputs__isnull=False
+    ).order_by("id")
+    last_id = 0
+    while True:
+        batch = list(logs.filter(id__gt=last_id).values_list("id", "inputs")[:batch_size])
+        if not batch:
+            return
+        last_id = batch[-1][0]
+        yield [_by_column(inputs) for _, inputs in batch if isinstance(inputs, dict | list)]
+
+
+def _by_column(inputs: dict | list) -> dict[str, list[Any]]:
+    """Inputs by column; rows logged before issue 9 were stored as a list of row objects."""
+    if isinstance(inputs, dict):
+        return inputs
+    rows = [row for row in inputs if isinstance(row, dict)]
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return {name: [row.get(name) for row in rows] for name in names}

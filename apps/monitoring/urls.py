@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from apps.monitoring import views
+
+app_name = "monitoring"
+
+urlpatterns = [
+    path("drift/", views.report_list, name="report-list"),
+    path("drift/<int:pk>/", views.report_detail, name="report-detail"),
+    path("drift/run/<int:deployment_pk>/", views.report_run, name="report-run"),
+]
