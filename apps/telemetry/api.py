@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.choices import ProjectRole
-from apps.core.exceptions import NotFound, ValidationError
+from apps.core.exceptions import NotFound, ServiceUnavailable, ValidationError
 from apps.core.models import Project
 from apps.core.permissions import has_project_role
 from apps.telemetry import selectors, services
@@ -35,12 +35,6 @@ class OrjsonParser(parsers.JSONParser):
             return orjson.loads(stream.read())
         except orjson.JSONDecodeError as exc:
             raise exceptions.ParseError(f"JSON parse error - {exc}") from None
-
-
-class IngestBusy(exceptions.APIException):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The batch raced with a copy of itself; send it again."
-    default_code = "retry"
 
 
 class IngestEventsSerializer(serializers.Serializer):
@@ -66,7 +60,7 @@ class PredictionIngestApi(APIView):
         try:
             result = services.predictions_ingest(source=request.auth, events=events)
         except services.IngestRetry as exc:
-            raise IngestBusy() from exc
+            raise ServiceUnavailable("The batch raced with a copy of itself; send it again.") from exc
         body: dict[str, Any] = {"accepted": result.accepted}
         if result.rejected:
             body["rejected"] = result.rejected
