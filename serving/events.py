@@ -48,6 +48,7 @@ _RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 _FIELDS = (
     "timestamp",
     "request_id",
+    "event_id",
     "version_id",
     "inputs",
     "outputs",
@@ -57,6 +58,7 @@ _FIELDS = (
     "error",
     "request_key",
     "shadow",
+    "pinned",
 )
 
 
@@ -326,6 +328,7 @@ def event_size(*, input_bytes: int, outputs: list | None, probabilities: list | 
 def event(
     *,
     request_id: str,
+    event_id: str,
     version_id: Any,
     inputs: Mapping[str, list] | None,
     outputs: list | None,
@@ -335,12 +338,20 @@ def event(
     error: str | None,
     request_key: str | None,
     shadow: bool,
+    pinned: bool,
     timestamp: float,
 ) -> tuple:
-    """An event tuple in `_FIELDS` order (keyword arguments so call sites cannot mix the fields up)."""
+    """An event tuple in `_FIELDS` order (keyword arguments so call sites cannot mix the fields up).
+
+    `request_id` is the caller's `X-Request-Id` (or one the server made up), answered back and joined to
+    feedback labels; callers choose it, so it may repeat. `event_id` is the server's own (a fresh UUID per
+    request, shared by its shadow copy): the console de-duplicates re-sent events on it. `pinned` marks a
+    request the caller sent to one version by name, which canary analysis must not count.
+    """
     return (
         timestamp,
         request_id,
+        event_id,
         version_id,
         inputs,
         outputs,
@@ -350,4 +361,5 @@ def event(
         error,
         request_key,
         shadow,
+        pinned,
     )

@@ -245,7 +245,7 @@ def _logged_requests(deployment: Deployment, start: datetime, end: datetime) -> 
     """Live predictions the deployment logged in the window, by any version of its model (from the rollups)."""
     version_ids = [*deployment.registered_model.versions.values_list("pk", flat=True), NO_VERSION]
     served = telemetry.version_window_stats(
-        deployment_id=deployment.pk, version_ids=version_ids, since=start, until=end
+        deployment_id=deployment.pk, version_ids=version_ids, since=start, until=end, with_pinned=True
     )
     return sum(stats.requests for stats in served.values())
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from serving.app import new_request_id
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
 from tests.serving import test_server_support as support
@@ -95,6 +96,7 @@ def make_event(request_id: str, payload_bytes: int) -> tuple[tuple, int]:
     return (
         event(
             request_id=request_id,
+            event_id=new_request_id(),
             version_id=1,
             inputs=inputs,
             outputs=[1.0],
@@ -104,6 +106,7 @@ def make_event(request_id: str, payload_bytes: int) -> tuple[tuple, int]:
             error=None,
             request_key=None,
             shadow=False,
+            pinned=False,
             timestamp=time.time(),
         ),
         payload_bytes + 600,
