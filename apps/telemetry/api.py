@@ -23,7 +23,12 @@ from apps.core.exceptions import NotFound, ServiceUnavailable, ValidationError
 from apps.core.models import Project
 from apps.core.permissions import has_project_role
 from apps.telemetry import selectors, services
-from apps.telemetry.authentication import HasIngestToken, IngestTokenAuthentication
+from apps.telemetry.authentication import (
+    HasIngestToken,
+    IngestTokenAuthentication,
+    bearer_token,
+    ingest_source_for_token,
+)
 from apps.telemetry.models import PredictionRollup
 
 
@@ -57,8 +62,16 @@ class PredictionIngestApi(APIView):
     @extend_schema(request=IngestEventsSerializer, responses={202: OpenApiResponse(description="accepted count")})
     def post(self, request: Request) -> Response:
         events = request.data.get("events") if isinstance(request.data, dict) else None
+        source = request.auth
         try:
-            result = services.predictions_ingest(source=request.auth, events=events)
+            result = services.predictions_ingest(source=source, events=events)
+            if any(item["field"] == "version_id" for item in result.rejected):
+                # The token's versions may have been cached before a version was registered: look again, and
+                # when there are new ones send the batch again (the events already stored are skipped).
+                fresh = ingest_source_for_token(bearer_token(request) or "", fresh=True)
+                if fresh is not None and fresh.version_ids != source.version_ids:
+                    again = services.predictions_ingest(source=fresh, events=events)
+                    result = services.IngestResult(result.accepted + again.accepted, again.rejected)
         except services.IngestRetry as exc:
             raise ServiceUnavailable("The batch raced with a copy of itself; send it again.") from exc
         body: dict[str, Any] = {"accepted": result.accepted}
