@@ -1,16 +1,36 @@
-"""Plotly figures of drift monitoring, built in Python and drawn by the local plotly.js (as the deployment page)."""
+"""Plotly figures of monitoring, built in Python and drawn by the local plotly.js (as the deployment page).
+
+The seed's `ModelDashboard` helpers live here as functions (`plot_accuracy_trends`, `plot_latency_distribution`,
+`plot_error_rates`, and their siblings): each takes what a selector returns and gives back a `go.Figure`, so the
+pages and a notebook draw the same charts:
+
+    dashboard = selectors.deployment_dashboard(deployment=deployment, window="24h")
+    charts.plot_latency_distribution(dashboard.versions).show()
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import plotly.graph_objects as go
 
 from apps.deployments.charts import figure_json
 from apps.monitoring.models import DriftReport
+from apps.monitoring.selectors import VersionSeries
+from apps.telemetry.models import LATENCY_BUCKETS_MS
 
-__all__ = ["drift_share_figure", "figure_json", "histogram_figure"]
+__all__ = [
+    "drift_share_figure",
+    "figure_json",
+    "histogram_figure",
+    "latency_bucket_labels",
+    "plot_error_rates",
+    "plot_latency_distribution",
+    "plot_latency_quantiles",
+    "plot_throughput",
+]
 
 LAYOUT = {"margin": {"l": 40, "r": 10, "t": 10, "b": 30}, "height": 220, "template": "plotly_white"}
 
@@ -63,4 +83,107 @@ def drift_share_figure(history: list[DriftReport], threshold: float = 0.5) -> go
         moment = history[0].window_end
         xaxis["range"] = [moment - timedelta(hours=12), moment + timedelta(hours=12)]
     figure.update_layout(xaxis=xaxis, yaxis={"range": [0, 1.05], "tickformat": ".0%"}, showlegend=False, **LAYOUT)
+    return figure
+
+
+# One colour per version, in the order the dashboard lists them (live versions first, then shadows).
+PALETTE = ("#1f6feb", "#e8590c", "#2f9e44", "#845ef7", "#0c8599", "#e03131", "#f08c00", "#868e96")
+QUANTILE_DASHES = {"p50_ms": "solid", "p90_ms": "dash", "p99_ms": "dot"}
+
+
+def _colour(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _time_layout(figure: go.Figure, since: datetime | None, until: datetime | None, **axes: Any) -> go.Figure:
+    xaxis: dict[str, Any] = {"type": "date"}
+    if since is not None and until is not None:
+        xaxis["range"] = [since, until]
+    figure.update_layout(xaxis=xaxis, legend={"orientation": "h"}, **axes, **LAYOUT)
+    return figure
+
+
+def plot_throughput(
+    versions: Sequence[VersionSeries],
+    step: timedelta,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> go.Figure:
+    """Requests per minute of each version (live and shadow apart) per step of the time axis, stacked."""
+    minutes = step.total_seconds() / 60
+    figure = go.Figure()
+    for index, series in enumerate(versions):
+        figure.add_bar(
+            x=[point.start for point in series.points],
+            y=[point.requests / minutes for point in series.points],
+            name=series.label,
+            marker_color=_colour(index),
+            customdata=[point.requests for point in series.points],
+            hovertemplate="%{x}: %{y:.3g}/min (%{customdata} requests)",
+        )
+    return _time_layout(figure, since, until, barmode="stack", yaxis={"title": "requests/min", "rangemode": "tozero"})
+
+
+def plot_error_rates(
+    versions: Sequence[VersionSeries], since: datetime | None = None, until: datetime | None = None
+) -> go.Figure:
+    """The share of 5xx answers of each version per step (steps without requests are gaps, not zeros)."""
+    figure = go.Figure()
+    for index, series in enumerate(versions):
+        figure.add_scatter(
+            x=[point.start for point in series.points],
+            y=[point.error_rate for point in series.points],
+            name=series.label,
+            mode="lines+markers",
+            line={"color": _colour(index)},
+            customdata=[[point.errors, point.requests] for point in series.points],
+            hovertemplate="%{x}: %{y:.2%} (%{customdata[0]} of %{customdata[1]})",
+        )
+    return _time_layout(figure, since, until, yaxis={"title": "errors", "tickformat": ".1%", "rangemode": "tozero"})
+
+
+def plot_latency_quantiles(
+    versions: Sequence[VersionSeries], since: datetime | None = None, until: datetime | None = None
+) -> go.Figure:
+    """p50, p90 and p99 latency (ms) of each version per step; a colour per version, a dash per quantile."""
+    figure = go.Figure()
+    for index, series in enumerate(versions):
+        for key, dash in QUANTILE_DASHES.items():
+            figure.add_scatter(
+                x=[point.start for point in series.points],
+                y=[getattr(point, key) for point in series.points],
+                name=f"{series.label} {key.removesuffix('_ms')}",
+                mode="lines",
+                line={"color": _colour(index), "dash": dash},
+                hovertemplate="%{x}: %{y:.3g} ms",
+            )
+    return _time_layout(figure, since, until, yaxis={"title": "ms", "rangemode": "tozero"})
+
+
+def latency_bucket_labels() -> list[str]:
+    """The rollups' latency buckets as people read them: "≤ 1 ms" … "> 10000 ms"."""
+    return [f"≤ {bound:g} ms" for bound in LATENCY_BUCKETS_MS] + [f"> {LATENCY_BUCKETS_MS[-1]:g} ms"]
+
+
+def plot_latency_distribution(versions: Sequence[VersionSeries]) -> go.Figure:
+    """The window's latency histogram of each version, side by side: the share of its requests per bucket."""
+    labels = latency_bucket_labels()
+    figure = go.Figure()
+    for index, series in enumerate(versions):
+        counts = list(series.totals.buckets)
+        figure.add_bar(
+            x=labels,
+            y=_shares(counts),
+            name=f"{series.label} ({sum(counts)})",
+            marker_color=_colour(index),
+            customdata=counts,
+            hovertemplate="%{x}: %{y:.1%} (%{customdata})",
+        )
+    figure.update_layout(
+        barmode="group",
+        yaxis={"tickformat": ".0%", "rangemode": "tozero"},
+        xaxis={"type": "category"},
+        legend={"orientation": "h"},
+        **LAYOUT,
+    )
     return figure

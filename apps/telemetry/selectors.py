@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -422,3 +422,142 @@ def _by_column(inputs: dict | list) -> dict[str, list[Any]]:
     rows = [row for row in inputs if isinstance(row, dict)]
     names = list(dict.fromkeys(name for row in rows for name in row))
     return {name: [row.get(name) for row in rows] for name in names}
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """What one model version (live or shadow) did in one step of a dashboard's time axis."""
+
+    model_version_id: int
+    shadow: bool
+    start: datetime
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+@dataclass(frozen=True)
+class VersionTotals:
+    """What one model version (live or shadow) did over a whole window, with its latency histogram.
+
+    `buckets` counts latencies per bucket of `LATENCY_BUCKETS_MS` (the last: slower than every bound)."""
+
+    model_version_id: int
+    shadow: bool
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    buckets: tuple[int, ...]
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+def _epoch_sql(column: str) -> str:
+    """Seconds since 1970 of a timestamp column, in the database's dialect."""
+    if connection.vendor == "postgresql":
+        return f"CAST(EXTRACT(EPOCH FROM {column}) AS BIGINT)"
+    return f"CAST(strftime('%%s', {column}) AS INTEGER)"
+
+
+def _window_sums_sql(*, step_seconds: int | None, version_id: int | None) -> tuple[str, str]:
+    """The inner query summing a window's rollup rows per (version, shadow[, step]) and its GROUP BY keys.
+
+    The step is the rollup minute's epoch rounded down to a multiple of `step_seconds`, so steps of a day's
+    divisors line up with UTC hours and days."""
+    table = PredictionRollup._meta.db_table
+    keys = "model_version_id, shadow"
+    bucket = ""
+    if step_seconds is not None:
+        bucket = f", ({_epoch_sql('minute')} / {int(step_seconds)}) * {int(step_seconds)} AS step"
+        keys += ", step"
+    buckets = ", ".join(
+        f"CAST(SUM({name}) AS DOUBLE PRECISION) AS b{index:02d}" for index, name in enumerate(BUCKET_FIELDS)
+    )
+    version_filter = " AND model_version_id = %s" if version_id is not None else ""
+    inner = (
+        f"SELECT model_version_id, shadow{bucket}, SUM(requests) AS n, SUM(errors) AS failed, "
+        f"CAST(SUM(latency_sum_ms) AS DOUBLE PRECISION) AS latency_sum, "
+        f"CAST(SUM(latency_count) AS DOUBLE PRECISION) AS lc, {buckets} "
+        f"FROM {table} WHERE deployment_id = %s AND minute >= %s AND minute < %s{version_filter} GROUP BY {keys}"
+    )
+    return inner, keys
+
+
+def _window_params(deployment_id: int, since: datetime, until: datetime, version_id: int | None) -> list[Any]:
+    params: list[Any] = [deployment_id, minute_floor(since), until]
+    return [*params, version_id] if version_id is not None else params
+
+
+def rollup_series(
+    *, deployment_id: int, since: datetime, until: datetime, step: timedelta, version_id: int | None = None
+) -> list[SeriesPoint]:
+    """Requests, errors and latency quantiles per (model version, live or shadow, step) over the minutes that
+    overlap [since, until): one grouped query over the rollups, the quantiles computed by the database from each
+    step's summed histogram. Steps without traffic are absent (a chart leaves a gap, not a zero latency)."""
+    step_seconds = int(step.total_seconds())
+    inner, _ = _window_sums_sql(step_seconds=step_seconds, version_id=version_id)
+    quantiles = ", ".join(_quantile_sql(q) for q in QUANTILES.values())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT model_version_id, shadow, step, n, failed, latency_sum / NULLIF(lc, 0), {quantiles} "
+            f"FROM ({inner}) AS sums ORDER BY shadow, model_version_id, step",
+            _window_params(deployment_id, since, until, version_id),
+        )
+        rows = cursor.fetchall()
+    return [
+        SeriesPoint(
+            model_version_id=version,
+            shadow=bool(shadow),
+            start=datetime.fromtimestamp(epoch, tz=UTC),
+            requests=int(requests),
+            errors=int(errors),
+            p50_ms=p50,
+            p90_ms=p90,
+            p99_ms=p99,
+            mean_ms=mean,
+        )
+        for version, shadow, epoch, requests, errors, mean, p50, p90, p99 in rows
+    ]
+
+
+def rollup_totals(
+    *, deployment_id: int, since: datetime, until: datetime, version_id: int | None = None
+) -> list[VersionTotals]:
+    """Per (model version, live or shadow) over the minutes that overlap [since, until): requests, errors,
+    latency quantiles and the summed latency histogram; one grouped query over the rollups."""
+    inner, _ = _window_sums_sql(step_seconds=None, version_id=version_id)
+    quantiles = ", ".join(_quantile_sql(q) for q in QUANTILES.values())
+    bucket_columns = ", ".join(f"b{index:02d}" for index in range(len(BUCKET_FIELDS)))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT model_version_id, shadow, n, failed, latency_sum / NULLIF(lc, 0), {quantiles}, {bucket_columns} "
+            f"FROM ({inner}) AS sums ORDER BY shadow, model_version_id",
+            _window_params(deployment_id, since, until, version_id),
+        )
+        rows = cursor.fetchall()
+    return [
+        VersionTotals(
+            model_version_id=version,
+            shadow=bool(shadow),
+            requests=int(requests),
+            errors=int(errors),
+            p50_ms=p50,
+            p90_ms=p90,
+            p99_ms=p99,
+            mean_ms=mean,
+            buckets=tuple(int(count) for count in buckets),
+        )
+        for version, shadow, requests, errors, mean, p50, p90, p99, *buckets in rows
+    ]
