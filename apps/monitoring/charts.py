@@ -20,15 +20,19 @@ from apps.deployments.charts import figure_json
 from apps.monitoring.models import DriftReport
 from apps.monitoring.selectors import VersionSeries
 from apps.telemetry.models import LATENCY_BUCKETS_MS
+from apps.telemetry.selectors import PredictionDistribution, TrendPoint
 
 __all__ = [
     "drift_share_figure",
     "figure_json",
     "histogram_figure",
     "latency_bucket_labels",
+    "plot_accuracy_trends",
+    "plot_drift_by_column",
     "plot_error_rates",
     "plot_latency_distribution",
     "plot_latency_quantiles",
+    "plot_prediction_distribution",
     "plot_throughput",
 ]
 
@@ -186,4 +190,92 @@ def plot_latency_distribution(versions: Sequence[VersionSeries]) -> go.Figure:
         legend={"orientation": "h"},
         **LAYOUT,
     )
+    return figure
+
+
+def plot_accuracy_trends(
+    trend: Sequence[TrendPoint],
+    labels: dict[tuple[int | None, bool], str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> go.Figure:
+    """Realised accuracy (classifiers) or MAE (regression) of each version per step, from its labelled
+    predictions; the hover shows how many labelled rows are behind each point."""
+    labels = labels or {}
+    lines: dict[tuple[int | None, bool, str], list[TrendPoint]] = {}
+    for point in trend:
+        lines.setdefault((point.model_version_id, point.shadow, point.metric), []).append(point)
+    figure = go.Figure()
+    for index, ((version_id, shadow, metric), points) in enumerate(lines.items()):
+        name = labels.get((version_id, shadow), f"version id {version_id}")
+        figure.add_scatter(
+            x=[point.start for point in points],
+            y=[point.value for point in points],
+            name=f"{name} {metric}",
+            mode="lines+markers",
+            line={"color": _colour(index)},
+            customdata=[point.n for point in points],
+            hovertemplate="%{x}: %{y:.3g} (%{customdata} labelled rows)",
+        )
+    metrics = {metric for _, _, metric in lines}
+    yaxis: dict[str, Any] = {"rangemode": "tozero"}
+    if metrics == {"accuracy"}:
+        yaxis = {"range": [0, 1.05], "tickformat": ".0%", "title": "accuracy"}
+    elif metrics == {"mae"}:
+        yaxis["title"] = "MAE"
+    return _time_layout(figure, since, until, yaxis=yaxis)
+
+
+def plot_prediction_distribution(
+    distribution: PredictionDistribution, since: datetime | None = None, until: datetime | None = None
+) -> go.Figure:
+    """What the live versions predicted per step: each class's share (stacked), or p10/p50/p90 of the values."""
+    figure = go.Figure()
+    steps = distribution.steps
+    if distribution.kind == "classes":
+        totals = [sum(counts[index] for counts in distribution.classes.values()) for index in range(len(steps))]
+        for index, (name, counts) in enumerate(distribution.classes.items()):
+            figure.add_bar(
+                x=steps,
+                y=[count / total if total else 0.0 for count, total in zip(counts, totals, strict=True)],
+                name=name,
+                marker_color=_colour(index),
+                customdata=counts,
+                hovertemplate="%{x}: %{y:.1%} (%{customdata})",
+            )
+        return _time_layout(figure, since, until, barmode="stack", yaxis={"tickformat": ".0%", "range": [0, 1]})
+    for name, dash in zip(distribution.quantiles, ("dot", "solid", "dot"), strict=False):
+        figure.add_scatter(
+            x=steps, y=distribution.quantiles[name], name=name, mode="lines+markers", line={"dash": dash}
+        )
+    return _time_layout(figure, since, until, yaxis={"title": "predicted value"})
+
+
+def plot_drift_by_column(history: Sequence[DriftReport]) -> go.Figure:
+    """PSI of each column per drift report (a heatmap over time): PSI is computed for every column whatever its
+    test, so columns compare; the hover gives the column's own test, statistic and verdict."""
+    columns = sorted({column["column"] for report in history for column in (report.result or {}).get("columns", [])})
+    z, text = [], []
+    for name in columns:
+        row, notes = [], []
+        for report in history:
+            found = next((c for c in (report.result or {}).get("columns", []) if c["column"] == name), None)
+            row.append(found.get("psi") if found else None)
+            verdict = "–" if not found or found.get("drifted") is None else ("drifted" if found["drifted"] else "no")
+            notes.append(f"{found.get('test') or '–'} {verdict}" if found else "not in report")
+        z.append(row)
+        text.append(notes)
+    figure = go.Figure(
+        go.Heatmap(
+            x=[report.window_end for report in history],
+            y=columns,
+            z=z,
+            text=text,
+            colorscale="OrRd",
+            zmin=0,
+            colorbar={"title": "PSI"},
+            hovertemplate="%{y} at %{x}: PSI %{z:.3g}, %{text}<extra></extra>",
+        )
+    )
+    figure.update_layout(xaxis={"type": "date"}, **{**LAYOUT, "height": max(220, 40 + 22 * len(columns))})
     return figure

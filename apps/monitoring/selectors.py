@@ -175,3 +175,69 @@ def last_hour_traffic(*, deployment_ids: list[int], now: datetime | None = None)
         }
         for row in rows
     }
+
+
+# The performance page's step per window: coarser than the dashboard's, since labels are fewer than requests.
+PERFORMANCE_STEPS: dict[str, timedelta] = {
+    "1h": timedelta(minutes=5),
+    "24h": timedelta(hours=1),
+    "7d": timedelta(hours=6),
+    "30d": timedelta(days=1),
+}
+# The drift-per-column chart reads at most this many of the deployment's latest reports (with their results).
+COLUMN_HISTORY_LIMIT = 100
+
+
+def drift_column_history(*, deployment: Deployment, limit: int = COLUMN_HISTORY_LIMIT) -> list[DriftReport]:
+    """The deployment's finished reports with their per-column results, oldest first (the latest `limit`)."""
+    latest = (
+        DriftReport.objects.filter(deployment=deployment, drift_share__isnull=False)
+        .only("id", "window_end", "drift_share", "dataset_drift", "result")
+        .order_by("-window_end")[:limit]
+    )
+    return list(reversed(latest))
+
+
+@dataclass(frozen=True)
+class Performance:
+    """What a deployment's performance page shows over one window: realised metrics and the CBPE estimate per
+    model version (`versions`, labelled by `labels`), accuracy (or MAE) per step, the live predictions per step,
+    and its drift reports' per-column results."""
+
+    deployment_id: int
+    window: str
+    since: datetime
+    until: datetime
+    step: timedelta
+    versions: list[telemetry.VersionPerformance]
+    labels: dict[tuple[int | None, bool], str]
+    trend: list[telemetry.TrendPoint]
+    trend_truncated: bool
+    distribution: telemetry.PredictionDistribution
+    drift: list[DriftReport]
+
+
+def deployment_performance(*, deployment: Deployment, window: str, now: datetime | None = None) -> Performance:
+    """The performance page's figures; raw-row reads are bounded by telemetry's PERFORMANCE_ROW_LIMIT."""
+    length, step = DASHBOARD_WINDOWS[window][0], PERFORMANCE_STEPS[window]
+    until = minute_floor(now or timezone.now()) + timedelta(minutes=1)
+    since = until - length
+    versions = telemetry.performance_by_version(deployment_id=deployment.pk, since=since, until=until)
+    trend, truncated = telemetry.performance_trend(deployment_id=deployment.pk, since=since, until=until, step=step)
+    keys = {(row.model_version_id, row.shadow) for row in versions} | {(p.model_version_id, p.shadow) for p in trend}
+    numbers = _labels(deployment, {version_id for version_id, _ in keys if version_id})
+    return Performance(
+        deployment_id=deployment.pk,
+        window=window,
+        since=since,
+        until=until,
+        step=step,
+        versions=versions,
+        labels={key: version_label(numbers.get(key[0]), key[1]) for key in keys},
+        trend=trend,
+        trend_truncated=truncated,
+        distribution=telemetry.prediction_distribution(
+            deployment_id=deployment.pk, since=since, until=until, step=step
+        ),
+        drift=drift_column_history(deployment=deployment),
+    )

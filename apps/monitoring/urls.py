@@ -13,6 +13,7 @@ urlpatterns = [
     path("drift/run/<int:deployment_pk>/", views.report_run, name="report-run"),
     path("deployments/", views.dashboard_list, name="dashboard-list"),
     path("deployments/<int:pk>/", views.deployment_dashboard, name="dashboard"),
+    path("deployments/<int:pk>/performance/", views.deployment_performance, name="performance"),
     path("deployments/<int:pk>/live/", views.deployment_dashboard_live, name="dashboard-live"),
 ]
 

@@ -25,6 +25,7 @@ from apps.deployments.filters import DeploymentFilterSet
 from apps.deployments.models import Deployment
 from apps.monitoring import charts, selectors, services
 from apps.monitoring.filters import DriftReportFilterSet
+from apps.telemetry import selectors as telemetry
 
 PAGE_SIZE = 25
 # What the run form offers; the API takes any window (and explicit ranges).
@@ -206,3 +207,73 @@ def dashboard_list(request: HttpRequest) -> HttpResponse:
         row["error_rate_text"] = _share(row["error_rate"])
     context = {"page": page, "rows": rows, "filter": filterset}
     return render(request, "monitoring/dashboard_list.html", context, status=status)
+
+
+def _metric(value: float | None, digits: str = ".3f") -> str:
+    return "–" if value is None else format(value, digits)
+
+
+def _performance_row(row: Any, label: str) -> dict[str, Any]:
+    """A version's realised metrics (each with the labelled rows behind it) and the CBPE estimate, as text."""
+    realised, estimate = row.realised, row.estimate
+    n = realised.n_labelled if realised is not None else 0
+    if row.task == "regression":
+        metrics = [
+            ("MAE", _metric(getattr(realised, "mae", None), ".4g"), None),
+            ("RMSE", _metric(getattr(realised, "rmse", None), ".4g"), None),
+            ("R²", _metric(getattr(realised, "r2", None)), None),
+        ]
+    else:
+        metrics = [
+            ("Accuracy", _metric(getattr(realised, "accuracy", None)), _metric(getattr(estimate, "accuracy", None))),
+            ("Precision (macro)", _metric(getattr(realised, "precision_macro", None)), None),
+            ("Recall (macro)", _metric(getattr(realised, "recall_macro", None)), None),
+            ("F1 (macro)", _metric(getattr(realised, "f1_macro", None)), _metric(getattr(estimate, "f1_macro", None))),
+            ("ROC AUC", _metric(getattr(realised, "roc_auc", None)), None),
+        ]
+    return {
+        "label": label,
+        "task": row.task or "unknown",
+        "predictions": row.predictions,
+        "labelled": row.labelled,
+        "labelled_share": _share(row.labelled / row.predictions if row.predictions else None),
+        "n_rows": n,
+        "metrics": metrics,
+        "reason": row.reason,
+        "roc_auc_reason": getattr(realised, "roc_auc_reason", None),
+        "estimate_rows": estimate.n_rows if estimate is not None else 0,
+        "estimate_calibrated": estimate.calibrated if estimate is not None else None,
+        "estimate_reason": row.estimate_reason,
+        "truncated": row.truncated,
+    }
+
+
+@login_required
+@require_GET
+def deployment_performance(request: HttpRequest, pk: int) -> HttpResponse:
+    """Accuracy (or regression errors) per model version from the labels users sent, the label-free estimate
+    beside it, accuracy over time, the prediction distribution over time, and drift per column over time."""
+    deployment = _visible_deployment(request, pk)
+    window = selectors.dashboard_window(request.GET.get("window"))
+    performance = services.check_model_performance(deployment=deployment, actor=request.user, window=window)
+    span = {"since": performance.since, "until": performance.until}
+    rows = [
+        _performance_row(row, performance.labels[(row.model_version_id, row.shadow)]) for row in performance.versions
+    ]
+    context = {
+        "deployment": deployment,
+        "performance": performance,
+        "rows": rows,
+        "windows": list(selectors.DASHBOARD_WINDOWS),
+        "row_limit": telemetry.PERFORMANCE_ROW_LIMIT,
+        "trend_figure": charts.figure_json(charts.plot_accuracy_trends(performance.trend, performance.labels, **span))
+        if performance.trend
+        else None,
+        "distribution_figure": charts.figure_json(charts.plot_prediction_distribution(performance.distribution, **span))
+        if performance.distribution.steps
+        else None,
+        "drift_figure": charts.figure_json(charts.plot_drift_by_column(performance.drift))
+        if performance.drift
+        else None,
+    }
+    return render(request, "monitoring/performance.html", context)

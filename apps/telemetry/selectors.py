@@ -561,3 +561,134 @@ def rollup_totals(
         )
         for version, shadow, requests, errors, mean, p50, p90, p99, *buckets in rows
     ]
+
+
+def _step_floor(moment: datetime, step_seconds: int) -> datetime:
+    epoch = int(moment.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % step_seconds, tz=UTC)
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """Realised performance of one model version (live or shadow) in one step, from its labelled predictions:
+    accuracy for classifiers, mean absolute error for regression; `n` counts the labelled rows behind it."""
+
+    model_version_id: int | None
+    shadow: bool
+    start: datetime
+    metric: str
+    value: float
+    n: int
+
+
+def performance_trend(
+    *, deployment_id: int, since: datetime, until: datetime, step: timedelta, limit: int = PERFORMANCE_ROW_LIMIT
+) -> tuple[list[TrendPoint], bool]:
+    """Accuracy (or MAE) per (model version, live or shadow, step) of [since, until), and whether it is
+    truncated: the most recent `limit` labelled predictions are read (raw rows, since a label joins one
+    request), one query."""
+    rows = list(
+        _answered(deployment_id, since, until)
+        .filter(has_label=True)
+        .order_by("-created_at")
+        .values_list("model_version_id", "shadow", "created_at", "outputs", "truth", "label_kind")[: limit + 1]
+    )
+    step_seconds = int(step.total_seconds())
+    sums: dict[tuple[Any, bool, datetime, str], list[float]] = {}
+    for version_id, shadow, created_at, outputs, truth, kind in rows[:limit]:
+        if not isinstance(outputs, list) or not isinstance(truth, list) or len(outputs) != len(truth):
+            continue
+        if kind == PredictionLabel.Kind.VALUE:
+            try:
+                score = sum(abs(float(o) - float(t)) for o, t in zip(outputs, truth, strict=True))
+            except (TypeError, ValueError):  # a prediction that is not a number cannot be scored as a value
+                continue
+            metric = "mae"
+        else:
+            score, metric = sum(o == t for o, t in zip(outputs, truth, strict=True)), "accuracy"
+        key = (version_id, shadow, _step_floor(created_at, step_seconds), metric)
+        total = sums.setdefault(key, [0.0, 0])
+        total[0] += score
+        total[1] += len(outputs)
+    points = [
+        TrendPoint(model_version_id=version_id, shadow=shadow, start=start, metric=metric, value=score / n, n=n)
+        for (version_id, shadow, start, metric), (score, n) in sums.items()
+        if n
+    ]
+    points.sort(key=lambda point: (point.shadow, point.model_version_id or 0, point.start))
+    return points, len(rows) > limit
+
+
+# Outputs with at most this many distinct integers are classes; more are values (regression).
+MAX_INTEGER_CLASSES = 20
+OUTPUT_QUANTILES = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
+
+
+@dataclass(frozen=True)
+class PredictionDistribution:
+    """What the live model versions answered per step: the count of each class, or quantiles of the values.
+
+    Read from the most recent `n_rows` predicted rows (`truncated` when the window held more requests)."""
+
+    kind: str  # "classes" or "values"
+    steps: list[datetime]
+    classes: dict[str, list[int]]
+    quantiles: dict[str, list[float | None]]
+    n_rows: int
+    truncated: bool
+
+
+def _is_class(value: Any) -> bool:
+    return isinstance(value, str | bool) or value is None
+
+
+def prediction_distribution(
+    *, deployment_id: int, since: datetime, until: datetime, step: timedelta, limit: int = PERFORMANCE_ROW_LIMIT
+) -> PredictionDistribution:
+    """The live predictions of [since, until) per step: class counts, or p10/p50/p90 of the predicted values.
+
+    Raw rows, because no rollup keeps outputs: the most recent `limit` answered requests, one query."""
+    rows = list(
+        PredictionLog.objects.filter(
+            deployment_id=deployment_id,
+            shadow=False,
+            created_at__gte=since,
+            created_at__lt=until,
+            status__lt=400,
+            outputs__isnull=False,
+        )
+        .order_by("-created_at")
+        .values_list("created_at", "outputs")[: limit + 1]
+    )
+    step_seconds = int(step.total_seconds())
+    by_step: dict[datetime, list[Any]] = {}
+    for created_at, outputs in rows[:limit]:
+        if isinstance(outputs, list):
+            values = [value for value in outputs if not isinstance(value, dict | list)]
+            by_step.setdefault(_step_floor(created_at, step_seconds), []).extend(values)
+    steps = sorted(by_step)
+    values = [value for step_values in by_step.values() for value in step_values]
+    numbers = [value for value in values if not _is_class(value)]
+    integers = all(isinstance(value, int) for value in numbers)
+    classes: dict[str, list[int]] = {}
+    quantiles: dict[str, list[float | None]] = {}
+    if any(_is_class(value) for value in values) or (integers and len(set(numbers)) <= MAX_INTEGER_CLASSES):
+        kind = "classes"
+        names = sorted({str(value) for value in values})
+        for name in names:
+            classes[name] = [sum(str(value) == name for value in by_step[moment]) for moment in steps]
+    else:
+        kind = "values"
+        for name, q in OUTPUT_QUANTILES.items():
+            quantiles[name] = []
+            for moment in steps:
+                numbers = np.array([value for value in by_step[moment] if isinstance(value, int | float)], dtype=float)
+                quantiles[name].append(float(np.quantile(numbers, q)) if numbers.size else None)
+    return PredictionDistribution(
+        kind=kind,
+        steps=steps,
+        classes=classes,
+        quantiles=quantiles,
+        n_rows=len(values),
+        truncated=len(rows) > limit,
+    )
