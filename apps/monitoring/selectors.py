@@ -121,15 +121,14 @@ def deployment_dashboard(
 ) -> Dashboard:
     """Throughput, errors and latency per model version (live and shadow apart) over `window`, and over time.
 
-    Two grouped queries over the rollups (totals with the latency histogram, and the per-step series) and one
-    for the version numbers. The window ends at the end of the current minute, so a page polled within a
+    One statement over the rollups (totals with the latency histogram, and the per-step series) and one for
+    the version numbers. The window ends at the end of the current minute, so a page polled within a
     minute shows the same axis (and keeps its ETag while nothing new was logged)."""
     length, step = DASHBOARD_WINDOWS[window]
     until = minute_floor(now or timezone.now()) + timedelta(minutes=1)
     since = until - length
     version_id = version.pk if version is not None else None
-    totals = telemetry.rollup_totals(deployment_id=deployment.pk, since=since, until=until, version_id=version_id)
-    points = telemetry.rollup_series(
+    totals, points = telemetry.rollup_window(
         deployment_id=deployment.pk, since=since, until=until, step=step, version_id=version_id
     )
     numbers = _labels(deployment, {row.model_version_id for row in totals})

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Exists, FloatField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -464,103 +464,80 @@ class VersionTotals:
         return self.errors / self.requests if self.requests else None
 
 
-def _epoch_sql(column: str) -> str:
-    """Seconds since 1970 of a timestamp column, in the database's dialect."""
+# work_mem of the dashboard's statement: enough to hash a month of per-minute rows (about 15 MB for 3 versions).
+WINDOW_WORK_MEM = "32MB"
+
+
+def _step_sql(step_seconds: int) -> str:
+    """The start of the step holding a rollup's minute, in the database's dialect: a timestamp on Postgres
+    (date_bin, cheaper than epoch arithmetic on numerics), epoch seconds on SQLite. Steps that divide a day
+    line up with UTC hours and days."""
     if connection.vendor == "postgresql":
-        return f"CAST(EXTRACT(EPOCH FROM {column}) AS BIGINT)"
-    return f"CAST(strftime('%%s', {column}) AS INTEGER)"
+        return f"date_bin(interval '{step_seconds} seconds', minute, timestamptz '1970-01-01 00:00:00+00')"
+    return f"(CAST(strftime('%%s', minute) AS INTEGER) / {step_seconds}) * {step_seconds}"
 
 
-def _window_sums_sql(*, step_seconds: int | None, version_id: int | None) -> tuple[str, str]:
-    """The inner query summing a window's rollup rows per (version, shadow[, step]) and its GROUP BY keys.
-
-    The step is the rollup minute's epoch rounded down to a multiple of `step_seconds`, so steps of a day's
-    divisors line up with UTC hours and days."""
-    table = PredictionRollup._meta.db_table
-    keys = "model_version_id, shadow"
-    bucket = ""
-    if step_seconds is not None:
-        bucket = f", ({_epoch_sql('minute')} / {int(step_seconds)}) * {int(step_seconds)} AS step"
-        keys += ", step"
-    buckets = ", ".join(
-        f"CAST(SUM({name}) AS DOUBLE PRECISION) AS b{index:02d}" for index, name in enumerate(BUCKET_FIELDS)
-    )
-    version_filter = " AND model_version_id = %s" if version_id is not None else ""
-    inner = (
-        f"SELECT model_version_id, shadow{bucket}, SUM(requests) AS n, SUM(errors) AS failed, "
-        f"CAST(SUM(latency_sum_ms) AS DOUBLE PRECISION) AS latency_sum, "
-        f"CAST(SUM(latency_count) AS DOUBLE PRECISION) AS lc, {buckets} "
-        f"FROM {table} WHERE deployment_id = %s AND minute >= %s AND minute < %s{version_filter} GROUP BY {keys}"
-    )
-    return inner, keys
+def _as_datetime(step: Any) -> datetime:
+    return step if isinstance(step, datetime) else datetime.fromtimestamp(step, tz=UTC)
 
 
-def _window_params(deployment_id: int, since: datetime, until: datetime, version_id: int | None) -> list[Any]:
-    params: list[Any] = [deployment_id, minute_floor(since), until]
-    return [*params, version_id] if version_id is not None else params
-
-
-def rollup_series(
+def rollup_window(
     *, deployment_id: int, since: datetime, until: datetime, step: timedelta, version_id: int | None = None
-) -> list[SeriesPoint]:
-    """Requests, errors and latency quantiles per (model version, live or shadow, step) over the minutes that
-    overlap [since, until): one grouped query over the rollups, the quantiles computed by the database from each
-    step's summed histogram. Steps without traffic are absent (a chart leaves a gap, not a zero latency)."""
+) -> tuple[list[VersionTotals], list[SeriesPoint]]:
+    """Over the minutes that overlap [since, until): per (model version, live or shadow) the window's totals
+    (requests, errors, latency quantiles and summed histogram), and the same per step of `step`.
+
+    One statement and one pass over the rollup rows: the rows are summed per step, the totals are the sums of
+    those few step rows, and the quantiles are computed by the database from each summed histogram. Steps
+    without traffic are absent (a chart leaves a gap, not a zero latency)."""
     step_seconds = int(step.total_seconds())
-    inner, _ = _window_sums_sql(step_seconds=step_seconds, version_id=version_id)
+    table = PredictionRollup._meta.db_table
+    buckets = [f"b{index:02d}" for index in range(len(BUCKET_FIELDS))]
+    summed = ", ".join(
+        f"CAST(SUM({name}) AS DOUBLE PRECISION) AS {alias}" for name, alias in zip(BUCKET_FIELDS, buckets, strict=True)
+    )
+    resummed = ", ".join(f"SUM({alias})" for alias in buckets)
+    version_filter = " AND model_version_id = %s" if version_id is not None else ""
     quantiles = ", ".join(_quantile_sql(q) for q in QUANTILES.values())
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT model_version_id, shadow, step, n, failed, latency_sum / NULLIF(lc, 0), {quantiles} "
-            f"FROM ({inner}) AS sums ORDER BY shadow, model_version_id, step",
-            _window_params(deployment_id, since, until, version_id),
-        )
+    sql = (
+        f"WITH steps AS (SELECT model_version_id, shadow, {_step_sql(step_seconds)} AS step, SUM(requests) AS n, "
+        f"SUM(errors) AS failed, CAST(SUM(latency_sum_ms) AS DOUBLE PRECISION) AS latency_sum, "
+        f"CAST(SUM(latency_count) AS DOUBLE PRECISION) AS lc, {summed} FROM {table} "
+        f"WHERE deployment_id = %s AND minute >= %s AND minute < %s{version_filter} "
+        f"GROUP BY model_version_id, shadow, step), "
+        f"sums AS (SELECT model_version_id, shadow, 0 AS total, step, n, failed, latency_sum, lc, {', '.join(buckets)} "
+        f"FROM steps UNION ALL SELECT model_version_id, shadow, 1, NULL, SUM(n), SUM(failed), SUM(latency_sum), "
+        f"SUM(lc), {resummed} FROM steps GROUP BY model_version_id, shadow) "
+        f"SELECT model_version_id, shadow, total, step, n, failed, latency_sum / NULLIF(lc, 0), {quantiles}, "
+        f"{', '.join(buckets)} FROM sums ORDER BY shadow, model_version_id, total, step"
+    )
+    params: list[Any] = [deployment_id, minute_floor(since), until]
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Postgres cannot estimate how many steps the rows fall in (it guesses one per row): with the default
+            # 4 MB it plans an on-disk sort of every row instead of a hash of the few steps, and the inflated cost
+            # turns on JIT compilation, which takes longer (about 400 ms) than the query itself.
+            cursor.execute(f"SET LOCAL work_mem = '{WINDOW_WORK_MEM}'")
+            cursor.execute("SET LOCAL jit = off")
+        cursor.execute(sql, [*params, version_id] if version_id is not None else params)
         rows = cursor.fetchall()
-    return [
-        SeriesPoint(
-            model_version_id=version,
-            shadow=bool(shadow),
-            start=datetime.fromtimestamp(epoch, tz=UTC),
-            requests=int(requests),
-            errors=int(errors),
-            p50_ms=p50,
-            p90_ms=p90,
-            p99_ms=p99,
-            mean_ms=mean,
-        )
-        for version, shadow, epoch, requests, errors, mean, p50, p90, p99 in rows
-    ]
-
-
-def rollup_totals(
-    *, deployment_id: int, since: datetime, until: datetime, version_id: int | None = None
-) -> list[VersionTotals]:
-    """Per (model version, live or shadow) over the minutes that overlap [since, until): requests, errors,
-    latency quantiles and the summed latency histogram; one grouped query over the rollups."""
-    inner, _ = _window_sums_sql(step_seconds=None, version_id=version_id)
-    quantiles = ", ".join(_quantile_sql(q) for q in QUANTILES.values())
-    bucket_columns = ", ".join(f"b{index:02d}" for index in range(len(BUCKET_FIELDS)))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT model_version_id, shadow, n, failed, latency_sum / NULLIF(lc, 0), {quantiles}, {bucket_columns} "
-            f"FROM ({inner}) AS sums ORDER BY shadow, model_version_id",
-            _window_params(deployment_id, since, until, version_id),
-        )
-        rows = cursor.fetchall()
-    return [
-        VersionTotals(
-            model_version_id=version,
-            shadow=bool(shadow),
-            requests=int(requests),
-            errors=int(errors),
-            p50_ms=p50,
-            p90_ms=p90,
-            p99_ms=p99,
-            mean_ms=mean,
-            buckets=tuple(int(count) for count in buckets),
-        )
-        for version, shadow, requests, errors, mean, p50, p90, p99, *buckets in rows
-    ]
+    totals, series = [], []
+    for version, shadow, total, step_start, requests, errors, mean, p50, p90, p99, *counts in rows:
+        figures = {
+            "model_version_id": version,
+            "shadow": bool(shadow),
+            "requests": int(requests),
+            "errors": int(errors),
+            "p50_ms": p50,
+            "p90_ms": p90,
+            "p99_ms": p99,
+            "mean_ms": mean,
+        }
+        if total:
+            totals.append(VersionTotals(**figures, buckets=tuple(int(count) for count in counts)))
+        else:
+            series.append(SeriesPoint(**figures, start=_as_datetime(step_start)))
+    return totals, series
 
 
 def _step_floor(moment: datetime, step_seconds: int) -> datetime:
