@@ -94,6 +94,7 @@ def drift_share_figure(history: list[DriftReport], threshold: float = 0.5) -> go
 
 # One colour per version, in the order the dashboard lists them (live versions first, then shadows).
 PALETTE = ("#1f6feb", "#e8590c", "#2f9e44", "#845ef7", "#0c8599", "#e03131", "#f08c00", "#868e96")
+PSI_SCALE_MAX = 0.25
 QUANTILE_DASHES = {"p50_ms": "solid", "p90_ms": "dash", "p99_ms": "dot"}
 
 
@@ -292,15 +293,19 @@ def plot_drift_by_column(history: Sequence[DriftReport]) -> go.Figure:
             notes.append(f"{found.get('test') or '–'} {verdict}" if found else "not in report")
         z.append(row)
         text.append(notes)
+    values = [value for row in z for value in row if value is not None]
     heatmap = {
         "type": "heatmap",
-        "x": [report.window_end for report in history],
+        # Reports as categories: a date axis would zoom to milliseconds around a single report.
+        "x": [f"#{report.pk} {report.window_end:%m-%d %H:%M}" for report in history],
         "y": columns,
         "z": z,
         "text": text,
-        "colorscale": "OrRd",
+        "colorscale": [[0, "#fff5eb"], [0.4, "#fd8d3c"], [1, "#a50f15"]],
+        # From no drift to at least PSI 0.25, the usual "significant shift" mark, so a calm column stays pale.
         "zmin": 0,
+        "zmax": max([PSI_SCALE_MAX, *values]),
         "colorbar": {"title": {"text": "PSI"}},
-        "hovertemplate": "%{y} at %{x}: PSI %{z:.3g}, %{text}<extra></extra>",
+        "hovertemplate": "%{y} in report %{x}: PSI %{z:.3g}, %{text}<extra></extra>",
     }
-    return _figure([heatmap], xaxis={"type": "date"}, height=max(220, 40 + 22 * len(columns)))
+    return _figure([heatmap], xaxis={"type": "category"}, height=max(220, 40 + 22 * len(columns)))

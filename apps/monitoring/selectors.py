@@ -103,6 +103,11 @@ class Dashboard:
     versions: list[VersionSeries] = field(default_factory=list)
 
     @property
+    def step_text(self) -> str:
+        minutes = int(self.step.total_seconds() // 60)
+        return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h"
+
+    @property
     def empty(self) -> bool:
         return not any(series.totals.requests for series in self.versions)
 

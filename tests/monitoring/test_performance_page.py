@@ -125,6 +125,8 @@ def test_charts_carry_trend_distribution_and_drift(deployment: Any, labelled: di
     assert list(heatmap.data[0].y) == ["colour", "x"]
     psi = {column["column"]: column["psi"] for column in report.result["columns"]}
     assert [row[0] for row in heatmap.data[0].z] == [psi["colour"], psi["x"]]
+    assert list(heatmap.data[0].x) == [f"#{report.pk} {report.window_end:%m-%d %H:%M}"]
+    assert heatmap.data[0].zmax == max(0.25, psi["colour"], psi["x"])
 
 
 def test_service_checks_the_role_and_window(
