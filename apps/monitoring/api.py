@@ -255,6 +255,72 @@ class DeploymentMetricsApi(APIView):
         return Response(dashboard_data(dashboard))
 
 
+def _drift_columns(report: DriftReport) -> dict[str, Any]:
+    return {
+        "report": report.pk,
+        "window_end": report.window_end,
+        "drift_share": report.drift_share,
+        "columns": [
+            {key: column.get(key) for key in ("column", "test", "statistic", "threshold", "drifted", "psi")}
+            for column in (report.result or {}).get("columns", [])
+        ],
+    }
+
+
+class DeploymentPerformanceTrendApi(APIView):
+    """What the performance page draws over time: `GET /api/v1/deployments/{id}/performance-trend/?window=24h`.
+
+    `trend`: accuracy (classifiers) or MAE (regression) per version and step, with the labelled rows behind
+    each point; `predictions`: the live answers per step (class counts, or p10/p50/p90 of the values); `drift`:
+    the per-column results of the deployment's latest drift reports. The metrics per version with the CBPE
+    estimate are at `deployments/{id}/performance/`. Members read; everyone else gets 404.
+    """
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("window", str, enum=list(selectors.DASHBOARD_WINDOWS), description="Default 24h."),
+        ],
+        responses={200: OpenApiResponse(description="trend, predictions and drift per column over the window")},
+    )
+    def get(self, request: Request, deployment_id: int) -> Response:
+        deployment = _visible_deployment(request, deployment_id)
+        performance = services.check_model_performance(
+            deployment=deployment, actor=request.user, window=request.query_params.get("window") or "24h"
+        )
+        distribution = performance.distribution
+        return Response(
+            {
+                "deployment": deployment.pk,
+                "window": performance.window,
+                "since": performance.since,
+                "until": performance.until,
+                "step_seconds": int(performance.step.total_seconds()),
+                "trend_truncated": performance.trend_truncated,
+                "trend": [
+                    {
+                        "model_version": point.model_version_id,
+                        "shadow": point.shadow,
+                        "label": performance.labels[(point.model_version_id, point.shadow)],
+                        "start": point.start,
+                        "metric": point.metric,
+                        "value": point.value,
+                        "n_labelled": point.n,
+                    }
+                    for point in performance.trend
+                ],
+                "predictions": {
+                    "kind": distribution.kind,
+                    "steps": distribution.steps,
+                    "classes": distribution.classes,
+                    "quantiles": distribution.quantiles,
+                    "n_rows": distribution.n_rows,
+                    "truncated": distribution.truncated,
+                },
+                "drift": [_drift_columns(report) for report in performance.drift],
+            }
+        )
+
+
 router = routers.SimpleRouter()
 router.register("drift-reports", DriftReportViewSet, basename="drift-report")
 router.register("drift-references", DriftReferenceViewSet, basename="drift-reference")

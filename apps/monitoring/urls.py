@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 from apps.monitoring import views
-from apps.monitoring.api import DeploymentMetricsApi
+from apps.monitoring.api import DeploymentMetricsApi, DeploymentPerformanceTrendApi
 
 app_name = "monitoring"
 
@@ -20,4 +20,9 @@ urlpatterns = [
 # Mounted under /api/v1/ beside the router's routes.
 api_urlpatterns = [
     path("deployments/<int:deployment_id>/metrics/", DeploymentMetricsApi.as_view(), name="deployment-metrics"),
+    path(
+        "deployments/<int:deployment_id>/performance-trend/",
+        DeploymentPerformanceTrendApi.as_view(),
+        name="deployment-performance-trend",
+    ),
 ]

@@ -16,6 +16,7 @@ from apps.core.exceptions import NotFound, ValidationError
 from apps.monitoring import charts, selectors, services
 from apps.telemetry import selectors as telemetry
 from apps.telemetry.services import prediction_labels_store
+from tests.conftest import client_for
 from tests.monitoring.conftest import log_traffic
 from tests.monitoring.test_dashboard import ingest
 
@@ -172,3 +173,22 @@ def test_page_without_traffic_is_an_empty_state(deployment: Any, viewer: Any) ->
         step=timedelta(minutes=5),
     )
     assert distribution.steps == [] and distribution.n_rows == 0
+
+
+def test_trend_api_as_each_role_and_bad_input(
+    deployment: Any, labelled: dict[str, Any], viewer: Any, member: Any, owner: Any, outsider: Any
+) -> None:
+    url = f"/api/v1/deployments/{deployment.pk}/performance-trend/"
+    performance = selectors.deployment_performance(deployment=deployment, window="1h")
+    for user in (viewer, member, owner):
+        body = client_for(user).get(url, {"window": "1h"}).json()
+        assert body["step_seconds"] == 300 and body["trend_truncated"] is False
+        assert [(p["start"][:16], p["value"], p["n_labelled"]) for p in body["trend"]] == [
+            (point.start.isoformat()[:16], pytest.approx(point.value), point.n) for point in performance.trend
+        ]
+        assert body["trend"][0]["label"] == "v1" and body["trend"][0]["metric"] == "accuracy"
+        assert body["predictions"]["kind"] == "classes" and body["predictions"]["n_rows"] == N
+        assert body["drift"] == []
+    assert client_for(outsider).get(url).status_code == 404
+    answer = client_for(viewer).get(url, {"window": "12h"})
+    assert answer.status_code == 400 and "window" in answer.json()
