@@ -21,6 +21,9 @@ from tests.conftest import client_for
 from tests.factories import ModelVersionFactory
 
 pytestmark = pytest.mark.django_db
+# Session, user, deployment, the statement over the rollups (with its savepoint and settings), version
+# numbers, the version picker and the navigation badges: a fixed number, whatever the versions and steps.
+QUERY_BUDGET = 11
 
 
 def browser(user: Any) -> Client:
@@ -206,3 +209,15 @@ def test_api_without_traffic_is_empty_not_nan(deployment: Any, viewer: Any) -> N
     assert answer.status_code == 200
     assert answer.json()["empty"] is True and answer.json()["versions"] == []
     assert "NaN" not in answer.content.decode()
+
+
+def test_page_queries_do_not_grow_with_versions_or_steps(
+    deployment: Any, split: dict[str, Any], viewer: Any, django_assert_max_num_queries: Any
+) -> None:
+    client = browser(viewer)
+    url = f"/monitoring/deployments/{deployment.pk}/"
+    with django_assert_max_num_queries(QUERY_BUDGET):
+        assert client.get(url, {"window": "30d"}).status_code == 200
+    ModelVersionFactory(model=deployment.registered_model, number=3)
+    with django_assert_max_num_queries(QUERY_BUDGET):
+        assert client.get(f"{url}live/", {"window": "1h"}).status_code == 200
