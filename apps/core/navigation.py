@@ -31,6 +31,7 @@ NAV_ITEMS = [
     NavItem("Pipelines", "experiments:pipeline-list", "bi-diagram-3", "experiments"),
     NavItem("Models", "registry:model-list", "bi-box-seam", "registry"),
     NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
+    NavItem("Dashboards", "monitoring:dashboard-list", "bi-graph-up", "monitoring"),
     NavItem("Drift", "monitoring:report-list", "bi-activity", "monitoring"),
     NavItem(
         "Approvals",

@@ -32,6 +32,7 @@ from apps.core.services import audit_record
 from apps.datasets.services import dataset_version_load_frame
 from apps.deployments.models import Deployment
 from apps.deployments.selectors import deployment_targets
+from apps.monitoring import selectors
 from apps.monitoring.choices import ReferenceSource
 from apps.monitoring.models import DriftReference, DriftReport
 from apps.monitoring.tasks import drift_report_execute_task
@@ -364,6 +365,18 @@ def check_data_drift(
     drift_report_execute(report_id=report.pk)
     report.refresh_from_db()
     return report
+
+
+def check_model_performance(
+    *, deployment: Deployment, actor: AbstractBaseUser | None, window: str = selectors.DEFAULT_DASHBOARD_WINDOW
+) -> selectors.Performance:
+    """The seed's `MonitoringSystem.check_model_performance(deployment)`: realised metrics per model version from
+    the labels users sent, the CBPE estimate for the unlabelled predictions, accuracy over time, the prediction
+    distribution and the drift reports' columns: the object the performance page shows. Any member of the
+    project may read (outsiders: 404); `actor=None` is the system (commands, notebooks run as the operator)."""
+    if actor is not None:
+        require_project_role(actor, deployment.project, ProjectRole.VIEWER)
+    return selectors.deployment_performance(deployment=deployment, window=selectors.dashboard_window(window))
 
 
 def drift_reports_schedule(*, now: datetime | None = None) -> int:
