@@ -281,6 +281,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "monitoring.drift_reports_schedule",
         "schedule": float(MONITORING_DRIFT_INTERVAL_SECONDS),
     },
+    # A worker's and beat's sign of life for the system health page (apps/monitoring/health.py).
+    "monitoring-heartbeat": {"task": "monitoring.heartbeat", "schedule": 30.0},
     # Sends drift reports whose task was lost or whose worker died again.
     "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
 }

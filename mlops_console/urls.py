@@ -12,6 +12,7 @@ from apps.deployments.api import ArtifactFetchApi
 from apps.deployments.api import router as deployments_router
 from apps.experiments.api import router as experiments_router
 from apps.monitoring.api import router as monitoring_router
+from apps.monitoring.api_health import SystemHealthApi
 from apps.registry.api import router as registry_router
 from apps.telemetry.urls import api_urlpatterns as telemetry_api_urlpatterns
 
@@ -22,6 +23,7 @@ api_urlpatterns = [
     *registry_router.urls,
     *deployments_router.urls,
     *monitoring_router.urls,
+    path("health/", SystemHealthApi.as_view(), name="system-health"),
     *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.monitoring import views
+from apps.monitoring import views, views_health
 
 app_name = "monitoring"
 
@@ -10,4 +10,5 @@ urlpatterns = [
     path("drift/", views.report_list, name="report-list"),
     path("drift/<int:pk>/", views.report_detail, name="report-detail"),
     path("drift/run/<int:deployment_pk>/", views.report_run, name="report-run"),
+    path("health/", views_health.health, name="health"),
 ]
