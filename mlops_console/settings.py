@@ -86,6 +86,8 @@ try:
         raise EnvError("DEPLOYMENTS_DEFAULT_BACKEND must be local, docker or kubernetes")
     # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
     MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
+    # The bearer token Prometheus sends to /metrics; empty: /metrics answers loopback requests only.
+    METRICS_TOKEN = env_str("METRICS_TOKEN")
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -115,6 +117,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so that every answer (redirects and refusals too) carries the request id and every log line has it.
     "mlops_console.logs.RequestIdMiddleware",
+    # Counts every request for /metrics (apps/monitoring/metrics.py), including those refused further down.
+    "apps.monitoring.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
