@@ -12,6 +12,7 @@ from apps.deployments.api import ArtifactFetchApi
 from apps.deployments.api import router as deployments_router
 from apps.experiments.api import router as experiments_router
 from apps.monitoring.api import router as monitoring_router
+from apps.monitoring.api_drift_settings import DriftSettingsApi
 from apps.monitoring.api_health import SystemHealthApi
 from apps.monitoring.metrics import metrics_view
 from apps.registry.api import router as registry_router
@@ -25,6 +26,7 @@ api_urlpatterns = [
     *deployments_router.urls,
     *monitoring_router.urls,
     path("health/", SystemHealthApi.as_view(), name="system-health"),
+    path("drift-settings/<int:deployment_id>/", DriftSettingsApi.as_view(), name="drift-settings"),
     *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]

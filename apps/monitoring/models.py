@@ -138,3 +138,30 @@ class TaskMetric(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} {self.outcome}: {self.count}"
+
+
+class DriftSettings(models.Model):
+    """How a deployment's drift reports test: per-column overrides of the test and its threshold, the share of
+    drifted columns that makes dataset drift, and whether the model's outputs are tested too. Absent: defaults."""
+
+    deployment = models.OneToOneField("deployments.Deployment", on_delete=models.CASCADE, related_name="drift_settings")
+    columns = models.JSONField(default=dict, blank=True, help_text="Column -> {test, threshold} (either may be null).")
+    drift_share = models.FloatField(default=0.5, help_text="Dataset drift when at least this share of columns drift.")
+    prediction_drift = models.BooleanField(
+        default=True, help_text="Test the predictions and class probabilities (with a traffic reference)."
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "drift settings"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(drift_share__gt=0, drift_share__lte=1), name="monitoring_settings_share_range"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"drift settings of {self.deployment}"
