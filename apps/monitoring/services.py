@@ -423,13 +423,20 @@ def drift_report_execute(*, report_id: int) -> DriftReport | None:
 
 
 def check_data_drift(
-    *, deployment: Deployment, actor: AbstractBaseUser | None, window: timedelta = DEFAULT_WINDOW
+    *,
+    deployment: Deployment,
+    actor: AbstractBaseUser | None,
+    window: timedelta = DEFAULT_WINDOW,
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> DriftReport:
     """The seed's `MonitoringSystem.check_data_drift(deployment)`: run a drift report now, in this process (no
-    task is queued), and return it: the object the report page shows. Same checks and refusals as
-    `drift_report_run`."""
+    task is queued), and return it: the object the report page shows. The window is the last `window`, or
+    [start, end) when given. Same checks and refusals as `drift_report_run`."""
     with transaction.atomic():
-        report = _report_start(deployment=deployment, actor=actor, window=window, start=None, end=None)
+        report = _report_start(
+            deployment=deployment, actor=actor, window=None if start else window, start=start, end=end
+        )
     drift_report_execute(report_id=report.pk)
     report.refresh_from_db()
     return report
