@@ -219,3 +219,17 @@ def test_drops_reported_by_model_servers_with_their_events(deployment: Any, view
     ):
         answer = ingest.post("/api/v1/ingest/predictions/", {"events": [], **bad}, content_type="application/json")
         assert answer.status_code == 400 and field in answer.json(), answer.content
+
+
+def test_admin_shows_health_and_settings_rows_read_only(deployment: Any, member: Any) -> None:
+    from apps.monitoring.drift_settings import drift_settings_update
+    from apps.monitoring.services import live_version
+
+    drift_settings_update(deployment=deployment, actor=member, version=live_version(deployment), drift_share=0.7)
+    heartbeat_task.delay()
+    admin = get_user_model().objects.create_superuser("root", password="x")
+    client = browser(admin)
+    for model in ("driftsettings", "heartbeat", "taskmetric"):
+        assert client.get(f"/admin/monitoring/{model}/").status_code == 200, model
+        assert client.get(f"/admin/monitoring/{model}/add/").status_code == 403, model
+    assert b"0.7" in client.get("/admin/monitoring/driftsettings/").content

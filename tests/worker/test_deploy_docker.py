@@ -170,6 +170,9 @@ def test_containers_serve_reload_are_replaced_scale_and_restart_after_a_crash(
     assert endpoint.startswith("http://127.0.0.1:") and endpoint not in {r.url for r in observed.replicas}
     assert all(predict(endpoint) == (200, "1") for _ in range(100))
     assert all(served_requests(r.url) >= 15 for r in observed.replicas)
+    # Each container's CPU time and memory, read from one stats sample when observing.
+    measured = backend.observe("dockered").replicas
+    assert all(r.cpu_seconds > 0 and 10 * 2**20 < r.rss_bytes < 2**30 for r in measured), measured
 
     # A blue-green switch keeps the artifact set: the running containers reload, under load, losing nothing.
     with load_on(endpoint) as load:
