@@ -176,6 +176,10 @@ def test_cpu_percent_needs_two_observations_of_the_same_process() -> None:
     assert [r["cpu_percent"] for r in result["replicas"]] == [50.0, None]
     restarted = {"replicas": [{"replica": "a-0", "pid": 7, "cpu_seconds": 1.0}]}
     assert replica_cpu_percent(restarted, before, elapsed=6.0)["replicas"][0]["cpu_percent"] is None
+    # A container replaced under the same replica name starts again from zero: not a rate.
+    container = {"replicas": [{"replica": "d-0", "container_id": "abc", "cpu_seconds": 50.0}]}
+    replaced = {"replicas": [{"replica": "d-0", "container_id": "def", "cpu_seconds": 0.5}]}
+    assert replica_cpu_percent(replaced, container, elapsed=6.0)["replicas"][0]["cpu_percent"] is None
 
 
 def test_process_tree_usage_adds_up_a_process_and_its_children() -> None:

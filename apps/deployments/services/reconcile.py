@@ -184,14 +184,14 @@ def replica_cpu_percent(observed: dict[str, Any], before: dict[str, Any], elapse
     """`observed` with each replica's CPU use since the previous observation, in percent of one core.
 
     Backends report CPU seconds used since a server started; the rate needs two observations of the same
-    process (same replica and pid). The first observation of a process, and backends that do not measure,
+    process or container (same replica, pid and container id). The first observation of a process, and backends that do not measure,
     leave `cpu_percent` None."""
-    previous = {
-        (replica.get("replica"), replica.get("pid")): replica.get("cpu_seconds")
-        for replica in before.get("replicas", [])
-    }
+    def key(replica: dict[str, Any]) -> tuple:
+        return replica.get("replica"), replica.get("pid"), replica.get("container_id")
+
+    previous = {key(replica): replica.get("cpu_seconds") for replica in before.get("replicas", [])}
     for replica in observed.get("replicas", []):
-        used, earlier = replica.get("cpu_seconds"), previous.get((replica.get("replica"), replica.get("pid")))
+        used, earlier = replica.get("cpu_seconds"), previous.get(key(replica))
         replica["cpu_percent"] = (
             round(100.0 * max(used - earlier, 0.0) / elapsed, 1)
             if used is not None and earlier is not None and elapsed > 0
