@@ -184,8 +184,9 @@ def replica_cpu_percent(observed: dict[str, Any], before: dict[str, Any], elapse
     """`observed` with each replica's CPU use since the previous observation, in percent of one core.
 
     Backends report CPU seconds used since a server started; the rate needs two observations of the same
-    process or container (same replica, pid and container id). The first observation of a process, and backends that do not measure,
-    leave `cpu_percent` None."""
+    process or container (same replica, pid and container id). The first observation of a process, and
+    backends that do not measure, leave `cpu_percent` None."""
+
     def key(replica: dict[str, Any]) -> tuple:
         return replica.get("replica"), replica.get("pid"), replica.get("container_id")
 
