@@ -91,6 +91,8 @@ try:
         raise EnvError("DEPLOYMENTS_DEFAULT_BACKEND must be local, docker or kubernetes")
     # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
     MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
+    # The bearer token Prometheus sends to /metrics; empty: /metrics answers loopback requests only.
+    METRICS_TOKEN = env_str("METRICS_TOKEN")
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -120,6 +122,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so that every answer (redirects and refusals too) carries the request id and every log line has it.
     "mlops_console.logs.RequestIdMiddleware",
+    # Counts every request for /metrics (apps/monitoring/metrics.py), including those refused further down.
+    "apps.monitoring.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -286,6 +290,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "monitoring.drift_reports_schedule",
         "schedule": float(MONITORING_DRIFT_INTERVAL_SECONDS),
     },
+    # A worker's and beat's sign of life for the system health page (apps/monitoring/health.py).
+    "monitoring-heartbeat": {"task": "monitoring.heartbeat", "schedule": 30.0},
     # Sends drift reports whose task was lost or whose worker died again.
     "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
 }

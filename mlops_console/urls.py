@@ -12,6 +12,7 @@ from apps.deployments.api import ArtifactFetchApi
 from apps.deployments.api import router as deployments_router
 from apps.experiments.api import router as experiments_router
 from apps.monitoring.api import router as monitoring_router
+from apps.monitoring.metrics import metrics_view
 from apps.monitoring.urls import api_urlpatterns as monitoring_api_urlpatterns
 from apps.registry.api import router as registry_router
 from apps.telemetry.urls import api_urlpatterns as telemetry_api_urlpatterns
@@ -31,6 +32,7 @@ api_urlpatterns = [
 urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
     path("readyz", core_views.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -33,6 +33,7 @@ NAV_ITEMS = [
     NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
     NavItem("Dashboards", "monitoring:dashboard-list", "bi-graph-up", "monitoring"),
     NavItem("Drift", "monitoring:report-list", "bi-activity", "monitoring"),
+    NavItem("Health", "monitoring:health", "bi-heart-pulse", "monitoring"),
     NavItem(
         "Approvals",
         "registry:approval-inbox",

@@ -44,6 +44,11 @@ class OrjsonParser(parsers.JSONParser):
 
 class IngestEventsSerializer(serializers.Serializer):
     events = serializers.ListField(child=serializers.DictField())
+    server = serializers.CharField(required=False, help_text="The sending model server process (host:pid).")
+    dropped = serializers.DictField(
+        child=serializers.IntegerField(min_value=0), required=False, help_text="Events dropped so far, by reason."
+    )
+    buffered = serializers.IntegerField(min_value=0, required=False, help_text="Events waiting to be shipped.")
 
 
 class PredictionIngestApi(APIView):
@@ -53,6 +58,9 @@ class PredictionIngestApi(APIView):
     "field", "error"}, ...]` for events refused alone (an impossible timestamp, a version_id that is not one of
     the deployment's model's versions) while the rest was stored; 400 naming `events` for a malformed batch,
     and 503 when the batch raced with a copy of itself (model servers retry 503s).
+
+    A model server also sends its shipping report with each batch: `server` (its process), `dropped` (events
+    it dropped so far, by reason) and `buffered` (events waiting); the system health page shows them.
     """
 
     authentication_classes = [IngestTokenAuthentication]
@@ -63,6 +71,13 @@ class PredictionIngestApi(APIView):
     def post(self, request: Request) -> Response:
         events = request.data.get("events") if isinstance(request.data, dict) else None
         source = request.auth
+        if isinstance(request.data, dict) and "server" in request.data:
+            services.shipping_report_record(
+                source=source,
+                server=request.data["server"],
+                dropped=request.data.get("dropped", {}),
+                buffered=request.data.get("buffered", 0),
+            )
         try:
             result = services.predictions_ingest(source=source, events=events)
             if any(item["field"] == "version_id" for item in result.rejected):

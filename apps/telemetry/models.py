@@ -150,3 +150,28 @@ class PredictionLabel(models.Model):
 
     def __str__(self) -> str:
         return f"label of {self.request_id}"
+
+
+class ServerShippingReport(models.Model):
+    """What one model server process last said about its event shipping, sent along with its event batches:
+    the events it dropped so far (cumulative, by reason) and the events waiting in its buffer.
+
+    `server` names the process (host and pid), so the sum over a deployment's processes is its total of drops;
+    a restarted process starts a new row (its counts start again from zero)."""
+
+    deployment_id = models.BigIntegerField()
+    project_id = models.BigIntegerField()
+    server = models.CharField(max_length=200)
+    dropped = models.JSONField(default=dict, help_text="Reason -> events dropped since the process started.")
+    buffered = models.PositiveIntegerField(default=0, help_text="Events waiting to be shipped.")
+    reported_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-reported_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment_id", "server"], name="telemetry_shipping_server_unique")
+        ]
+        indexes = [models.Index(fields=["deployment_id", "reported_at"], name="telemetry_shipping_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.server} of deployment {self.deployment_id}"

@@ -681,3 +681,24 @@ def prediction_distribution(
         n_rows=len(values),
         truncated=len(rows) > limit,
     )
+
+
+def logged_prediction_batches(
+    *, deployment_id: int, since: datetime, until: datetime, batch_size: int
+) -> Iterator[list[tuple[dict[str, list[Any]], Any, Any]]]:
+    """As `logged_input_batches`, with each event's outputs and class probabilities beside its inputs:
+    `(inputs by column, outputs, probabilities)` per event, in batches of at most `batch_size` events."""
+    logs = PredictionLog.objects.filter(
+        deployment_id=deployment_id, shadow=False, created_at__gte=since, created_at__lt=until, inputs__isnull=False
+    ).order_by("id")
+    last_id = 0
+    while True:
+        batch = list(logs.filter(id__gt=last_id).values_list("id", "inputs", "outputs", "probabilities")[:batch_size])
+        if not batch:
+            return
+        last_id = batch[-1][0]
+        yield [
+            (_by_column(inputs), outputs, probabilities)
+            for _, inputs, outputs, probabilities in batch
+            if isinstance(inputs, dict | list)
+        ]

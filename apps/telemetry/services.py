@@ -36,6 +36,7 @@ from apps.telemetry.models import (
     PredictionLabel,
     PredictionLog,
     PredictionRollup,
+    ServerShippingReport,
 )
 
 MAX_EVENTS_PER_BATCH = 5000
@@ -129,6 +130,46 @@ def predictions_ingest(*, source: IngestSource, events: Any) -> IngestResult:
     except DataError as exc:
         raise ValidationError(f"The batch holds a value the database cannot store: {exc}", field="events") from None
     return IngestResult(len(rows), rejected)
+
+
+# A shipping report's server name, and how many drop reasons one may list.
+SERVER_NAME_MAX = 200
+MAX_DROP_REASONS = 20
+
+
+def shipping_report_record(*, source: IngestSource, server: Any, dropped: Any, buffered: Any) -> None:
+    """Keep the latest shipping report of one model server process (sent with its event batches): its
+    cumulative drops by reason and its buffer depth. A malformed report is a 400 naming the field."""
+    if not isinstance(server, str) or not 0 < len(server) <= SERVER_NAME_MAX:
+        raise ValidationError(f"server must be a name of 1 to {SERVER_NAME_MAX} characters.", field="server")
+    if (
+        not isinstance(dropped, dict)
+        or len(dropped) > MAX_DROP_REASONS
+        or not all(
+            isinstance(reason, str)
+            and 0 < len(reason) <= 64
+            and isinstance(count, int)
+            and not isinstance(count, bool)
+            and count >= 0
+            for reason, count in dropped.items()
+        )
+    ):
+        raise ValidationError(
+            f"dropped must map at most {MAX_DROP_REASONS} reasons to counts of events (non-negative integers).",
+            field="dropped",
+        )
+    if not isinstance(buffered, int) or isinstance(buffered, bool) or not 0 <= buffered < 2**31:
+        raise ValidationError("buffered must be a non-negative integer.", field="buffered")
+    ServerShippingReport.objects.update_or_create(
+        deployment_id=source.deployment_id,
+        server=server,
+        defaults={
+            "project_id": source.project_id,
+            "dropped": dropped,
+            "buffered": buffered,
+            "reported_at": timezone.now(),
+        },
+    )
 
 
 def _store(source: IngestSource, rows: list[tuple]) -> None:
