@@ -14,6 +14,7 @@ import bisect
 import csv
 import io
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -137,6 +138,12 @@ SERVER_NAME_MAX = 200
 MAX_DROP_REASONS = 20
 
 
+# A server sends its report with every batch (several a second under load); storing it costs three queries,
+# so each web process stores a server's report at most this often, and at once when its drops change.
+SHIPPING_REPORT_INTERVAL_SECONDS = 10.0
+_reports_written: dict[tuple[int, str], tuple[float, dict]] = {}
+
+
 def shipping_report_record(*, source: IngestSource, server: Any, dropped: Any, buffered: Any) -> None:
     """Keep the latest shipping report of one model server process (sent with its event batches): its
     cumulative drops by reason and its buffer depth. A malformed report is a 400 naming the field."""
@@ -160,6 +167,12 @@ def shipping_report_record(*, source: IngestSource, server: Any, dropped: Any, b
         )
     if not isinstance(buffered, int) or isinstance(buffered, bool) or not 0 <= buffered < 2**31:
         raise ValidationError("buffered must be a non-negative integer.", field="buffered")
+    key = (source.deployment_id, server)
+    now = time.monotonic()
+    last = _reports_written.get(key)
+    if last is not None and last[0] > now - SHIPPING_REPORT_INTERVAL_SECONDS and last[1] == dropped:
+        return
+    _reports_written[key] = (now, dropped)
     ServerShippingReport.objects.update_or_create(
         deployment_id=source.deployment_id,
         server=server,

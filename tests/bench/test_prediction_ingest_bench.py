@@ -61,6 +61,8 @@ def make_event(deployment_id: int, version_id: int, rows: int, at: datetime, ind
     return {
         "timestamp": at.isoformat(),
         "request_id": uuid.uuid4().hex,
+        "event_id": str(uuid.uuid4()),
+        "pinned": False,
         "version_id": version_id,
         "inputs": {name: [round(1.0 + (index + row) % 70 / 10, 1) for row in range(rows)] for name in FEATURES},
         "outputs": ["setosa"] * rows,
@@ -204,7 +206,11 @@ def test_prediction_ingest_throughput(deployment: Any) -> None:
             total = SENDERS * BATCHES_PER_SENDER * BATCH
             events = [make_event(deployment.pk, version_id, rows, now, i) for i in range(total)]
             batches = [events[start : start + BATCH] for start in range(0, total, BATCH)]
-            bodies = [orjson.dumps({"events": batch}) for batch in batches]
+            # Each sender stands for one model server process, which reports its shipping with every batch.
+            bodies = [
+                orjson.dumps({"events": batch, "server": f"bench:{index % SENDERS}", "dropped": {}, "buffered": 0})
+                for index, batch in enumerate(batches)
+            ]
             # Warm up both workers (imports, connections) with a batch each, outside the measure.
             warm = [[orjson.dumps({"events": [make_event(deployment.pk, version_id, rows, now, i)]})] for i in range(4)]
             send_all(console.port, deployment.ingest_token(), warm)
