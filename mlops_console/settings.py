@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "apps.registry",
     "apps.deployments",
     "apps.monitoring",
+    "apps.abtests",
     "axes",
 ]
 
