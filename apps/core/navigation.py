@@ -32,6 +32,7 @@ NAV_ITEMS = [
     NavItem("Models", "registry:model-list", "bi-box-seam", "registry"),
     NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
     NavItem("Drift", "monitoring:report-list", "bi-activity", "monitoring"),
+    NavItem("A/B tests", "abtests:abtest-list", "bi-signpost-split", "abtests"),
     NavItem(
         "Approvals",
         "registry:approval-inbox",

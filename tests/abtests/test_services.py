@@ -23,9 +23,7 @@ pytestmark = pytest.mark.django_db
 
 
 def traffic(deployment: Deployment) -> list[tuple[int, int]]:
-    return list(
-        deployment.targets.filter(shadow=False).order_by("position").values_list("model_version_id", "weight")
-    )
+    return list(deployment.targets.filter(shadow=False).order_by("position").values_list("model_version_id", "weight"))
 
 
 @pytest.mark.parametrize(
@@ -153,7 +151,8 @@ def test_outcomes_by_request_id_and_key_idempotent_with_unknown_ids_counted(
     assert stored == {rid: versions[arms[rid]] for rid in list(arms)[:10]}
     again = services.abtest_outcomes_record(abtest=running, actor=member, items=items[:20])
     assert (again.stored, again.unchanged, again.replaced) == (20, 20, 0)
-    changed = services.abtest_outcomes_record(abtest=running, actor=member, items=[{"request_id": "r-0", "conversion": 0}])
+    flip = [{"request_id": "r-0", "conversion": 0}]
+    changed = services.abtest_outcomes_record(abtest=running, actor=member, items=flip)
     assert changed.replaced == 1 and Outcome.objects.count() == 20
 
 
@@ -231,9 +230,7 @@ def test_accuracy_from_labels(deployment: Deployment, member: Any, v1: Any, v2: 
     services.abtest_start(abtest=abtest, actor=member)
     rng = np.random.default_rng(4)
     arms = log_requests(deployment, [f"a{i}" for i in range(600)])
-    labels = [
-        {"request_id": rid, "label": "a" if rng.random() < (0.6, 0.9)[arm] else "b"} for rid, arm in arms.items()
-    ]
+    labels = [{"request_id": rid, "label": "a" if rng.random() < (0.6, 0.9)[arm] else "b"} for rid, arm in arms.items()]
     assert prediction_labels_store(actor=member, project=project, items=labels).stored == 600
     readout = services.abtest_readout_compute(abtest=abtest, actor=member)
     means = {arm["model_version"]: arm["mean"] for arm in readout.result["arms"]}
