@@ -86,6 +86,8 @@ try:
         raise EnvError("DEPLOYMENTS_DEFAULT_BACKEND must be local, docker or kubernetes")
     # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
     MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
+    # A/B tests (docs/abtests.md): how often beat computes a readout of every running test.
+    ABTESTS_READOUT_INTERVAL_SECONDS = env_int("ABTESTS_READOUT_INTERVAL_SECONDS", 3600, minimum=60)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -284,6 +286,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     # Sends drift reports whose task was lost or whose worker died again.
     "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
+    # A readout of every running A/B test, one more point of its cumulative lift (docs/abtests.md).
+    "abtests-readouts": {"task": "abtests.readouts_refresh", "schedule": float(ABTESTS_READOUT_INTERVAL_SECONDS)},
 }
 
 LOGGING = {

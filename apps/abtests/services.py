@@ -9,6 +9,7 @@ the tasks share them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from serving.app import TrafficSplit
 from worker.abtests import power
 from worker.abtests.readout import ABConfig, Decision, GuardrailSpec, MetricSpec, readout
 from worker.abtests.stats import RATE, ArmStats
+
+logger = logging.getLogger(__name__)
 
 MAX_OUTCOMES_PER_REQUEST = 50_000
 OUTCOME_LOOKUP_CHUNK = 5_000
@@ -669,3 +672,16 @@ def abtest_promote_winner(*, abtest: ABTest, actor: AbstractBaseUser, comment: s
         after={"promotion_request": request.pk, "version": winner.pk, "readout": latest.pk},
     )
     return request
+
+
+def abtest_readouts_refresh() -> int:
+    """A readout of every running test (beat); a test whose readout fails is logged and the others go on."""
+    done = 0
+    for abtest in ABTest.objects.filter(status=ABTestStatus.RUNNING).order_by("pk"):
+        try:
+            abtest_readout_compute(abtest=abtest, actor=None)
+        except (Conflict, ValidationError):
+            logger.exception("readout of A/B test %s failed", abtest.pk)
+            continue
+        done += 1
+    return done
