@@ -238,3 +238,20 @@ def test_accuracy_from_labels(deployment: Deployment, member: Any, v1: Any, v2: 
         truth = [label["label"] == "a" for label, rid in zip(labels, arms, strict=True) if arms[rid] == arm_index]
         assert means[version] == pytest.approx(np.mean(truth))
     assert readout.decision == "treatment wins"
+
+
+def test_beat_readouts_cover_every_running_test(
+    deployment: Deployment, running: ABTest, abtest_draft: ABTest, member: Any
+) -> None:
+    from apps.abtests.tasks import abtests_readouts_refresh_task
+
+    log_requests(deployment, [f"b{i}" for i in range(50)])
+    assert abtests_readouts_refresh_task() == 1
+    assert running.readouts.count() == 1 and abtest_draft.readouts.count() == 0
+    assert abtests_readouts_refresh_task() == 1
+    assert running.readouts.count() == 2
+
+
+@pytest.fixture
+def abtest_draft(running: ABTest, deployment: Deployment, member: Any, v1: Any, v2: Any) -> ABTest:
+    return make_test(deployment, member, v1, v2)
