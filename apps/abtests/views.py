@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.abtests import charts, selectors, services
+from apps.abtests.choices import DECISION_COLOURS
 from apps.abtests.filters import ABTestFilterSet
 from apps.abtests.forms import ABTestForm
 from apps.abtests.models import ABTest
@@ -123,6 +124,7 @@ def _comparison_rows(engine: dict) -> list[dict[str, Any]]:
             {
                 "arm": c["arm"],
                 "decision": c["decision"],
+                "colour": DECISION_COLOURS.get(c["decision"], "secondary"),
                 "reason": c["reason"],
                 "difference": _num(fixed["difference"]),
                 "lift": _pct(fixed["lift"]),
