@@ -255,3 +255,22 @@ def test_beat_readouts_cover_every_running_test(
 @pytest.fixture
 def abtest_draft(running: ABTest, deployment: Deployment, member: Any, v1: Any, v2: Any) -> ABTest:
     return make_test(deployment, member, v1, v2)
+
+
+def test_three_arms_holm_adjusted(deployment: Deployment, member: Any, v1: Any, v2: Any, model: Any) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    v3 = ModelVersionFactory(model=model, number=3)
+    abtest = make_test(deployment, member, v1, v2, treatments=[v2.pk, v3.pk], split=[34, 33, 33])
+    services.abtest_start(abtest=abtest, actor=member)
+    assert traffic(deployment) == [(v1.pk, 34), (v2.pk, 33), (v3.pk, 33)]
+    rng = np.random.default_rng(9)
+    arms = log_requests(deployment, [f"h{i}" for i in range(3_000)], weights=(34, 33, 33))
+    rates = (0.30, 0.36, 0.31)
+    items = [{"request_id": rid, "conversion": int(rng.random() < rates[arm])} for rid, arm in arms.items()]
+    services.abtest_outcomes_record(abtest=abtest, actor=member, items=items)
+    engine = services.abtest_readout_compute(abtest=abtest, actor=member).result["engine"]
+    raw = [c["fixed"]["p_value"] for c in engine["comparisons"]]
+    adjusted = [c["p_value_holm"] for c in engine["comparisons"]]
+    assert [c["arm"] for c in engine["comparisons"]] == ["v2", "v3"]
+    assert adjusted == pytest.approx(list(multipletests(raw, method="holm")[1]), abs=1e-12)
