@@ -93,6 +93,8 @@ try:
     MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
     # The bearer token Prometheus sends to /metrics; empty: /metrics answers loopback requests only.
     METRICS_TOKEN = env_str("METRICS_TOKEN")
+    # A/B tests (docs/abtests.md): how often beat computes a readout of every running test.
+    ABTESTS_READOUT_INTERVAL_SECONDS = env_int("ABTESTS_READOUT_INTERVAL_SECONDS", 3600, minimum=60)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -116,6 +118,7 @@ INSTALLED_APPS = [
     "apps.registry",
     "apps.deployments",
     "apps.monitoring",
+    "apps.abtests",
     "axes",
 ]
 
@@ -294,6 +297,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "monitoring-heartbeat": {"task": "monitoring.heartbeat", "schedule": 30.0},
     # Sends drift reports whose task was lost or whose worker died again.
     "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
+    # A readout of every running A/B test, one more point of its cumulative lift (docs/abtests.md).
+    "abtests-readouts": {"task": "abtests.readouts_refresh", "schedule": float(ABTESTS_READOUT_INTERVAL_SECONDS)},
 }
 
 LOGGING = {

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from apps.abtests.api import router as abtests_router
 from apps.core import views as core_views
 from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
@@ -25,6 +26,7 @@ api_urlpatterns = [
     *deployments_router.urls,
     *monitoring_router.urls,
     *monitoring_api_urlpatterns,
+    *abtests_router.urls,
     *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]
@@ -44,6 +46,7 @@ urlpatterns = [
     path("deployments/", include("apps.deployments.urls")),
     path("experiments/", include("apps.experiments.urls")),
     path("monitoring/", include("apps.monitoring.urls")),
+    path("abtests/", include("apps.abtests.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]
