@@ -75,8 +75,17 @@ def pipeline_run(args: argparse.Namespace) -> int:
 
 
 def promotion_request(args: argparse.Namespace) -> int:
-    registry = ModelRegistry(args.project, client=_client(args))
-    reference: str | int = int(args.model_version) if args.model_version.isdigit() else args.model_version
+    client = _client(args)
+    registry = ModelRegistry(args.project, client=client)
+    if args.pipeline_run is not None:
+        pipeline = MLOpsPipeline(PipelineConfig(project=args.project), client=client)
+        version, _ = pipeline.results(pipeline.get(args.pipeline_run))
+        if version is None:
+            _err(f"error: pipeline run {args.pipeline_run} registered no model version")
+            return EXIT_FAILED
+        reference: str | int = version.id
+    else:
+        reference = int(args.model_version) if args.model_version.isdigit() else args.model_version
     promotion = registry.request_promotion(reference, stage=args.stage, alias=args.alias, comment=args.comment)
     target = f"stage {promotion.target_stage}" if promotion.target_stage else f"alias {promotion.target_alias}"
     _err(
@@ -173,7 +182,9 @@ def parser() -> argparse.ArgumentParser:
 
     promotion = groups.add_parser("promotion", help="Promotion requests.").add_subparsers(dest="command", required=True)
     request = promotion.add_parser("request", help="Ask approvers to move a version to a stage or an alias.")
-    request.add_argument("--model-version", required=True, help="name:number, name:label, name@alias, or an id.")
+    which = request.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-version", help="name:number, name:label, name@alias, or an id.")
+    which.add_argument("--pipeline-run", type=int, help="The version this pipeline run registered.")
     target = request.add_mutually_exclusive_group(required=True)
     target.add_argument("--stage", choices=["staging", "production", "archived"])
     target.add_argument("--alias", help="champion, challenger, or another alias name.")
