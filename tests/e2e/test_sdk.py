@@ -19,17 +19,22 @@ from mlops_sdk import (
     MLOpsPipeline,
     ModelDeployment,
     ModelRegistry,
+    NotFound,
     PipelineConfig,
+    ValidationError,
+    check_data_drift,
     plot_error_rates,
     plot_execution_timeline,
     plot_latency_distribution,
     plot_pipeline_dag,
     plot_resource_usage,
 )
+from mlops_sdk.monitoring import drift_reports
 from tests.e2e.conftest import CeleryWorker
 from tests.e2e.test_pipelines import add_version
+from tests.monitoring.conftest import deployment, log_traffic, training_version  # noqa: F401 (fixtures)
 from tests.registry.registry_helpers import iris_frame
-from tests.sdk.conftest import ROOT, sdk_env, token_for
+from tests.sdk.conftest import ROOT, sdk_client, sdk_env, token_for
 from worker.deployments.local import LocalProcessBackend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -62,11 +67,11 @@ def test_the_quick_start(
     pipeline = MLOpsPipeline(config)
     progress: list[Any] = []
 
-    model_version, deployment = pipeline.run_pipeline(EXPERIMENT, on_progress=progress.append)
+    model_version, deployed = pipeline.run_pipeline(EXPERIMENT, on_progress=progress.append)
 
     assert (model_version.model_name, model_version.number) == ("iris-classifier", 1)
     assert model_version.validation_passed is not False and model_version.metrics["accuracy"] >= 0.8
-    assert deployment.name == "iris-classifier" and deployment.traffic[0]["model_version"] == model_version.id
+    assert deployed.name == "iris-classifier" and deployed.traffic[0]["model_version"] == model_version.id
     # Progress was followed stage by stage, from unfinished to succeeded.
     assert not progress[0].finished and progress[-1].status == "succeeded" and len(progress) >= 3
     finished = pipeline.last_run
@@ -101,7 +106,7 @@ def test_the_quick_start(
         model_version="iris-classifier:2", deployment_strategy="canary", traffic_percentage=10, client=client
     )
     rolled = canary.deploy()
-    assert rolled.id == deployment.id and rolled.strategy == "canary" and rolled.generation > deployment.generation
+    assert rolled.id == deployed.id and rolled.strategy == "canary" and rolled.generation > deployed.generation
     assert {entry["version"] for entry in rolled.traffic} == {1, 2}
 
     updates: list[Any] = []
@@ -121,7 +126,7 @@ def test_the_quick_start(
 
     rolled_back = canary.rollback(reason="quick start done")
     assert [entry["version"] for entry in rolled_back.traffic if entry["weight"]] == [1]
-    client.delete(f"/deployments/{deployment.id}/")
+    client.delete(f"/deployments/{deployed.id}/")
 
 
 def _commands(workflow: dict[str, Any], gitlab: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -209,3 +214,26 @@ def test_the_cli_exit_codes(
     env["MLOPS_TOKEN"] = "mlc_revoked"
     done = mlops("run", "summary", str(run_id))
     assert done.returncode == 2 and "unknown or revoked" in done.stderr
+
+
+def test_check_data_drift_runs_a_report_on_the_worker(
+    live_server: Any,
+    celery_worker: CeleryWorker,
+    deployment: Any,  # noqa: F811
+    member: Any,
+    project: Any,
+) -> None:
+    log_traffic(deployment, rows=400, drifted=True)
+    client = sdk_client(live_server, member, project)
+    report = check_data_drift(deployment.pk, window="24h", client=client, poll_interval=0.3, timeout=120)
+    assert report.status == "succeeded", report.reason
+    assert report.dataset_drift is True and report.drift_score == 1.0 and report.n_rows == 400
+    assert {column["column"]: column["drifted"] for column in report.result["columns"]} == {"x": True, "colour": True}
+    assert [r.id for r in drift_reports(deployment.pk, client=client)] == [report.id]
+
+    with pytest.raises(ValidationError) as caught:
+        check_data_drift(deployment.pk, window="forever", client=client)
+    assert list(caught.value.fields) == ["window"]
+    with pytest.raises(NotFound) as caught:
+        check_data_drift(987654, client=client)
+    assert caught.value.fields == {"deployment": ["No such deployment."]}
