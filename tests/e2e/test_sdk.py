@@ -63,7 +63,11 @@ def test_the_quick_start(
     live_server: Any, celery_worker: CeleryWorker, model_servers: LocalProcessBackend, project: Any, member: Any
 ) -> None:
     add_version(project, "iris")
-    config = PipelineConfig(project=project.slug, url=live_server.url, token=token_for(member), poll_interval=0.3)
+    # The README's: the repository's config file, with the experiment config given to run_pipeline on top.
+    config = PipelineConfig.from_file(
+        ROOT / "configs" / "full_pipeline.yaml", project=project.slug, url=live_server.url, token=token_for(member)
+    )
+    config.poll_interval = 0.3
     pipeline = MLOpsPipeline(config)
     progress: list[Any] = []
 
@@ -96,6 +100,9 @@ def test_the_quick_start(
     frame.columns = [spec["name"] for spec in model_version.signature["inputs"]]
     predicted = model.predict(frame.to_dict(orient="records"))
     assert (predicted == labels).mean() > 0.9 and metadata["sha256"] == model_version.sha256
+    # The same model registered again from its run, under another name.
+    from_run = ModelRegistry(client=client).register_model(finished.run, None, {"model_name": "iris-from-run"})
+    assert (from_run.model_name, from_run.number, from_run.sha256) == ("iris-from-run", 1, model_version.sha256)
 
     # A second version, registered without deploying, then rolled out as a 10% canary.
     version_2, not_deployed = pipeline.run_pipeline(
