@@ -145,7 +145,8 @@ class Client:
                 attempt += 1
                 continue
             if response.status_code >= 400:
-                raise error_for(response.status_code, _body(response), method=method, url=url)
+                request_id = response.headers.get("X-Request-Id") or headers["X-Request-Id"]
+                raise error_for(response.status_code, _body(response), method=method, url=url, request_id=request_id)
             return response
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:

@@ -17,11 +17,13 @@ class ConfigurationError(MLOpsError):
 class APIError(MLOpsError):
     """The console answered with an error status."""
 
-    def __init__(self, status: int, body: Any, *, method: str = "", url: str = "") -> None:
+    def __init__(self, status: int, body: Any, *, method: str = "", url: str = "", request_id: str = "") -> None:
         self.status = status
         self.body = body
         self.method = method
         self.url = url
+        # The id the console logged the call under: quote it when asking an operator to look.
+        self.request_id = request_id
         self.detail, self.fields = _split(body)
         super().__init__(self._message())
 
@@ -30,6 +32,8 @@ class APIError(MLOpsError):
         if self.detail:
             parts.append(self.detail)
         parts += [f"{field}: {' '.join(messages)}" for field, messages in self.fields.items()]
+        if self.request_id:
+            parts.append(f"request id {self.request_id}")
         return "; ".join(parts)
 
 
@@ -84,9 +88,9 @@ STATUS_ERRORS: dict[int, type[APIError]] = {
 }
 
 
-def error_for(status: int, body: Any, *, method: str = "", url: str = "") -> APIError:
+def error_for(status: int, body: Any, *, method: str = "", url: str = "", request_id: str = "") -> APIError:
     kind = STATUS_ERRORS.get(status) or (ServerError if status >= 500 else APIError)
-    return kind(status, body, method=method, url=url)
+    return kind(status, body, method=method, url=url, request_id=request_id)
 
 
 def _split(body: Any) -> tuple[str, dict[str, list[str]]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import requests
 
 from mlops_sdk import Client, ConfigurationError, ServerError, ValidationError
 from mlops_sdk.errors import NotFound
@@ -147,6 +149,24 @@ def test_a_400_carries_the_field_messages(server: tuple[str, Script]) -> None:
     }
     assert "data_config.split: is the training fraction" in str(error)
     assert len(script.requests) == 1  # a 400 is never retried
+    # The id the call was sent (and logged) under, to quote to an operator.
+    assert error.request_id == script.requests[0]["headers"]["X-Request-Id"]
+    assert str(error).endswith(f"request id {error.request_id}")
+
+
+def test_connection_failures_are_retried_for_reads_only() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    delays: list[float] = []
+    client = make_client(f"http://127.0.0.1:{port}", delays, retries=2)
+    with pytest.raises(requests.ConnectionError):
+        client.get("/x/")
+    assert delays == [0.5, 1.0]
+    delays.clear()
+    with pytest.raises(requests.ConnectionError):
+        client.post("/x/", {})
+    assert delays == []
 
 
 def test_404_detail(server: tuple[str, Script]) -> None:

@@ -117,8 +117,10 @@ def test_errors_carry_the_field_messages(sdk: Client, bundle: Path, tmp_path: Pa
 
 def test_a_bad_token_is_an_authentication_error(live_server: Any, project: Any) -> None:
     client = Client(live_server.url, token="mlc_not-a-real-token", project=project.slug)
-    with pytest.raises(AuthenticationError, match="unknown or revoked"):
+    with pytest.raises(AuthenticationError, match="unknown or revoked") as caught:
         client.get("/projects/")
+    # The console kept the id the SDK sent and answered with it: the error quotes the id of the log lines.
+    assert len(caught.value.request_id) == 32 and caught.value.request_id in str(caught.value)
 
 
 def test_pagination_over_real_pages(sdk: Client, bundle: Path) -> None:
