@@ -30,7 +30,7 @@ from mlops_sdk.types import ModelVersion, PromotionRequest, RegisteredModel
 
 STAGES = ("none", "staging", "production", "archived")
 # experiment_config keys register_model sends, besides the model's name.
-CONFIG_KEYS = ("label", "description", "tags", "code_version", "dataset_version")
+CONFIG_KEYS = ("label", "description", "code_version", "dataset_version")
 BUNDLE_MEMBER = "model.zip"
 
 
@@ -156,13 +156,15 @@ class ModelRegistry:
         if not name:
             raise ValueError("experiment_config needs a model_name (or an experiment_id to name the model after)")
         fields: dict[str, Any] = {"project": self.client.require_project(self.project), "model_name": name}
-        for key in CONFIG_KEYS:
-            if key in config:
-                fields[key] = config[key]
-        extra = {"validation_results": validation_results, "signature": signature, "input_example": input_example}
-        for key, value in [*extra.items(), ("tags", fields.get("tags"))]:
-            if value is not None:
-                fields[key] = json.dumps(value)
+        fields.update({key: config[key] for key in CONFIG_KEYS if key in config})
+        # A multipart form carries structured values as JSON text.
+        structured = {
+            "validation_results": validation_results,
+            "signature": signature,
+            "input_example": input_example,
+            "tags": config.get("tags"),
+        }
+        fields.update({key: json.dumps(value) for key, value in structured.items() if value is not None})
         path = Path(model)
         with path.open("rb") as handle:
             data = self.client.post("/model-versions/", data=fields, files={"file": (path.name, handle)})
