@@ -21,6 +21,8 @@ from mlops_sdk.errors import (
 from mlops_sdk.monitoring import MonitoringSystem, check_data_drift, check_model_performance
 from mlops_sdk.pipeline import MLOpsPipeline, PipelineConfig
 from mlops_sdk.plots import (
+    ModelDashboard,
+    PipelineVisualizer,
     plot_accuracy_trends,
     plot_error_rates,
     plot_execution_timeline,
@@ -40,6 +42,7 @@ __all__ = [
     "IntegrityError",
     "MLOpsError",
     "MLOpsPipeline",
+    "ModelDashboard",
     "ModelDeployment",
     "ModelRegistry",
     "MonitoringSystem",
@@ -47,6 +50,7 @@ __all__ = [
     "PermissionDenied",
     "PipelineConfig",
     "PipelineFailed",
+    "PipelineVisualizer",
     "ServerError",
     "Timeout",
     "ValidationError",

@@ -9,6 +9,7 @@
   version), the latency and error figures the deployments API exposes today.
 
 Each returns a `plotly.graph_objects.Figure`; `fig.show()` in a notebook, `fig.write_html(…)` elsewhere.
+`PipelineVisualizer` and `ModelDashboard` hold the same charts as methods, as in the seed, and also take ids.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from mlops_sdk.client import Client
 from mlops_sdk.deployment import DeploymentStatus
 from mlops_sdk.types import Deployment, Performance, PipelineRun, parse_time
 
@@ -180,3 +182,50 @@ def plot_error_rates(source: Deployment | DeploymentStatus) -> go.Figure:
         )
     fig.update_yaxes(title="error rate", tickformat=".1%", rangemode="tozero")
     return _layout(fig, f"{_deployment(source).name}: error rate per analysis window")
+
+
+class PipelineVisualizer:
+    """The seed's `PipelineVisualizer`: the pipeline charts for a `PipelineRun` or a pipeline run's id."""
+
+    def __init__(self, *, client: Client | None = None) -> None:
+        self._client = client
+
+    def _run(self, pipeline_run: PipelineRun | int) -> PipelineRun:
+        if isinstance(pipeline_run, PipelineRun):
+            return pipeline_run
+        return PipelineRun.from_api(Client.default(self._client).get(f"/pipeline-runs/{pipeline_run}/"))
+
+    def plot_pipeline_dag(self, pipeline_run: PipelineRun | int) -> go.Figure:
+        return plot_pipeline_dag(self._run(pipeline_run))
+
+    def plot_execution_timeline(self, pipeline_run: PipelineRun | int) -> go.Figure:
+        return plot_execution_timeline(self._run(pipeline_run))
+
+    def plot_resource_usage(self, pipeline_run: PipelineRun | int) -> go.Figure:
+        return plot_resource_usage(self._run(pipeline_run))
+
+
+class ModelDashboard:
+    """The seed's `ModelDashboard`: the model charts for typed results, or a deployment's id (read now)."""
+
+    def __init__(self, *, client: Client | None = None) -> None:
+        self._client = client
+
+    def _deployment(self, source: Deployment | DeploymentStatus | int) -> Deployment | DeploymentStatus:
+        if isinstance(source, int):
+            return Deployment.from_api(Client.default(self._client).get(f"/deployments/{source}/"))
+        return source
+
+    def plot_accuracy_trends(
+        self, performance_data: Performance | Iterable[Performance] | int, window: str = "24h"
+    ) -> go.Figure:
+        if isinstance(performance_data, int):
+            data = Client.default(self._client).get(f"/deployments/{performance_data}/performance/", window=window)
+            performance_data = Performance.from_api(data)
+        return plot_accuracy_trends(performance_data)
+
+    def plot_latency_distribution(self, latency_data: Deployment | DeploymentStatus | int) -> go.Figure:
+        return plot_latency_distribution(self._deployment(latency_data))
+
+    def plot_error_rates(self, error_data: Deployment | DeploymentStatus | int) -> go.Figure:
+        return plot_error_rates(self._deployment(error_data))

@@ -21,6 +21,7 @@ from mlops_sdk import (
     ModelRegistry,
     NotFound,
     PipelineConfig,
+    PipelineVisualizer,
     ValidationError,
     check_data_drift,
     plot_error_rates,
@@ -85,6 +86,8 @@ def test_the_quick_start(
     # The seed's pipeline charts, from the run's stages.
     dag = plot_pipeline_dag(finished)
     assert list(dag.data[1].text) == STAGES
+    # The seed's class reads the run itself from its id.
+    assert PipelineVisualizer(client=pipeline.client).plot_pipeline_dag(finished.id).to_dict() == dag.to_dict()
     assert set(dag.data[1].marker.color) == {"#198754"}  # every stage succeeded
     timeline = plot_execution_timeline(finished)
     assert [bar.y[0] for bar in timeline.data] == STAGES and all(bar.x[0] >= 0 for bar in timeline.data)

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mlops_sdk import ConfigurationError, PipelineConfig, plot_error_rates, plot_latency_distribution
+from mlops_sdk import (
+    ConfigurationError,
+    ModelDashboard,
+    PipelineConfig,
+    plot_error_rates,
+    plot_latency_distribution,
+)
 from mlops_sdk.cli import summary_markdown
 from mlops_sdk.types import Deployment, PipelineRun
 from worker.deployments.analysis import CanaryThresholds, WindowStats, canary_decide
@@ -55,6 +61,11 @@ def test_error_rates_per_window(deployment: Deployment) -> None:
     assert traces["stable"].y == (pytest.approx(0.01), 0.0)
     assert traces["canary"].y == (pytest.approx(0.01), pytest.approx(0.1))
     assert traces["canary"].x[0] == START + timedelta(minutes=1)
+
+
+def test_the_seeds_dashboard_class_draws_the_same(deployment: Deployment) -> None:
+    figure = ModelDashboard().plot_latency_distribution(deployment)
+    assert figure.to_dict()["data"] == plot_latency_distribution(deployment).to_dict()["data"]
 
 
 def test_a_pause_without_numbers_is_no_window() -> None:

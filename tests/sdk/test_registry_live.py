@@ -20,6 +20,7 @@ from apps.telemetry.models import PredictionLabel, PredictionLog, PredictionRoll
 from mlops_sdk import (
     AuthenticationError,
     Client,
+    ModelDashboard,
     ModelRegistry,
     NotFound,
     ValidationError,
@@ -197,6 +198,8 @@ def test_check_model_performance_matches_scikit_learn(live_server: Any, project:
     assert check.alerts == [f"version id 9: accuracy {expected:.3f} < 0.950"]
     figure = plot_accuracy_trends([check])
     assert figure.data[0].y == (pytest.approx(expected),)
+    # The seed's dashboard class reads the same window itself from a deployment id.
+    assert ModelDashboard(client=client).plot_accuracy_trends(deployment_id).data[0].y == (pytest.approx(expected),)
 
     with pytest.raises(ValidationError) as caught:
         check_model_performance(deployment_id, window="1y", client=client)
