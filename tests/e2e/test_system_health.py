@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from apps.monitoring.models import DriftSettings, Heartbeat
+from apps.monitoring.models import DriftSettings, Heartbeat, TaskMetric
 from apps.monitoring.tasks import heartbeat_task
 from tests.e2e.conftest import browser_login, screenshot, wait_for
 from tests.factories import UserFactory
@@ -34,6 +34,12 @@ def test_staff_see_the_worker_and_its_heartbeat(
     wait_for(lambda: Heartbeat.objects.filter(name="worker").exists(), timeout=30, what="the worker's heartbeat task")
     page.reload()
     assert "on " in workers.locator("text=Heartbeat task last run").inner_text()
+    # The worker counted the run for /metrics (its task signals write to the shared database).
+    wait_for(
+        lambda: TaskMetric.objects.filter(task="monitoring.heartbeat", outcome="success").exists(),
+        timeout=10,
+        what="the worker's count of the heartbeat task",
+    )
     assert screenshot(page, "system-health", width=1366, height=800).stat().st_size > 0
     assert js_errors == []
 
