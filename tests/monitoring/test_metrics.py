@@ -132,3 +132,36 @@ def test_every_metric_the_grafana_dashboard_uses_is_exposed(
     used = {name for query in queries for name in re.findall(r"\bmlops_[a-z0-9_]+", query)}
     assert len(used) >= 15
     assert used <= exposed, f"not exposed: {sorted(used - exposed)}"
+
+
+def test_with_a_multiprocess_folder_each_web_worker_counts_into_it(tmp_path: Path) -> None:
+    """As under gunicorn with PROMETHEUS_MULTIPROC_DIR: a web process counts its requests into the shared folder
+    (its own files), where another process (here: this one) reads them; the adding up over processes is the
+    library's own."""
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    script = (
+        "from django.test import Client\n"
+        "for _ in range(3):\n"
+        "    assert Client().get('/healthz').status_code == 200\n"
+        "assert b'mlops_http_requests_total' in Client().get('/metrics', REMOTE_ADDR='127.0.0.1').content\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "shell", "-c", script],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(folder))
+    text = generate_latest(registry).decode()
+    assert value(text, "mlops_http_requests_total", method="GET", view="healthz", status="200") == 3
