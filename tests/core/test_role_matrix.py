@@ -549,11 +549,16 @@ MATRIX: dict[str, list[Case]] = {
             lambda w: f"/{V}/abtests/",
             "member",
             lambda w: {
-                "deployment": w.deployment.pk, "name": "t", "control": w.versions[0].pk,
-                "treatments": [w.versions[1].pk], "split": [50, 50], "primary_metric": "conversion", "mde": 0.05,
+                "deployment": w.deployment.pk,
+                "name": "t",
+                "control": w.versions[0].pk,
+                "treatments": [w.versions[1].pk],
+                "split": [50, 50],
+                "primary_metric": "conversion",
+                "mde": 0.05,
                 "baseline": 0.3,
             },
-        ),  # fmt: skip
+        ),
     ],
     "abtest-power": [
         api(
@@ -589,11 +594,19 @@ MATRIX: dict[str, list[Case]] = {
             lambda w: f"/abtests/new/?deployment={w.deployment.pk}",
             "member",
             lambda w: {
-                "name": "t", "control": w.versions[0].pk, "treatments": [w.versions[1].pk], "split": "50,50",
-                "primary_metric": "conversion", "baseline": "0.3", "mde": "0.05", "alpha": "0.05", "power": "0.8",
-                "sequential": "on", "assignment_key": "header",
+                "name": "t",
+                "control": w.versions[0].pk,
+                "treatments": [w.versions[1].pk],
+                "split": "50,50",
+                "primary_metric": "conversion",
+                "baseline": "0.3",
+                "mde": "0.05",
+                "alpha": "0.05",
+                "power": "0.8",
+                "sequential": "on",
+                "assignment_key": "header",
             },
-        ),  # fmt: skip
+        ),
     ],
     "abtests:abtest-start": [html(lambda w: f"/abtests/{w.abtest.pk}/start/", "member")],
     "abtests:abtest-stop": [html(lambda w: f"/abtests/{w.running_abtest.pk}/stop/", "member")],
