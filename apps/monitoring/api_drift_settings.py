@@ -11,7 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.choices import ProjectRole
 from apps.core.exceptions import Conflict, NotFound
+from apps.core.permissions import require_project_role
 from apps.deployments.models import Deployment
 from apps.monitoring import services
 from apps.monitoring.drift_settings import drift_settings_of, drift_settings_update, output_kinds
@@ -68,6 +70,8 @@ class DriftSettingsApi(APIView):
     @extend_schema(request=DriftSettingsUpdateSerializer, responses={200: DriftSettingsSerializer})
     def put(self, request: Request, deployment_id: int) -> Response:
         deployment = _deployment(request, deployment_id)
+        # Before anything about the deployment or the body: a viewer learns only that it may not change them.
+        require_project_role(request.user, deployment.project, ProjectRole.EDITOR)
         payload = DriftSettingsUpdateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods
 
 from apps.core.choices import ProjectRole
 from apps.core.exceptions import ValidationError
-from apps.core.permissions import has_project_role
+from apps.core.permissions import has_project_role, require_project_role
 from apps.deployments.models import Deployment
 from apps.monitoring.api_drift_settings import settings_body
 from apps.monitoring.drift_settings import drift_settings_update
@@ -58,6 +58,8 @@ def drift_settings(request: HttpRequest, deployment_pk: int) -> HttpResponse:
     body = settings_body(deployment)
     error, status = None, 200
     if request.method == "POST":
+        # Before the posted values are read: a viewer's bad value is a 403 too, not a 400.
+        require_project_role(request.user, deployment.project, ProjectRole.EDITOR)
         try:
             drift_settings_update(
                 deployment=deployment,

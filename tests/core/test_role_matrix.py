@@ -30,6 +30,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from apps.abtests import services as abtest_services
+from apps.abtests.models import ABTest
 from apps.core.choices import ProjectRole
 from apps.core.models import AuditEntry, Membership
 from apps.datasets.models import DatasetVersion
@@ -134,6 +136,28 @@ class World:
             window_start=timezone.now(),
             window_end=timezone.now(),
         )
+
+    def _abtest_draft(self) -> ABTest:
+        control, treatment = self.versions
+        return abtest_services.abtest_create(
+            deployment=self.deployment, actor=self.users["member"], name="v2 against v1", control=control.pk,
+            treatments=[treatment.pk], split=[50, 50], primary_metric="conversion", mde=0.05, baseline=0.3,
+        )  # fmt: skip
+
+    @cached_property
+    def abtest(self) -> ABTest:
+        """An A/B test in draft on the deployment (v1 the control, v2 the treatment)."""
+        return self._abtest_draft()
+
+    @cached_property
+    def running_abtest(self) -> ABTest:
+        return abtest_services.abtest_start(abtest=self._abtest_draft(), actor=self.users["member"])
+
+    @cached_property
+    def stopped_abtest(self) -> ABTest:
+        """Stopped with the treatment chosen as the winner: its promotion can be requested."""
+        running = abtest_services.abtest_start(abtest=self._abtest_draft(), actor=self.users["member"])
+        return abtest_services.abtest_stop(abtest=running, actor=self.users["member"], winner=self.versions[1].pk)
 
     def membership(self, username: str) -> Membership:
         return Membership.objects.get(project=self.project, user__username=username)
@@ -502,6 +526,92 @@ MATRIX: dict[str, list[Case]] = {
             passes="checked",
         ),
     ],
+    "drift-settings": [
+        api(
+            "put",
+            lambda w: f"/{V}/drift-settings/{w.deployment.pk}/",
+            "member",
+            lambda w: {"columns": {"x": {"test": "psi", "threshold": 0.2}}, "drift_share": 0.4},
+        ),
+    ],
+    "monitoring:drift-settings": [
+        html(
+            lambda w: f"/monitoring/drift/settings/{w.deployment.pk}/",
+            "member",
+            lambda w: {"test:x": "psi", "threshold:x": "0.2", "drift_share": "0.4", "prediction_drift": "on"},
+        ),
+    ],
+    # abtests: editors create, start, stop, read out, post outcomes and request the winner's promotion; the power
+    # calculator changes nothing (any member)
+    "abtest-list": [
+        api(
+            "post",
+            lambda w: f"/{V}/abtests/",
+            "member",
+            lambda w: {
+                "deployment": w.deployment.pk,
+                "name": "t",
+                "control": w.versions[0].pk,
+                "treatments": [w.versions[1].pk],
+                "split": [50, 50],
+                "primary_metric": "conversion",
+                "mde": 0.05,
+                "baseline": 0.3,
+            },
+        ),
+    ],
+    "abtest-power": [
+        api(
+            "post",
+            lambda w: f"/{V}/abtests/power/",
+            "viewer",
+            lambda w: {"deployment": w.deployment.pk, "primary_metric": "conversion", "baseline": 0.3, "mde": 0.05},
+        ),
+    ],
+    "abtest-start": [
+        api(
+            "post",
+            lambda w: f"/{V}/abtests/{w.abtest.pk}/start/",
+            "member",
+            lambda w: {"expected_generation": w.deployment.generation},
+        ),
+    ],
+    "abtest-stop": [api("post", lambda w: f"/{V}/abtests/{w.running_abtest.pk}/stop/", "member")],
+    "abtest-readout": [api("post", lambda w: f"/{V}/abtests/{w.running_abtest.pk}/readout/", "member")],
+    "abtest-outcomes": [
+        api(
+            "post",
+            lambda w: f"/{V}/abtests/{w.running_abtest.pk}/outcomes/",
+            "member",
+            lambda w: [{"request_id": "r-unknown", "conversion": 1}],
+        ),
+    ],
+    "abtest-promote": [
+        api("post", lambda w: f"/{V}/abtests/{w.stopped_abtest.pk}/promote/", "member", lambda w: {"comment": "c"}),
+    ],
+    "abtests:abtest-create": [
+        html(
+            lambda w: f"/abtests/new/?deployment={w.deployment.pk}",
+            "member",
+            lambda w: {
+                "name": "t",
+                "control": w.versions[0].pk,
+                "treatments": [w.versions[1].pk],
+                "split": "50,50",
+                "primary_metric": "conversion",
+                "baseline": "0.3",
+                "mde": "0.05",
+                "alpha": "0.05",
+                "power": "0.8",
+                "sequential": "on",
+                "assignment_key": "header",
+            },
+        ),
+    ],
+    "abtests:abtest-start": [html(lambda w: f"/abtests/{w.abtest.pk}/start/", "member")],
+    "abtests:abtest-stop": [html(lambda w: f"/abtests/{w.running_abtest.pk}/stop/", "member")],
+    "abtests:abtest-readout": [html(lambda w: f"/abtests/{w.running_abtest.pk}/readout/", "member")],
+    "abtests:abtest-promote": [html(lambda w: f"/abtests/{w.stopped_abtest.pk}/promote/", "member")],
     # telemetry: feedback labels (editors)
     "feedback": [
         api(
@@ -547,7 +657,9 @@ READ_ONLY = {
     "experiments:study-detail", "monitoring:report-list", "monitoring:report-detail", "registry:model-list",
     "registry:model-detail", "registry:version-compare", "registry:version-detail", "registry:version-download",
     "registry:approval-inbox", "registry:request-detail", "registry:notification-list", "registry:webhook-detail",
-    "core:home", "core:audit-log",
+    "core:home", "core:audit-log", "deployment-metrics", "deployment-performance-trend", "system-health", "metrics",
+    "monitoring:dashboard-list", "monitoring:dashboard", "monitoring:dashboard-live", "monitoring:performance",
+    "monitoring:health", "abtest-detail", "abtest-readouts", "abtests:abtest-list", "abtests:abtest-detail",
 }  # fmt: skip
 
 

@@ -191,3 +191,19 @@ def test_settings_page_by_role(deployment: Any, viewer: Any, member: Any, owner:
     unchecked = browser(member).post(url, {"drift_share": "0.5"})
     assert unchecked.status_code == 302
     assert DriftSettings.objects.get().prediction_drift is False and DriftSettings.objects.get().columns == {}
+
+
+def test_a_viewer_is_refused_before_the_values_or_the_deployment_are_checked(
+    deployment: Any, viewer: Any, member: Any
+) -> None:
+    """The role check comes first: a viewer's bad value, or a deployment serving nothing, is a 403 (not the
+    400 or 409 an editor gets), and nothing is stored."""
+    page = f"/monitoring/drift/settings/{deployment.pk}/"
+    assert browser(viewer).post(page, {"threshold:x": "abc"}).status_code == 403
+    assert browser(member).post(page, {"threshold:x": "abc"}).status_code == 400
+    deployment.targets.all().delete()  # no live version (no service makes one; it only happens mid-change)
+    url = f"/api/v1/drift-settings/{deployment.pk}/"
+    change = {"drift_share": 0.9}
+    assert client_for(viewer).put(url, change, format="json").status_code == 403
+    assert client_for(member).put(url, change, format="json").status_code == 409
+    assert not DriftSettings.objects.exists()
