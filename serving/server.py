@@ -14,6 +14,11 @@ Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `
   once and leave requests waiting in the socket backlog for as long as loading takes).
 The master logs the outcome as one of two lines, which the deployment backends wait for: RELOAD_REFUSED, or
 RELOAD_DONE once every old worker has exited (until then an old worker may still take a connection).
+
+Workers never read the spec file the deployment backend writes: they read the master's private copy of the
+spec it accepted (at start, and at each reload whose check passed). A worker that dies and is respawned while
+a new spec waits for its check, or after the check refused it, boots the spec that is being served, not one
+that could not load (which would make gunicorn halt the whole server: a worker that fails to boot stops it).
 """
 
 from __future__ import annotations
@@ -53,11 +58,22 @@ def ready_marker(run_dir: Path, pid: int) -> Path:
     return run_dir / "ready" / str(pid)
 
 
-def check_spec_in_subprocess(spec_path: str) -> str | None:
+def copy_privately(source: str | Path, target: Path) -> None:
+    """Copy atomically (a booting worker never reads half a file), readable by this user only (it holds the
+    ingest token)."""
+    data = Path(source).read_bytes()
+    partial = target.with_name(target.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    os.replace(partial, target)
+
+
+def check_spec_in_subprocess(spec_path: str | Path) -> str | None:
     """Load every model of the spec in a fresh process; None when it works, else the reason it does not."""
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "serving", "--check", "--spec", spec_path],
+            [sys.executable, "-m", "serving", "--check", "--spec", str(spec_path)],
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT_SECONDS,
@@ -73,12 +89,21 @@ def check_spec_in_subprocess(spec_path: str) -> str | None:
 
 class ModelServerArbiter(Arbiter):
     def reload(self) -> None:
-        error = check_spec_in_subprocess(self.app.spec_path)
+        # The check reads a copy: the backend may rewrite (or put back) its file meanwhile.
+        candidate = self.app.run_dir / "candidate-spec.json"
+        try:
+            copy_privately(self.app.spec_path, candidate)
+            error = check_spec_in_subprocess(candidate)
+        except OSError as exc:
+            error = f"cannot read the spec file: {exc}"
         if error is not None:
+            candidate.unlink(missing_ok=True)
             self.log.error(
                 "%s: the new spec cannot be served (%s); the current workers keep serving", RELOAD_REFUSED, error
             )
             return
+        # From here on, new workers (and any respawned one) boot the new spec.
+        os.replace(candidate, self.app.served_spec_path)
         self.log.info("Reloading: the new spec loads; starting new workers")
         old = set(self.WORKERS)
         # gunicorn's reload waits up to graceful_timeout for the old workers to finish their requests.
@@ -182,12 +207,15 @@ def _on_exit(server: Any) -> None:
 
 
 class ModelServerApplication(BaseApplication):
-    """A gunicorn application whose workers each build a `ModelServer` from the spec file."""
+    """A gunicorn application whose workers each build a `ModelServer` from the spec the master accepted (a
+    private copy of the spec file, see the module's note)."""
 
     def __init__(self, spec_path: str, run_dir: Path, options: dict[str, Any]) -> None:
         self.spec_path = spec_path
         self.run_dir = run_dir
+        self.served_spec_path = run_dir / "served-spec.json"
         self.options = options
+        copy_privately(spec_path, self.served_spec_path)
         super().__init__()
 
     def load_config(self) -> None:
@@ -201,7 +229,7 @@ class ModelServerApplication(BaseApplication):
         # Imported here, in the worker: the master must not load numpy, pandas or model libraries.
         from serving.app import create_app
 
-        app = create_app(self.spec_path, metrics_dir=self.run_dir / "metrics")
+        app = create_app(self.served_spec_path, metrics_dir=self.run_dir / "metrics")
         # The loaded models are hundreds of thousands of objects that live as long as the worker. Left to
         # the cyclic collector, every full collection walks them all, a pause of tens of milliseconds that
         # was the p99 latency at one connection (65 ms; 7.5 ms once frozen, with prediction logging on).

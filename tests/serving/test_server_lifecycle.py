@@ -308,6 +308,42 @@ def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bun
         server.stop()
 
 
+def test_a_worker_respawned_during_or_after_a_refused_reload_boots_the_served_spec(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    """The backend writes the new spec, then SIGHUPs; a worker that dies before the refusal is known (and the
+    backend has put its file back) is respawned at once. It must boot the spec being served: one that cannot
+    load would fail to boot, and gunicorn halts the whole server when a worker does."""
+    spec = minimal_spec(versions=[version("v1", bundles["rf_a"], 100)])
+    server = start_server(tmp_path / "respawn", spec, workers=2)
+    try:
+        write_spec(server.spec_path, spec | {"versions": [version("v3", bundles["rf_a"], 100) | {"sha256": SHA}]})
+        os.kill(server.master_pid(), signal.SIGHUP)
+        first = server.worker_pids()
+        os.kill(min(first), signal.SIGKILL)  # dies while the master checks the new spec
+        wait_until(lambda: RELOAD_REFUSED in server.log(), timeout=30)
+        # And one more death after the refusal, with the refused spec still in the file.
+        wait_until(lambda: len(server.worker_pids()) == 2, timeout=30)
+        (survivor,) = server.worker_pids() & first
+        os.kill(survivor, signal.SIGKILL)
+        wait_until(lambda: len(server.worker_pids() - first) == 2 or server.process.poll() is not None, timeout=30)
+
+        def answers() -> bool:
+            try:
+                return all(server.get("/v2/models/m")[0] == 200 for _ in range(4))
+            except OSError:  # both replacements still loading their models on a busy machine
+                return False
+
+        wait_until(lambda: server.process.poll() is not None or answers(), timeout=60)
+        assert server.process.poll() is None, f"the server halted:\n{server.log()}"
+        for _ in range(10):
+            status, headers, _ = server.post("/invocations", {"dataframe_records": [GOOD]})
+            assert status == 200 and headers["x-model-version"] == "v1"
+        assert "Worker failed to boot" not in server.log()
+    finally:
+        server.stop()
+
+
 def test_events_are_valid_json_whatever_the_values(sink: EventSink) -> None:
     """NaN inputs (nullable columns) and numpy outputs reach the console as standard JSON: null, plain lists."""
     shipper = EventShipper(
