@@ -210,6 +210,40 @@ def test_a_client_that_keeps_its_end_open_does_not_stall_the_worker(tmp_path: Pa
     assert "Traceback" not in server.log()
 
 
+def test_slow_clients_do_not_stall_the_server(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    """50 connections send their headers and 1 byte of a 1,000-byte body, then nothing (issue 13, item 6): the
+    two sync workers must go on serving every other client at once, and still answer the slow ones that finish."""
+    server = start_server(tmp_path / "slow", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]), workers=2)
+    body = json.dumps({"dataframe_records": [GOOD]}).encode()
+    head = (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            connection.sendall(head + body[:1])
+            slow.append(connection)
+        time.sleep(0.5)  # the workers have taken (or could take) every slow connection by now
+        latencies = []
+        for _ in range(20):
+            started = time.monotonic()
+            status, _, answer = server.post("/invocations", {"dataframe_records": [GOOD]})
+            latencies.append(time.monotonic() - started)
+            assert status == 200 and answer["model_version"] == "a"
+        assert max(latencies) < 1.0, latencies
+        # A slow client that finishes its body is answered like any other.
+        for connection in slow[:5]:
+            connection.sendall(body[1:])
+            assert _read_response(connection).startswith(b"HTTP/1.1 200")
+    finally:
+        for connection in slow:
+            connection.close()
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
 # ------------------------------------------------------------------------------------------ events
 
 
