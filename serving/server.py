@@ -55,7 +55,8 @@ READY_POLL_SECONDS = 0.05
 # many such connections a worker keeps before closing the oldest.
 LINGER_SECONDS = 2.0
 MAX_LINGERING = 256
-# How long a client may take to send its whole request before it is answered 408 and closed; how many such
+# How long a client may take to send its whole request before it is answered 408 and closed (the default of
+# --read-timeout); how many such
 # unfinished requests one worker holds (more wait in the listen backlog); how much of a body is read before
 # the request is served (the rest of a larger body is read by the application, each read bounded by the
 # timeout); connections accepted per round, so that serving and accepting take turns.
@@ -63,6 +64,9 @@ READ_TIMEOUT_SECONDS = 30.0
 MAX_PENDING = 512
 PREREAD_BYTES = 1 << 20
 ACCEPT_BATCH = 64
+# A stopping worker still reads the requests it accepted for this long (they are normally whole within
+# milliseconds; a slow client is not waited for through the whole graceful timeout).
+DRAIN_SECONDS = 5.0
 # Headers longer than this are handed to gunicorn's parser as they are (it refuses them with its own 400).
 _HEADER_LIMIT = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
@@ -153,11 +157,12 @@ class ModelServerArbiter(Arbiter):
         self.log.warning("New workers were not ready after %.0f s; stopping the old ones anyway", READY_TIMEOUT_SECONDS)
 
 
-def request_complete(data: bytes) -> bool:
+def request_complete(data: bytes, body_limit: int | None = None) -> bool:
     """Whether `data` holds a whole request to serve: its headers and its body (up to PREREAD_BYTES of it).
 
     A client that asks for `100-continue` sends its body only when told to, so its request is served at its
-    headers; so is anything the parser will refuse (headers too long, a malformed length).
+    headers; so is anything the parser or the application will refuse without reading the body (headers too
+    long, a malformed length, a length above `body_limit`: answered 413 at once).
     """
     end = data.find(b"\r\n\r\n")
     if end < 0:
@@ -168,7 +173,10 @@ def request_complete(data: bytes) -> bool:
     if b"\r\ntransfer-encoding:" in head:
         return data.endswith(b"0\r\n\r\n") or len(data) - end - 4 >= PREREAD_BYTES
     match = _CONTENT_LENGTH.search(head)
-    return match is None or len(data) - end - 4 >= min(int(match.group(1)), PREREAD_BYTES)
+    if match is None:
+        return True
+    length = int(match.group(1))
+    return (body_limit is not None and length > body_limit) or len(data) - end - 4 >= min(length, PREREAD_BYTES)
 
 
 class _PrereadSocket(socket.socket):
@@ -192,7 +200,7 @@ class _Unfinished:
 
     def __init__(self, connection: socket.socket, address: Any, listener: Any, data: bytes) -> None:
         self.connection, self.address, self.listener, self.data = connection, address, listener, data
-        self.deadline = time.monotonic() + READ_TIMEOUT_SECONDS
+        self.deadline = 0.0
 
 
 class ModelServerWorker(SyncWorker):
@@ -213,27 +221,33 @@ class ModelServerWorker(SyncWorker):
         self._selector: selectors.BaseSelector | None = None
         self._unfinished: dict[int, _Unfinished] = {}
         self._accepting = False
+        self._body_limit: int | None = None
 
     # The front. gunicorn's sync worker reads a request with blocking reads once it accepted the connection,
     # so a client that sends a byte at a time (or stops half way) holds the worker until the arbiter kills it:
     # two such clients stop a two-worker server. Here a connection is accepted and read without blocking; a
     # request that arrived whole (nearly all of them: one read) is served at once, an unfinished one waits in
     # a selector with the others, each read as its bytes come, until it is whole (then served) or its
-    # READ_TIMEOUT_SECONDS are up (then answered 408 and closed). The worker never waits on one client.
+    # read timeout is up (then answered 408 and closed). The worker never waits on one client.
 
     def run(self) -> None:
         for listener in self.sockets:
             listener.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
+        spec = getattr(self.wsgi, "spec", None)
+        self._body_limit = getattr(spec, "max_body_bytes", None)
         self._listen(True)
-        drain_until = None
-        while self.alive or (self._unfinished and time.monotonic() < drain_until):
-            self.notify()
-            if not self.alive and drain_until is None:
+        drain_until: float | None = None
+        while True:
+            if not self.alive:
                 # Stopping (a reload, SIGTERM): accept no more, finish what was accepted within the grace period.
-                drain_until = time.monotonic() + self.cfg.graceful_timeout
-                self._listen(False)
+                if drain_until is None:
+                    drain_until = time.monotonic() + min(self.cfg.graceful_timeout, DRAIN_SECONDS)
+                    self._listen(False)
+                if not self._unfinished or time.monotonic() >= drain_until:
+                    break
+            self.notify()
             whole: list[_Unfinished] = []
             for key, _ in self._selector.select(self._select_timeout()):
                 if key.data == "pipe":
@@ -283,6 +297,7 @@ class ModelServerWorker(SyncWorker):
             connection.setblocking(False)
             util.close_on_exec(connection)
             request = _Unfinished(connection, address, listener, b"")
+            request.deadline = time.monotonic() + self.app.read_timeout
             if self._read(request, whole, registered=False):
                 self._unfinished[connection.fileno()] = request
                 self._selector.register(connection, selectors.EVENT_READ, request)
@@ -301,7 +316,7 @@ class ModelServerWorker(SyncWorker):
             request.connection.close()
             return False
         request.data += chunk
-        if not request_complete(request.data):
+        if not request_complete(request.data, self._body_limit):
             return True
         if registered:
             self._forget(request)
@@ -327,7 +342,7 @@ class ModelServerWorker(SyncWorker):
     def _serve(self, request: _Unfinished) -> None:
         client = _PrereadSocket(request.connection, request.data)
         # The rest of a body larger than PREREAD_BYTES is read blocking, but never waits on a client for long.
-        client.settimeout(READ_TIMEOUT_SECONDS)
+        client.settimeout(self.app.read_timeout)
         self.handle(request.listener, client, request.address)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
@@ -388,8 +403,11 @@ class ModelServerApplication(BaseApplication):
     """A gunicorn application whose workers each build a `ModelServer` from the spec the master accepted (a
     private copy of the spec file, see the module's note)."""
 
-    def __init__(self, spec_path: str, run_dir: Path, options: dict[str, Any]) -> None:
+    def __init__(
+        self, spec_path: str, run_dir: Path, options: dict[str, Any], read_timeout: float = READ_TIMEOUT_SECONDS
+    ) -> None:
         self.spec_path = spec_path
+        self.read_timeout = read_timeout
         self.run_dir = run_dir
         self.served_spec_path = run_dir / "served-spec.json"
         self.options = options

@@ -19,7 +19,7 @@ import pytest
 from serving.app import TrafficSplit
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
-from serving.server import RELOAD_DONE, RELOAD_REFUSED
+from serving.server import PREREAD_BYTES, RELOAD_DONE, RELOAD_REFUSED, request_complete
 from serving.spec import SpecError, parse_spec
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import (
@@ -237,11 +237,55 @@ def test_slow_clients_do_not_stall_the_server(tmp_path: Path, bundles: dict[str,
         for connection in slow[:5]:
             connection.sendall(body[1:])
             assert _read_response(connection).startswith(b"HTTP/1.1 200")
+        # Stopping with 45 unfinished requests: the workers wait a little for them, then exit cleanly.
+        started = time.monotonic()
+        server.stop()
+        assert server.process.returncode == 0 and time.monotonic() - started < 12
     finally:
         for connection in slow:
             connection.close()
         server.stop()
     assert "Traceback" not in server.log()
+
+
+def test_a_request_that_never_finishes_is_answered_408_after_the_read_timeout(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    spec = minimal_spec(versions=[version("a", bundles["rf_a"], 100)])
+    server = start_server(tmp_path / "timeout", spec, options=("--read-timeout", "1"))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as stuck:
+            stuck.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            started = time.monotonic()
+            assert _read_response(stuck).startswith(b"HTTP/1.1 408")
+            assert 0.9 < time.monotonic() - started < 5
+        assert server.post("/invocations", {"dataframe_records": [GOOD]})[0] == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("data", "whole"),
+    [
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\n", False),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab", False),
+        (b"POST / HTTP/1.1\r\ncontent-length:3\r\n\r\nabc", True),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n", True),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", False),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", True),
+        (b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", True),  # the parser refuses it
+        (b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n" + b"x" * PREREAD_BYTES, True),
+        (b"GET / HTTP/1.1\r\nX: " + b"y" * 70_000, True),  # too long: the parser refuses it
+    ],
+)
+def test_the_front_serves_a_request_once_it_is_whole(data: bytes, whole: bool) -> None:
+    assert request_complete(data) is whole
+
+
+def test_the_front_serves_a_body_above_the_limit_at_once_for_its_413() -> None:
+    head = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{"
+    assert request_complete(head, body_limit=4000) and not request_complete(head, body_limit=6000)
 
 
 # ------------------------------------------------------------------------------------------ events
