@@ -41,10 +41,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--pid-file", help="write the master's pid here (send it SIGHUP to reload the spec)")
     parser.add_argument("--timeout", type=int, default=60, help="seconds before a stuck worker is restarted")
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may take to send its whole request before it is answered 408 (default 30)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--check", action="store_true", help="load every model of the spec, then exit")
     args = parser.parse_args(argv)
-    for name in ("port", "workers", "threads", "model_threads", "timeout"):
+    for name in ("port", "workers", "threads", "model_threads", "timeout", "read_timeout"):
         if getattr(args, name) < (0 if name == "port" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.service_port is not None and (not 0 < args.service_port < 65536 or args.service_port == args.port):
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         proc_name=f"model-server:{spec.name}",
     )
-    ModelServerApplication(os.path.abspath(args.spec), run_dir, options).run()
+    ModelServerApplication(os.path.abspath(args.spec), run_dir, options, read_timeout=args.read_timeout).run()
     return 0
 
 

@@ -4,8 +4,9 @@ A prediction never waits for the console: `record` only appends to a buffer boun
 (each event comes with an estimate of its encoded size). The buffer holds events while the console is away
 (shipping retries with backoff); when it is full the oldest events are dropped. Posts are split to stay under
 a maximum body size, and a post the console refuses (413 for too large, or another 4xx) is halved and sent
-again until only the events it refuses one by one are left. Every event dropped is counted in `/metrics`
-with its reason, so that no loss is silent.
+again until only the events it refuses one by one are left. Events the console takes the post of but refuses
+one by one (its answer's `rejected` list: an impossible timestamp, an unknown version) are dropped too, as
+`rejected_<field>`. Every event dropped is counted in `/metrics` with its reason, so that no loss is silent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -43,6 +45,8 @@ POST_TIMEOUT_SECONDS = 5.0
 BACKOFF_START_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 SHUTDOWN_FLUSH_SECONDS = 2.0
+# A field name the console's per-event rejections may name, turned into a drop reason `rejected_<field>`.
+_FIELD_NAME = re.compile(r"[a-z][a-z_]{0,31}")
 # Statuses worth retrying: the console is busy, restarting or behind a proxy that lost it.
 _RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
@@ -213,8 +217,8 @@ class EventShipper:
             "buffered": len(self._buffer),
         }
 
-    def _post(self, body: bytes) -> int:
-        """POST once, reusing the connection; returns the HTTP status (0 for a network failure)."""
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        """POST once, reusing the connection; returns the HTTP status (0 for a network failure) and the answer."""
         for attempt in range(2):
             if self._connection is None:
                 cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
@@ -222,15 +226,40 @@ class EventShipper:
             try:
                 self._connection.request("POST", self._path, body=body, headers=self._headers)
                 response = self._connection.getresponse()
-                response.read()
-                return response.status
+                return response.status, response.read()
             except (OSError, http.client.HTTPException) as exc:
                 self._connection.close()
                 self._connection = None
                 # A kept-alive connection the console closed fails once; a second failure is real.
                 if attempt == 1:
                     logger.warning("shipping prediction events failed: %s", exc)
-        return 0
+        return 0, b""
+
+    def _count_rejected(self, answer: bytes) -> int:
+        """Count the events the console stored none of although it took the post (its `rejected` list, one entry
+        per event, naming the field): each is a drop, by `rejected_<field>`. Returns how many."""
+        try:
+            rejected = orjson.loads(answer).get("rejected") if answer else None
+        except (orjson.JSONDecodeError, AttributeError):
+            return 0
+        if not isinstance(rejected, list) or not rejected:
+            return 0
+        reasons: dict[str, int] = {}
+        for item in rejected:
+            field = item.get("field") if isinstance(item, dict) else None
+            # The console names a field of the event; anything else is one reason, so labels stay few.
+            reason = f"rejected_{field}" if isinstance(field, str) and _FIELD_NAME.fullmatch(field) else "rejected"
+            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason, count in reasons.items():
+            self._drop(reason, count)
+        first = rejected[0] if isinstance(rejected[0], dict) else {}
+        logger.error(
+            "the console refused %d prediction event(s), e.g. request %s: %s",
+            len(rejected),
+            str(first.get("request_id"))[:64],
+            str(first.get("error"))[:200],
+        )
+        return len(rejected)
 
     def _encoded(self, batch: list[tuple[tuple, int]]) -> list[tuple[tuple, int, bytes]]:
         """Each event with its JSON; an event that cannot be encoded, or that no post could carry, is dropped."""
@@ -265,9 +294,10 @@ class EventShipper:
         pending = deque(_chunks(self._encoded(batch), self._max_post_bytes))
         while pending:
             chunk = pending.popleft()
-            status = self._post(_post_body([data for _, _, data in chunk], self._report()))
+            status, answer = self._post(_post_body([data for _, _, data in chunk], self._report()))
             if 200 <= status < 300:
-                self._metrics.inc("model_server_events_shipped_total", (), len(chunk))
+                stored = len(chunk) - self._count_rejected(answer)
+                self._metrics.inc("model_server_events_shipped_total", (), max(0, stored))
                 continue
             if not status or status in _RETRY_STATUSES:
                 return [(event, size) for part in (chunk, *pending) for event, size, _ in part]

@@ -5,7 +5,9 @@ and a master that stays small restarts workers quickly). Each worker reads the s
 model before it accepts a connection, so a worker that answers is ready.
 
 Requests are served by `ModelServerWorker`, gunicorn's sync worker (one connection at a time, closed after
-its response) minus the wait for each client to close its end (see the class).
+its response) minus the wait for each client to close its end, and with a front that reads each request in
+full before the worker gives it its time: a client that sends its request slowly (or never finishes it) waits
+among the other unfinished ones instead of holding the worker (see the class).
 
 Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `ModelServerArbiter`:
 - the new spec is first loaded in full by a separate check process; when it fails, the master logs why
@@ -14,6 +16,11 @@ Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `
   once and leave requests waiting in the socket backlog for as long as loading takes).
 The master logs the outcome as one of two lines, which the deployment backends wait for: RELOAD_REFUSED, or
 RELOAD_DONE once every old worker has exited (until then an old worker may still take a connection).
+
+Workers never read the spec file the deployment backend writes: they read the master's private copy of the
+spec it accepted (at start, and at each reload whose check passed). A worker that dies and is respawned while
+a new spec waits for its check, or after the check refused it, boots the spec that is being served, not one
+that could not load (which would make gunicorn halt the whole server: a worker that fails to boot stops it).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
+import selectors
 import shutil
 import signal
 import socket
@@ -31,6 +40,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.sync import SyncWorker
@@ -45,6 +55,22 @@ READY_POLL_SECONDS = 0.05
 # many such connections a worker keeps before closing the oldest.
 LINGER_SECONDS = 2.0
 MAX_LINGERING = 256
+# How long a client may take to send its whole request before it is answered 408 and closed (the default of
+# --read-timeout); how many such
+# unfinished requests one worker holds (more wait in the listen backlog); how much of a body is read before
+# the request is served (the rest of a larger body is read by the application, each read bounded by the
+# timeout); connections accepted per round, so that serving and accepting take turns.
+READ_TIMEOUT_SECONDS = 30.0
+MAX_PENDING = 512
+PREREAD_BYTES = 1 << 20
+ACCEPT_BATCH = 64
+# A stopping worker still reads the requests it accepted for this long (they are normally whole within
+# milliseconds; a slow client is not waited for through the whole graceful timeout).
+DRAIN_SECONDS = 5.0
+# Headers longer than this are handed to gunicorn's parser as they are (it refuses them with its own 400).
+_HEADER_LIMIT = 64 * 1024
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
+_TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 RELOAD_REFUSED = "Not reloading"
 RELOAD_DONE = "Reloaded"
 
@@ -53,11 +79,22 @@ def ready_marker(run_dir: Path, pid: int) -> Path:
     return run_dir / "ready" / str(pid)
 
 
-def check_spec_in_subprocess(spec_path: str) -> str | None:
+def copy_privately(source: str | Path, target: Path) -> None:
+    """Copy atomically (a booting worker never reads half a file), readable by this user only (it holds the
+    ingest token)."""
+    data = Path(source).read_bytes()
+    partial = target.with_name(target.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+    os.replace(partial, target)
+
+
+def check_spec_in_subprocess(spec_path: str | Path) -> str | None:
     """Load every model of the spec in a fresh process; None when it works, else the reason it does not."""
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "serving", "--check", "--spec", spec_path],
+            [sys.executable, "-m", "serving", "--check", "--spec", str(spec_path)],
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT_SECONDS,
@@ -73,12 +110,21 @@ def check_spec_in_subprocess(spec_path: str) -> str | None:
 
 class ModelServerArbiter(Arbiter):
     def reload(self) -> None:
-        error = check_spec_in_subprocess(self.app.spec_path)
+        # The check reads a copy: the backend may rewrite (or put back) its file meanwhile.
+        candidate = self.app.run_dir / "candidate-spec.json"
+        try:
+            copy_privately(self.app.spec_path, candidate)
+            error = check_spec_in_subprocess(candidate)
+        except OSError as exc:
+            error = f"cannot read the spec file: {exc}"
         if error is not None:
+            candidate.unlink(missing_ok=True)
             self.log.error(
                 "%s: the new spec cannot be served (%s); the current workers keep serving", RELOAD_REFUSED, error
             )
             return
+        # From here on, new workers (and any respawned one) boot the new spec.
+        os.replace(candidate, self.app.served_spec_path)
         self.log.info("Reloading: the new spec loads; starting new workers")
         old = set(self.WORKERS)
         # gunicorn's reload waits up to graceful_timeout for the old workers to finish their requests.
@@ -111,6 +157,52 @@ class ModelServerArbiter(Arbiter):
         self.log.warning("New workers were not ready after %.0f s; stopping the old ones anyway", READY_TIMEOUT_SECONDS)
 
 
+def request_complete(data: bytes, body_limit: int | None = None) -> bool:
+    """Whether `data` holds a whole request to serve: its headers and its body (up to PREREAD_BYTES of it).
+
+    A client that asks for `100-continue` sends its body only when told to, so its request is served at its
+    headers; so is anything the parser or the application will refuse without reading the body (headers too
+    long, a malformed length, a length above `body_limit`: answered 413 at once).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return len(data) >= _HEADER_LIMIT
+    head = data[:end].lower()
+    if b"\r\nexpect:" in head:
+        return True
+    if b"\r\ntransfer-encoding:" in head:
+        return data.endswith(b"0\r\n\r\n") or len(data) - end - 4 >= PREREAD_BYTES
+    match = _CONTENT_LENGTH.search(head)
+    if match is None:
+        return True
+    length = int(match.group(1))
+    return (body_limit is not None and length > body_limit) or len(data) - end - 4 >= min(length, PREREAD_BYTES)
+
+
+class _PrereadSocket(socket.socket):
+    """A connection whose first bytes the worker's front already read: `recv` returns those first."""
+
+    def __init__(self, connection: socket.socket, prefix: bytes) -> None:
+        super().__init__(connection.family, connection.type, connection.proto, fileno=connection.detach())
+        self._prefix = memoryview(prefix)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if self._prefix:
+            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
+            return bytes(chunk)
+        return super().recv(size, flags)
+
+
+class _Unfinished:
+    """A connection whose request is still arriving."""
+
+    __slots__ = ("connection", "address", "listener", "data", "deadline")
+
+    def __init__(self, connection: socket.socket, address: Any, listener: Any, data: bytes) -> None:
+        self.connection, self.address, self.listener, self.data = connection, address, listener, data
+        self.deadline = 0.0
+
+
 class ModelServerWorker(SyncWorker):
     """gunicorn's sync worker, without blocking until each client closes its end of the connection.
 
@@ -126,6 +218,132 @@ class ModelServerWorker(SyncWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lingering: deque[tuple[float, socket.socket]] = deque()
+        self._selector: selectors.BaseSelector | None = None
+        self._unfinished: dict[int, _Unfinished] = {}
+        self._accepting = False
+        self._body_limit: int | None = None
+
+    # The front. gunicorn's sync worker reads a request with blocking reads once it accepted the connection,
+    # so a client that sends a byte at a time (or stops half way) holds the worker until the arbiter kills it:
+    # two such clients stop a two-worker server. Here a connection is accepted and read without blocking; a
+    # request that arrived whole (nearly all of them: one read) is served at once, an unfinished one waits in
+    # a selector with the others, each read as its bytes come, until it is whole (then served) or its
+    # read timeout is up (then answered 408 and closed). The worker never waits on one client.
+
+    def run(self) -> None:
+        for listener in self.sockets:
+            listener.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
+        spec = getattr(self.wsgi, "spec", None)
+        self._body_limit = getattr(spec, "max_body_bytes", None)
+        self._listen(True)
+        drain_until: float | None = None
+        while True:
+            if not self.alive:
+                # Stopping (a reload, SIGTERM): accept no more, finish what was accepted within the grace period.
+                if drain_until is None:
+                    drain_until = time.monotonic() + min(self.cfg.graceful_timeout, DRAIN_SECONDS)
+                    self._listen(False)
+                if not self._unfinished or time.monotonic() >= drain_until:
+                    break
+            self.notify()
+            whole: list[_Unfinished] = []
+            for key, _ in self._selector.select(self._select_timeout()):
+                if key.data == "pipe":
+                    try:
+                        os.read(self.PIPE[0], 1)
+                    except BlockingIOError:
+                        pass
+                elif key.data is None:
+                    self._accept_from(key.fileobj, whole)
+                else:
+                    self._read(key.data, whole)
+            self._expire()
+            for request in whole:
+                self._serve(request)
+            if not self.is_parent_alive():
+                break
+        for request in list(self._unfinished.values()):
+            self._forget(request)
+            request.connection.close()
+
+    def _select_timeout(self) -> float:
+        # At least once a second: the arbiter needs the heartbeat (notify) and deadlines need checking.
+        if not self._unfinished:
+            return 1.0
+        nearest = min(request.deadline for request in self._unfinished.values())
+        return max(0.0, min(1.0, nearest - time.monotonic()))
+
+    def _listen(self, on: bool) -> None:
+        if on == self._accepting or self._selector is None:
+            return
+        for listener in self.sockets:
+            if on:
+                self._selector.register(listener, selectors.EVENT_READ, None)
+            else:
+                self._selector.unregister(listener)
+        self._accepting = on
+
+    def _accept_from(self, listener: Any, whole: list[_Unfinished]) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if len(self._unfinished) >= MAX_PENDING:
+                self._listen(False)  # back on once some finish; until then connections wait in the backlog
+                return
+            try:
+                connection, address = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            connection.setblocking(False)
+            util.close_on_exec(connection)
+            request = _Unfinished(connection, address, listener, b"")
+            request.deadline = time.monotonic() + self.app.read_timeout
+            if self._read(request, whole, registered=False):
+                self._unfinished[connection.fileno()] = request
+                self._selector.register(connection, selectors.EVENT_READ, request)
+
+    def _read(self, request: _Unfinished, whole: list[_Unfinished], registered: bool = True) -> bool:
+        """Read what has arrived; True while the request is still unfinished."""
+        try:
+            chunk = request.connection.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client went away before its request was whole
+            if registered:
+                self._forget(request)
+            request.connection.close()
+            return False
+        request.data += chunk
+        if not request_complete(request.data, self._body_limit):
+            return True
+        if registered:
+            self._forget(request)
+        whole.append(request)
+        return False
+
+    def _forget(self, request: _Unfinished) -> None:
+        self._unfinished.pop(request.connection.fileno(), None)
+        self._selector.unregister(request.connection)
+        if self.alive and len(self._unfinished) < MAX_PENDING:
+            self._listen(True)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for request in [r for r in self._unfinished.values() if r.deadline <= now]:
+            self._forget(request)
+            try:
+                request.connection.send(_TIMEOUT_ANSWER)
+            except OSError:
+                pass
+            request.connection.close()
+
+    def _serve(self, request: _Unfinished) -> None:
+        client = _PrereadSocket(request.connection, request.data)
+        # The rest of a body larger than PREREAD_BYTES is read blocking, but never waits on a client for long.
+        client.settimeout(self.app.read_timeout)
+        self.handle(request.listener, client, request.address)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         self._close_finished()
@@ -182,12 +400,18 @@ def _on_exit(server: Any) -> None:
 
 
 class ModelServerApplication(BaseApplication):
-    """A gunicorn application whose workers each build a `ModelServer` from the spec file."""
+    """A gunicorn application whose workers each build a `ModelServer` from the spec the master accepted (a
+    private copy of the spec file, see the module's note)."""
 
-    def __init__(self, spec_path: str, run_dir: Path, options: dict[str, Any]) -> None:
+    def __init__(
+        self, spec_path: str, run_dir: Path, options: dict[str, Any], read_timeout: float = READ_TIMEOUT_SECONDS
+    ) -> None:
         self.spec_path = spec_path
+        self.read_timeout = read_timeout
         self.run_dir = run_dir
+        self.served_spec_path = run_dir / "served-spec.json"
         self.options = options
+        copy_privately(spec_path, self.served_spec_path)
         super().__init__()
 
     def load_config(self) -> None:
@@ -201,7 +425,7 @@ class ModelServerApplication(BaseApplication):
         # Imported here, in the worker: the master must not load numpy, pandas or model libraries.
         from serving.app import create_app
 
-        app = create_app(self.spec_path, metrics_dir=self.run_dir / "metrics")
+        app = create_app(self.served_spec_path, metrics_dir=self.run_dir / "metrics")
         # The loaded models are hundreds of thousands of objects that live as long as the worker. Left to
         # the cyclic collector, every full collection walks them all, a pause of tens of milliseconds that
         # was the p99 latency at one connection (65 ms; 7.5 ms once frozen, with prediction logging on).

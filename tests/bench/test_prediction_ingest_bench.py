@@ -62,7 +62,6 @@ def make_event(deployment_id: int, version_id: int, rows: int, at: datetime, ind
         "timestamp": at.isoformat(),
         "request_id": uuid.uuid4().hex,
         "event_id": str(uuid.uuid4()),
-        "pinned": False,
         "version_id": version_id,
         "inputs": {name: [round(1.0 + (index + row) % 70 / 10, 1) for row in range(rows)] for name in FEATURES},
         "outputs": ["setosa"] * rows,
@@ -72,6 +71,7 @@ def make_event(deployment_id: int, version_id: int, rows: int, at: datetime, ind
         "error": "boom" if index % 100 == 0 else None,
         "request_key": None,
         "shadow": False,
+        "pinned": False,
         "deployment_id": deployment_id,
     }
 

@@ -19,7 +19,7 @@ import pytest
 from serving.app import TrafficSplit
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
-from serving.server import RELOAD_DONE, RELOAD_REFUSED
+from serving.server import PREREAD_BYTES, RELOAD_DONE, RELOAD_REFUSED, request_complete
 from serving.spec import SpecError, parse_spec
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import (
@@ -210,6 +210,84 @@ def test_a_client_that_keeps_its_end_open_does_not_stall_the_worker(tmp_path: Pa
     assert "Traceback" not in server.log()
 
 
+def test_slow_clients_do_not_stall_the_server(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    """50 connections send their headers and 1 byte of a 1,000-byte body, then nothing (issue 13, item 6): the
+    two sync workers must go on serving every other client at once, and still answer the slow ones that finish."""
+    server = start_server(tmp_path / "slow", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]), workers=2)
+    body = json.dumps({"dataframe_records": [GOOD]}).encode()
+    head = (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            connection.sendall(head + body[:1])
+            slow.append(connection)
+        time.sleep(0.5)  # the workers have taken (or could take) every slow connection by now
+        latencies = []
+        for _ in range(20):
+            started = time.monotonic()
+            status, _, answer = server.post("/invocations", {"dataframe_records": [GOOD]})
+            latencies.append(time.monotonic() - started)
+            assert status == 200 and answer["model_version"] == "a"
+        assert max(latencies) < 1.0, latencies
+        # A slow client that finishes its body is answered like any other.
+        for connection in slow[:5]:
+            connection.sendall(body[1:])
+            assert _read_response(connection).startswith(b"HTTP/1.1 200")
+        # Stopping with 45 unfinished requests: the workers wait a little for them, then exit cleanly.
+        started = time.monotonic()
+        server.stop()
+        assert server.process.returncode == 0 and time.monotonic() - started < 12
+    finally:
+        for connection in slow:
+            connection.close()
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_a_request_that_never_finishes_is_answered_408_after_the_read_timeout(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    spec = minimal_spec(versions=[version("a", bundles["rf_a"], 100)])
+    server = start_server(tmp_path / "timeout", spec, options=("--read-timeout", "1"))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as stuck:
+            stuck.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            started = time.monotonic()
+            assert _read_response(stuck).startswith(b"HTTP/1.1 408")
+            assert 0.9 < time.monotonic() - started < 5
+        assert server.post("/invocations", {"dataframe_records": [GOOD]})[0] == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("data", "whole"),
+    [
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\n", False),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab", False),
+        (b"POST / HTTP/1.1\r\ncontent-length:3\r\n\r\nabc", True),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n", True),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", False),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", True),
+        (b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", True),  # the parser refuses it
+        (b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n" + b"x" * PREREAD_BYTES, True),
+        (b"GET / HTTP/1.1\r\nX: " + b"y" * 70_000, True),  # too long: the parser refuses it
+    ],
+)
+def test_the_front_serves_a_request_once_it_is_whole(data: bytes, whole: bool) -> None:
+    assert request_complete(data) is whole
+
+
+def test_the_front_serves_a_body_above_the_limit_at_once_for_its_413() -> None:
+    head = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n{"
+    assert request_complete(head, body_limit=4000) and not request_complete(head, body_limit=6000)
+
+
 # ------------------------------------------------------------------------------------------ events
 
 
@@ -305,6 +383,42 @@ def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bun
         assert status == 200 and body["versions"] == ["v1", "v2"]
     finally:
         stop.set()
+        server.stop()
+
+
+def test_a_worker_respawned_during_or_after_a_refused_reload_boots_the_served_spec(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    """The backend writes the new spec, then SIGHUPs; a worker that dies before the refusal is known (and the
+    backend has put its file back) is respawned at once. It must boot the spec being served: one that cannot
+    load would fail to boot, and gunicorn halts the whole server when a worker does."""
+    spec = minimal_spec(versions=[version("v1", bundles["rf_a"], 100)])
+    server = start_server(tmp_path / "respawn", spec, workers=2)
+    try:
+        write_spec(server.spec_path, spec | {"versions": [version("v3", bundles["rf_a"], 100) | {"sha256": SHA}]})
+        os.kill(server.master_pid(), signal.SIGHUP)
+        first = server.worker_pids()
+        os.kill(min(first), signal.SIGKILL)  # dies while the master checks the new spec
+        wait_until(lambda: RELOAD_REFUSED in server.log(), timeout=30)
+        # And one more death after the refusal, with the refused spec still in the file.
+        wait_until(lambda: len(server.worker_pids()) == 2, timeout=30)
+        (survivor,) = server.worker_pids() & first
+        os.kill(survivor, signal.SIGKILL)
+        wait_until(lambda: len(server.worker_pids() - first) == 2 or server.process.poll() is not None, timeout=30)
+
+        def answers() -> bool:
+            try:
+                return all(server.get("/v2/models/m")[0] == 200 for _ in range(4))
+            except OSError:  # both replacements still loading their models on a busy machine
+                return False
+
+        wait_until(lambda: server.process.poll() is not None or answers(), timeout=60)
+        assert server.process.poll() is None, f"the server halted:\n{server.log()}"
+        for _ in range(10):
+            status, headers, _ = server.post("/invocations", {"dataframe_records": [GOOD]})
+            assert status == 200 and headers["x-model-version"] == "v1"
+        assert "Worker failed to boot" not in server.log()
+    finally:
         server.stop()
 
 

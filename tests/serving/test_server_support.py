@@ -292,7 +292,7 @@ def write_spec(path: Path, spec: dict) -> None:
     os.replace(tmp, path)
 
 
-def start_server(directory: Path, spec: dict, *, workers: int = 1) -> ServerProcess:
+def start_server(directory: Path, spec: dict, *, workers: int = 1, options: tuple[str, ...] = ()) -> ServerProcess:
     directory.mkdir(parents=True, exist_ok=True)
     spec_path = directory / "spec.json"
     write_spec(spec_path, spec)
@@ -303,7 +303,7 @@ def start_server(directory: Path, spec: dict, *, workers: int = 1) -> ServerProc
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "serving", "--spec", str(spec_path), "--port", str(port)]
-            + ["--workers", str(workers), "--pid-file", str(pid_file)],
+            + ["--workers", str(workers), "--pid-file", str(pid_file), *options],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,

@@ -47,33 +47,43 @@ AUTOSCALE_WINDOW_SECONDS = 60
 
 
 def deployment_reconcile(*, deployment_id: int) -> str:
-    """Make the backend match the deployment and record what runs. Returns what happened (for logs and tests)."""
+    """Make the backend match the deployment and record what runs. Returns what happened (for logs and tests).
+
+    The claim is the lease's exact expiry time: a reconciler stuck past its lease (another took the deployment
+    over) finds it changed, stops before its next round ("busy"), and leaves the newer claim in place.
+    """
     now = timezone.now()
+    lease = now + timedelta(seconds=RECONCILE_LEASE_SECONDS)
     claimed = (
         Deployment.objects.filter(pk=deployment_id)
         .filter(Q(reconcile_lease_until__isnull=True) | Q(reconcile_lease_until__lt=now))
-        .update(reconcile_lease_until=now + timedelta(seconds=RECONCILE_LEASE_SECONDS))
+        .update(reconcile_lease_until=lease)
     )
     if not claimed:
         return "busy"
+    mine = Deployment.objects.filter(pk=deployment_id, reconcile_lease_until=lease)
     try:
         outcome = "unchanged"
         for _ in range(RECONCILE_ROUNDS):
-            outcome, advanced = _reconcile_round(deployment_id)
+            if not mine.exists():
+                return "busy"
+            outcome, advanced = _reconcile_round(deployment_id, lease)
             if not advanced:
                 break
-        return outcome
+        return outcome if mine.exists() else "busy"
     finally:
-        Deployment.objects.filter(pk=deployment_id).update(reconcile_lease_until=None)
+        mine.update(reconcile_lease_until=None)
 
 
-def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
+def _reconcile_round(deployment_id: int, lease: datetime) -> tuple[str, bool]:
     deployment = Deployment.objects.select_related("project", "registered_model").get(pk=deployment_id)
     try:
         backend = get_backend(deployment.backend)
     except Exception as exc:  # no docker engine, no kubeconfig: the deployment says so instead of the task failing
-        _record(deployment_id, generation=None, spec=None, observed=None, error=f"backend unavailable: {exc}")
-        return "failed", False
+        recorded = _record(
+            deployment_id, lease=lease, generation=None, spec=None, observed=None, error=f"backend unavailable: {exc}"
+        )
+        return ("failed" if recorded else "busy"), False
     if deployment.status == DeploymentStatus.STOPPED:
         if deployment.observed.get("replicas"):
             backend.delete(deployment.name)
@@ -86,8 +96,10 @@ def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
     try:
         spec = deployment_spec(deployment, verify=deployment.applied_generation != generation)
     except Exception as exc:  # a missing or tampered artifact: nothing can be applied
-        _record(deployment_id, generation=None, spec=None, observed=None, error=f"cannot build the spec: {exc}")
-        return "failed", False
+        recorded = _record(
+            deployment_id, lease=lease, generation=None, spec=None, observed=None, error=f"cannot build the spec: {exc}"
+        )
+        return ("failed" if recorded else "busy"), False
     error, before, refused = None, None, False
     try:
         before = backend.observe(deployment.name)
@@ -99,22 +111,27 @@ def _reconcile_round(deployment_id: int) -> tuple[str, bool]:
         logger.exception("reconciling deployment %s failed", deployment.name)
         error = f"{type(exc).__name__}: {exc}"
         observed = ObservedState(name=deployment.name, detail=error)
-    _record(deployment_id, generation=generation, spec=spec, observed=observed, error=error, before=before)
+    if not _record(
+        deployment_id, lease=lease, generation=generation, spec=spec, observed=observed, error=error, before=before
+    ):
+        return "busy", False  # another reconciler took the deployment over while this one applied
     if error is None and observed.serves(spec):
-        return "applied", _advance_strategy(deployment_id, generation)
-    if refused and _rollback_refused_rollout(deployment_id, generation, error):
+        return "applied", _advance_strategy(deployment_id, generation, lease)
+    if refused and _rollback_refused_rollout(deployment_id, generation, error, lease):
         return "rolled back", True
     return ("failed" if error else "progressing"), False
 
 
 @transaction.atomic
-def _rollback_refused_rollout(deployment_id: int, generation: int, error: str) -> bool:
+def _rollback_refused_rollout(deployment_id: int, generation: int, error: str, lease: datetime) -> bool:
     """A rollout whose step the backend failed to apply (the candidate cannot load, its replicas crash or never
     get ready) is rolled back at once: applying the same spec again would fail again, and the version it came
     from was serving. True when it rolled back (the next round applies the restored state)."""
     deployment = (
         Deployment.objects.select_for_update().select_related("project", "registered_model").get(pk=deployment_id)
     )
+    if deployment.reconcile_lease_until != lease:
+        return False
     if deployment.generation != generation or deployment.phase not in ACTIVE_PHASES or not deployment.rollback_spec:
         return False
     reason = f"the backend could not apply the rollout: {error[:300]}"
@@ -205,13 +222,17 @@ def replica_cpu_percent(observed: dict[str, Any], before: dict[str, Any], elapse
 def _record(
     deployment_id: int,
     *,
+    lease: datetime,
     generation: int | None,
     spec: DeploymentSpec | None,
     observed: ObservedState | None,
     error: str | None,
     before: ObservedState | None = None,
-) -> None:
+) -> bool:
+    """Record what the backend runs; False (nothing written) when this reconciler no longer holds the lease."""
     deployment = Deployment.objects.select_for_update().select_related("project").get(pk=deployment_id)
+    if deployment.reconcile_lease_until != lease:
+        return False
     status = _status_for(deployment, spec, observed, error)
     if before is not None:
         for replica in before.replicas:
@@ -259,14 +280,17 @@ def _record(
             "ingest_token_hash",
         ]
     )
+    return True
 
 
 @transaction.atomic
-def _advance_strategy(deployment_id: int, generation: int) -> bool:
+def _advance_strategy(deployment_id: int, generation: int, lease: datetime) -> bool:
     """Move the rollout on once the backend serves its current step. True when the desired state changed."""
     deployment = (
         Deployment.objects.select_for_update().select_related("project", "registered_model").get(pk=deployment_id)
     )
+    if deployment.reconcile_lease_until != lease:
+        return False  # another reconciler holds the deployment now: it drives the strategy
     if deployment.generation != generation:
         return True  # someone changed it meanwhile; apply that first
     state = dict(deployment.strategy_state)
