@@ -30,6 +30,8 @@ run: install
 	DEBUG=1 $(PY) manage.py load_demo_pipeline
 	DEBUG=1 $(PY) manage.py load_demo_registry
 	DEBUG=1 $(PY) manage.py load_demo_deployment
+	DEBUG=1 $(PY) manage.py load_demo_monitoring
+	DEBUG=1 $(PY) manage.py load_demo_abtests
 	DEBUG=1 $(PY) manage.py run_console
 
 test: install

@@ -85,7 +85,6 @@ class Database:
             "HOST": self.host,
             "PORT": self.port,
             "OPTIONS": dict(self.options or {}),
-            "CONN_MAX_AGE": 0,
         }
         return config
 

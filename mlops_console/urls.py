@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from apps.abtests.api import router as abtests_router
 from apps.core import views as core_views
 from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
@@ -12,6 +13,7 @@ from apps.deployments.api import ArtifactFetchApi
 from apps.deployments.api import router as deployments_router
 from apps.experiments.api import router as experiments_router
 from apps.monitoring.api import router as monitoring_router
+from apps.monitoring.metrics import metrics_view
 from apps.monitoring.urls import api_urlpatterns as monitoring_api_urlpatterns
 from apps.registry.api import router as registry_router
 from apps.telemetry.urls import api_urlpatterns as telemetry_api_urlpatterns
@@ -24,6 +26,7 @@ api_urlpatterns = [
     *deployments_router.urls,
     *monitoring_router.urls,
     *monitoring_api_urlpatterns,
+    *abtests_router.urls,
     *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]
@@ -31,6 +34,7 @@ api_urlpatterns = [
 urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
     path("readyz", core_views.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
@@ -42,6 +46,7 @@ urlpatterns = [
     path("deployments/", include("apps.deployments.urls")),
     path("experiments/", include("apps.experiments.urls")),
     path("monitoring/", include("apps.monitoring.urls")),
+    path("abtests/", include("apps.abtests.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]

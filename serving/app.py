@@ -551,7 +551,16 @@ class ModelServer:
         except HttpError as error:
             request_id = request_id or new_request_id()
             return self._answer_error(
-                start_response, error, protocol, version, request_id, columns, key, started, body_size
+                start_response,
+                error,
+                protocol,
+                version,
+                request_id,
+                columns,
+                key,
+                started,
+                body_size,
+                pinned is not None,
             )
 
         request_id = request_id or new_request_id()
@@ -594,10 +603,12 @@ class ModelServer:
             metrics.inc("model_server_requests_total", version.ok_labels[protocol])
             metrics.observe("model_server_request_duration_seconds", version.duration_labels, latency)
             metrics.observe("model_server_batch_rows", (), rows)
+            event_id = new_request_id()
             if self.shipper is not None:
                 self.shipper.record(
                     event(
                         request_id=request_id,
+                        event_id=event_id,
                         version_id=version.ref.version_id,
                         inputs=columns,
                         outputs=predictions,
@@ -607,11 +618,12 @@ class ModelServer:
                         error=None,
                         request_key=key,
                         shadow=False,
+                        pinned=pinned is not None,
                         timestamp=timestamp,
                     ),
                     event_size(input_bytes=body_size, outputs=predictions, probabilities=probabilities),
                 )
-            self._to_shadow(columns, request_id, key, timestamp, body_size)
+            self._to_shadow(columns, request_id, event_id, pinned is not None, key, timestamp, body_size)
 
         if chunks:
             header = _encode_json(response)
@@ -630,6 +642,7 @@ class ModelServer:
         key: str | None,
         started: float,
         body_size: int,
+        pinned: bool,
     ) -> Iterable[bytes]:
         latency = time.perf_counter() - started
         version_id = version.id if version else "none"
@@ -642,10 +655,12 @@ class ModelServer:
 
         def after() -> None:
             self._count(version_id, protocol, error.status, latency)
+            event_id = new_request_id()
             if self.shipper is not None:
                 self.shipper.record(
                     event(
                         request_id=request_id,
+                        event_id=event_id,
                         version_id=version.ref.version_id if version else None,
                         inputs=columns,
                         outputs=None,
@@ -655,13 +670,14 @@ class ModelServer:
                         error=error.message,
                         request_key=key,
                         shadow=False,
+                        pinned=pinned,
                         timestamp=time.time(),
                     ),
                     event_size(input_bytes=body_size if columns is not None else 0, outputs=None, probabilities=None),
                 )
             if columns is not None and error.status == 500:
                 # The shadow still sees requests the live version could not answer: that is what it is for.
-                self._to_shadow(columns, request_id, key, time.time(), body_size)
+                self._to_shadow(columns, request_id, event_id, pinned, key, time.time(), body_size)
 
         return self._json(start_response, error.status, body, headers, after)
 
@@ -677,12 +693,19 @@ class ModelServer:
     # ------------------------------------------------------------------ shadow
 
     def _to_shadow(
-        self, columns: Mapping[str, list] | None, request_id: str, key: str | None, ts: float, body_size: int
+        self,
+        columns: Mapping[str, list] | None,
+        request_id: str,
+        event_id: str,
+        pinned: bool,
+        key: str | None,
+        ts: float,
+        body_size: int,
     ) -> None:
         if self._shadow_queue is None or columns is None:
             return
         try:
-            self._shadow_queue.put_nowait((columns, request_id, key, ts, body_size))
+            self._shadow_queue.put_nowait((columns, request_id, event_id, pinned, key, ts, body_size))
         except queue.Full:
             self.metrics.inc("model_server_shadow_skipped_total")
 
@@ -693,7 +716,7 @@ class ModelServer:
             item = self._shadow_queue.get()
             if item is None:
                 return
-            columns, request_id, key, timestamp, body_size = item
+            columns, request_id, event_id, pinned, key, timestamp, body_size = item
             started = time.perf_counter()
             predictions = probabilities = error = None
             status = 200
@@ -709,6 +732,7 @@ class ModelServer:
                 self.shipper.record(
                     event(
                         request_id=request_id,
+                        event_id=event_id,
                         version_id=shadow.ref.version_id,
                         inputs=columns,
                         outputs=predictions,
@@ -718,6 +742,7 @@ class ModelServer:
                         error=error,
                         request_key=key,
                         shadow=True,
+                        pinned=pinned,
                         timestamp=timestamp,
                     ),
                     event_size(input_bytes=body_size, outputs=predictions, probabilities=probabilities),

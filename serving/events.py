@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -31,9 +33,11 @@ BATCH_SIZE = 500
 # encoded size of one output value: the terms of `event_size`.
 EVENT_OVERHEAD_BYTES = 512
 VALUE_BYTES = 24
-# The JSON around the events of one post: `{"events":[` ... `]}`.
+# The JSON around the events of one post: `{"events":[` ... `],` and the shipping report `"server":…}`, which
+# is kept under REPORT_MAX_BYTES (a host name, the pid and a few drop reasons).
 _POST_ENVELOPE = b'{"events":['
-_POST_OVERHEAD = len(_POST_ENVELOPE) + 2
+REPORT_MAX_BYTES = 512
+_POST_OVERHEAD = len(_POST_ENVELOPE) + 2 + REPORT_MAX_BYTES
 FLUSH_INTERVAL_SECONDS = 1.0
 POST_TIMEOUT_SECONDS = 5.0
 BACKOFF_START_SECONDS = 0.5
@@ -48,6 +52,7 @@ _RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 _FIELDS = (
     "timestamp",
     "request_id",
+    "event_id",
     "version_id",
     "inputs",
     "outputs",
@@ -57,6 +62,7 @@ _FIELDS = (
     "error",
     "request_key",
     "shadow",
+    "pinned",
 )
 
 
@@ -65,8 +71,10 @@ def _encode(event: dict) -> bytes:
     return orjson.dumps(event, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _post_body(encoded: list[bytes]) -> bytes:
-    return _POST_ENVELOPE + b",".join(encoded) + b"]}"
+def _post_body(encoded: list[bytes], report: dict[str, Any] | None = None) -> bytes:
+    """The events, and the shipping report's fields beside them (the console keeps the latest per process)."""
+    tail = b"," + orjson.dumps(report)[1:] if report else b"}"
+    return _POST_ENVELOPE + b",".join(encoded) + b"]" + tail
 
 
 def _chunks(items: list[tuple[tuple, int, bytes]], limit: int) -> list[list[tuple[tuple, int, bytes]]]:
@@ -106,6 +114,7 @@ class EventShipper:
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self._deployment_id = deployment_id
+        self._server = f"{socket.gethostname()[:180]}:{os.getpid()}"
         self._metrics = metrics
         # (event, estimated encoded size) pairs, oldest first; `_bytes` is the sum of the estimates.
         self._buffer: deque[tuple[tuple, int]] = deque()
@@ -195,6 +204,15 @@ class EventShipper:
         if len(keep) < len(batch):
             self._drop("buffer_full", len(batch) - len(keep))
 
+    def _report(self) -> dict[str, Any]:
+        """This process's shipping report: the events it dropped so far by reason, and those still buffered."""
+        dropped = self._metrics.counter_values("model_server_events_dropped_total", "reason")
+        return {
+            "server": self._server,
+            "dropped": {reason: int(count) for reason, count in sorted(dropped.items())[:20]},
+            "buffered": len(self._buffer),
+        }
+
     def _post(self, body: bytes) -> int:
         """POST once, reusing the connection; returns the HTTP status (0 for a network failure)."""
         for attempt in range(2):
@@ -247,7 +265,7 @@ class EventShipper:
         pending = deque(_chunks(self._encoded(batch), self._max_post_bytes))
         while pending:
             chunk = pending.popleft()
-            status = self._post(_post_body([data for _, _, data in chunk]))
+            status = self._post(_post_body([data for _, _, data in chunk], self._report()))
             if 200 <= status < 300:
                 self._metrics.inc("model_server_events_shipped_total", (), len(chunk))
                 continue
@@ -326,6 +344,7 @@ def event_size(*, input_bytes: int, outputs: list | None, probabilities: list | 
 def event(
     *,
     request_id: str,
+    event_id: str,
     version_id: Any,
     inputs: Mapping[str, list] | None,
     outputs: list | None,
@@ -335,12 +354,20 @@ def event(
     error: str | None,
     request_key: str | None,
     shadow: bool,
+    pinned: bool,
     timestamp: float,
 ) -> tuple:
-    """An event tuple in `_FIELDS` order (keyword arguments so call sites cannot mix the fields up)."""
+    """An event tuple in `_FIELDS` order (keyword arguments so call sites cannot mix the fields up).
+
+    `request_id` is the caller's `X-Request-Id` (or one the server made up), answered back and joined to
+    feedback labels; callers choose it, so it may repeat. `event_id` is the server's own (a fresh UUID per
+    request, shared by its shadow copy): the console de-duplicates re-sent events on it. `pinned` marks a
+    request the caller sent to one version by name, which canary analysis must not count.
+    """
     return (
         timestamp,
         request_id,
+        event_id,
         version_id,
         inputs,
         outputs,
@@ -350,4 +377,5 @@ def event(
         error,
         request_key,
         shadow,
+        pinned,
     )

@@ -73,6 +73,13 @@ class Metrics:
             counts[bisect.bisect_left(buckets, value)] += 1
             counts[-1] += value
 
+    def counter_values(self, name: str, label: str) -> dict[str, float]:
+        """This process's values of metric `name`, by the value of its label `label`."""
+        with self._lock:
+            return {
+                dict(labels).get(label, ""): value for (metric, labels), value in self._values.items() if metric == name
+            }
+
     def snapshot(self) -> dict:
         """A JSON-able copy of every value, for the shared folder and for rendering."""
         with self._lock:

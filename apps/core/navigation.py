@@ -33,6 +33,8 @@ NAV_ITEMS = [
     NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
     NavItem("Dashboards", "monitoring:dashboard-list", "bi-graph-up", "monitoring"),
     NavItem("Drift", "monitoring:report-list", "bi-activity", "monitoring"),
+    NavItem("Health", "monitoring:health", "bi-heart-pulse", "monitoring"),
+    NavItem("A/B tests", "abtests:abtest-list", "bi-signpost-split", "abtests"),
     NavItem(
         "Approvals",
         "registry:approval-inbox",

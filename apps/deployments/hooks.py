@@ -32,13 +32,17 @@ STAGE_CONFIG_KEYS = ("name", "strategy", "replicas", "backend", "environment", "
 def ingest_source_for_token(token: str) -> IngestSource | None:
     """Telemetry's token resolver: the deployment whose model servers hold this token, its project and its
     model's versions (the only ones its events may name)."""
-    deployment = services.deployment_for_token(token)
-    if deployment is None:
-        return None
-    versions = frozenset(
-        ModelVersion.objects.filter(model_id=deployment.registered_model_id).values_list("pk", flat=True)
+    # Every ingest request asks this, so it reads three ids, not the deployment row and its relations.
+    found = (
+        Deployment.objects.filter(ingest_token_hash=Deployment.hash_token(token))
+        .values_list("pk", "project_id", "registered_model_id")
+        .first()
     )
-    return IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id, version_ids=versions)
+    if found is None:
+        return None
+    deployment_id, project_id, model_id = found
+    versions = frozenset(ModelVersion.objects.filter(model_id=model_id).values_list("pk", flat=True))
+    return IngestSource(deployment_id=deployment_id, project_id=project_id, version_ids=versions)
 
 
 def registry_event_handler(event: Any) -> None:

@@ -11,3 +11,6 @@ class ExperimentsConfig(AppConfig):
     def ready(self) -> None:
         # Connects the worker-side signal handlers (a revoked stage task finalises its cancellation).
         from apps.experiments import signals  # noqa: F401
+        from apps.experiments.services.stage_handlers import register_builtin_stages
+
+        register_builtin_stages()

@@ -6,9 +6,9 @@ stage goes on in other tasks (the HPO train stage waits for its trials). It rais
 to mark the stage skipped, `StageFailed(reason)` (or any other exception) to fail it; the message is shown
 to the user.
 
-The experiments app runs the built-in stages (ingest, validate, features, train, evaluate) itself and
-imports neither the registry nor the deployments app. Those apps register a handler for `register`
-and `deploy` from their `AppConfig.ready()`:
+The pipeline runner finds every handler here. The experiments app registers the built-in stages (ingest,
+validate, features, train, evaluate) from its `AppConfig.ready()` and imports neither the registry nor the
+deployments app. Those apps register a handler for `register` and `deploy` from theirs:
 
     from apps.experiments.stages import register_stage_handler
     register_stage_handler("register", model_version_register_stage)
@@ -23,6 +23,8 @@ import enum
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
+
+from apps.experiments.choices import PipelineStageName
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -101,9 +103,10 @@ class StageFailed(Exception):
 
 
 def register_stage_handler(name: str, handler: StageHandler) -> None:
-    """Install the handler of a pluggable stage (`register` or `deploy`); a second call replaces it."""
-    if name not in PLUGGABLE_STAGES:
-        raise ValueError(f"{name!r} is not a pluggable stage; expected one of {', '.join(PLUGGABLE_STAGES)}")
+    """Install the handler of a stage (the experiments app registers the built-in ones, other apps `register`
+    and `deploy`); a second call replaces it."""
+    if name not in PipelineStageName.values:
+        raise ValueError(f"{name!r} is not a pipeline stage; expected one of {', '.join(PipelineStageName.values)}")
     if not callable(handler):
         raise TypeError("a stage handler must be callable as handler(context)")
     _handlers[name] = handler
@@ -119,4 +122,4 @@ def stage_handler(name: str) -> StageHandler | None:
 
 
 def unavailable_reason(name: str) -> str:
-    return f"not available yet: the {PLUGGABLE_STAGES[name]} app is not installed"
+    return f"not available yet: the {PLUGGABLE_STAGES.get(name, 'experiments')} app is not installed"

@@ -95,3 +95,73 @@ class DriftReport(models.Model):
     @property
     def status_colour(self) -> str:
         return JobStatus.colour(self.status)
+
+
+class Heartbeat(models.Model):
+    """The last sign of life of a part of the system the console cannot ask directly: `beat` (the scheduler
+    sent a task), `worker` (a worker ran the heartbeat task beat sends). One row per name, updated in place."""
+
+    name = models.CharField(max_length=64, unique=True)
+    seen_at = models.DateTimeField()
+    detail = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+
+# Upper bounds (seconds) of the task duration histogram's buckets; one more bucket takes everything slower.
+TASK_DURATION_BUCKETS: tuple[float, ...] = (0.05, 0.25, 1, 5, 30, 120, 600, 3600)
+TASK_BUCKET_FIELDS: tuple[str, ...] = tuple(f"bucket_{i:02d}" for i in range(len(TASK_DURATION_BUCKETS) + 1))
+
+
+class TaskMetric(models.Model):
+    """Celery tasks run, by task name and outcome, with a duration histogram: counted by the workers (task
+    signals) in the database, so the web process's /metrics reports every worker's tasks. Counts only grow."""
+
+    task = models.CharField(max_length=200)
+    outcome = models.CharField(max_length=16, help_text="success, failure or retry.")
+    count = models.PositiveBigIntegerField(default=0)
+    seconds_sum = models.FloatField(default=0.0)
+    bucket_00 = models.PositiveBigIntegerField(default=0)
+    bucket_01 = models.PositiveBigIntegerField(default=0)
+    bucket_02 = models.PositiveBigIntegerField(default=0)
+    bucket_03 = models.PositiveBigIntegerField(default=0)
+    bucket_04 = models.PositiveBigIntegerField(default=0)
+    bucket_05 = models.PositiveBigIntegerField(default=0)
+    bucket_06 = models.PositiveBigIntegerField(default=0)
+    bucket_07 = models.PositiveBigIntegerField(default=0)
+    bucket_08 = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["task", "outcome"]
+        constraints = [models.UniqueConstraint(fields=["task", "outcome"], name="monitoring_task_metric_key")]
+
+    def __str__(self) -> str:
+        return f"{self.task} {self.outcome}: {self.count}"
+
+
+class DriftSettings(models.Model):
+    """How a deployment's drift reports test: per-column overrides of the test and its threshold, the share of
+    drifted columns that makes dataset drift, and whether the model's outputs are tested too. Absent: defaults."""
+
+    deployment = models.OneToOneField("deployments.Deployment", on_delete=models.CASCADE, related_name="drift_settings")
+    columns = models.JSONField(default=dict, blank=True, help_text="Column -> {test, threshold} (either may be null).")
+    drift_share = models.FloatField(default=0.5, help_text="Dataset drift when at least this share of columns drift.")
+    prediction_drift = models.BooleanField(
+        default=True, help_text="Test the predictions and class probabilities (with a traffic reference)."
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "drift settings"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(drift_share__gt=0, drift_share__lte=1), name="monitoring_settings_share_range"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"drift settings of {self.deployment}"

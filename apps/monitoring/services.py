@@ -34,13 +34,22 @@ from apps.deployments.models import Deployment
 from apps.deployments.selectors import deployment_targets
 from apps.monitoring import selectors
 from apps.monitoring.choices import ReferenceSource
+from apps.monitoring.drift_settings import PROBA_PREFIX, drift_settings_of, is_output_column, output_kinds
 from apps.monitoring.models import DriftReference, DriftReport
 from apps.monitoring.tasks import drift_report_execute_task
 from apps.registry.models import ModelVersion
 from apps.telemetry import selectors as telemetry
 from apps.telemetry.models import NO_VERSION
 from worker.datasets.schema import schema_columns
-from worker.monitoring.drift import CATEGORICAL, NUMERIC, ReferenceProfile, drift_report, reference_profile
+from worker.monitoring.drift import (
+    CATEGORICAL,
+    NUMERIC,
+    ColumnTest,
+    DriftOptions,
+    ReferenceProfile,
+    drift_report,
+    reference_profile,
+)
 from worker.monitoring.histograms import column_histogram
 
 logger = logging.getLogger(__name__)
@@ -74,7 +83,7 @@ def parse_window(value: Any, *, field: str = "window") -> timedelta:
     return window
 
 
-def _live_version(deployment: Deployment) -> ModelVersion:
+def live_version(deployment: Deployment) -> ModelVersion:
     live, _ = deployment_targets(deployment)
     if not live:
         raise Conflict(f"Deployment {deployment.name!r} serves no model version; roll one out first.")
@@ -108,26 +117,56 @@ def _as_array(values: list[Any], kind: str) -> np.ndarray:
     return np.fromiter((_category(value) for value in values), dtype=object, count=len(values))
 
 
+def _output_values(outputs: Any, probabilities: Any, n: int, classes: list[Any]) -> dict[str, list[Any]]:
+    """An event's outputs as drift columns (`prediction`, `proba:<class>`), n values each; what does not line up
+    with its n input rows (a server that logged no outputs, ragged probabilities) is missing, not shifted."""
+    values: dict[str, list[Any]] = {"prediction": outputs if isinstance(outputs, list) and len(outputs) == n else []}
+    rows = (
+        probabilities
+        if isinstance(probabilities, list)
+        and len(probabilities) == n
+        and all(isinstance(row, list) and len(row) == len(classes) for row in probabilities)
+        else None
+    )
+    for index, label in enumerate(classes):
+        values[f"{PROBA_PREFIX}{label}"] = [row[index] for row in rows] if rows is not None else []
+    return {name: column or [None] * n for name, column in values.items()}
+
+
 def _window_columns(
-    *, deployment: Deployment, start: datetime, end: datetime, kinds: dict[str, str], progress: JobProgress | None
+    *,
+    deployment: Deployment,
+    start: datetime,
+    end: datetime,
+    kinds: dict[str, str],
+    progress: JobProgress | None,
+    classes: list[Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """The window's logged inputs as one array per column of `kinds`, and the number of rows.
+    """The window's logged inputs (and outputs, for the output columns in `kinds`: `prediction`,
+    `proba:<class>` with `classes` in probability column order) as one array per column of `kinds`, and the
+    number of rows.
 
     Each batch is turned into arrays before the next is read, so the decoded JSON of one batch at a time is
     held, not the window's. Reading is most of a report's time: `progress` goes from 0 to READ_SHARE as the
     predictions the rollups counted in the window are read."""
     expected = _logged_requests(deployment, start, end) if progress is not None else 0
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in kinds}
+    inputs_wanted = [name for name in kinds if not is_output_column(name)]
+    outputs_wanted = any(is_output_column(name) for name in kinds)
     n_rows = n_events = 0
-    batches = telemetry.logged_input_batches(
+    batches = telemetry.logged_prediction_batches(
         deployment_id=deployment.pk, since=start, until=end, batch_size=INPUT_BATCH_EVENTS
     )
     for batch in batches:
         values: dict[str, list[Any]] = {name: [] for name in kinds}
-        for inputs in batch:
+        for inputs, outputs, probabilities in batch:
             n = len(next(iter(inputs.values()), []))
-            for name, column in values.items():
-                column.extend(inputs.get(name) or [None] * n)
+            for name in inputs_wanted:
+                values[name].extend(inputs.get(name) or [None] * n)
+            if outputs_wanted:
+                for name, column in _output_values(outputs, probabilities, n, classes or []).items():
+                    if name in values:
+                        values[name].extend(column)
             n_rows += n
         for name, column in values.items():
             chunks[name].append(_as_array(column, kinds[name]))
@@ -166,7 +205,7 @@ def drift_reference_build(
     """
     if actor is not None:
         require_project_role(actor, deployment.project, ProjectRole.EDITOR)
-    version = version or _live_version(deployment)
+    version = version or live_version(deployment)
     if version.model_id != deployment.registered_model_id:
         raise ValidationError(f"v{version.number} is not a version of {deployment.registered_model}.", field="version")
     kinds = feature_kinds(version)
@@ -189,8 +228,15 @@ def drift_reference_build(
     elif source == ReferenceSource.TRAFFIC:
         if window_start is None or window_end is None or window_start >= window_end:
             raise ValidationError("A traffic reference needs a window whose start is before its end.", field="window")
+        # A traffic reference also profiles the model's outputs, so reports can test prediction drift.
+        kinds = {**kinds, **output_kinds(version)}
         columns, n_rows = _window_columns(
-            deployment=deployment, start=window_start, end=window_end, kinds=kinds, progress=None
+            deployment=deployment,
+            start=window_start,
+            end=window_end,
+            kinds=kinds,
+            progress=None,
+            classes=version.classes or [],
         )
     else:
         raise ValidationError(f"source must be one of {', '.join(ReferenceSource.values)}.", field="source")
@@ -246,7 +292,7 @@ def _logged_requests(deployment: Deployment, start: datetime, end: datetime) -> 
     """Live predictions the deployment logged in the window, by any version of its model (from the rollups)."""
     version_ids = [*deployment.registered_model.versions.values_list("pk", flat=True), NO_VERSION]
     served = telemetry.version_window_stats(
-        deployment_id=deployment.pk, version_ids=version_ids, since=start, until=end
+        deployment_id=deployment.pk, version_ids=version_ids, since=start, until=end, with_pinned=True
     )
     return sum(stats.requests for stats in served.values())
 
@@ -262,7 +308,7 @@ def _report_start(
     if actor is not None:
         require_project_role(actor, deployment.project, ProjectRole.EDITOR)
     start, end = drift_window(window=window, start=start, end=end)
-    version = _live_version(deployment)
+    version = live_version(deployment)
     if not _logged_requests(deployment, start, end):
         raise ValidationError(
             f"Deployment {deployment.name!r} logged no predictions between {start:%Y-%m-%d %H:%M} and "
@@ -299,13 +345,34 @@ def drift_report_run(
     return report
 
 
+def _report_options(report: DriftReport, profile: ReferenceProfile) -> tuple[ReferenceProfile, DriftOptions]:
+    """The profile's columns the deployment's settings test (its outputs only when prediction drift is on) and
+    the options they are tested with. Overrides of columns this reference lacks are left out."""
+    settings_row = drift_settings_of(report.deployment)
+    kept = {
+        name: column
+        for name, column in profile.columns.items()
+        if settings_row.prediction_drift or not is_output_column(name)
+    }
+    overrides = {
+        name: ColumnTest(test=override.get("test"), threshold=override.get("threshold"))
+        for name, override in settings_row.columns.items()
+        if name in kept
+    }
+    return ReferenceProfile(columns=kept), DriftOptions(drift_share=settings_row.drift_share, columns=overrides)
+
+
 def drift_report_execute(*, report_id: int) -> DriftReport | None:
     """The worker's part: claim the report's job, read the window, run the engine, store the result.
 
     Returns None when the job is not this worker's to run (already done, or running elsewhere). A failure is
     recorded on the job and the report (its reason), never raised: the page shows it.
     """
-    report = DriftReport.objects.select_related("deployment", "reference", "job").filter(pk=report_id).first()
+    report = (
+        DriftReport.objects.select_related("deployment", "reference", "job", "model_version")
+        .filter(pk=report_id)
+        .first()
+    )
     if report is None or report.job is None:
         return None
     job = job_claim(job=report.job, stale_after=DRIFT_JOB_STALE_AFTER)
@@ -315,6 +382,7 @@ def drift_report_execute(*, report_id: int) -> DriftReport | None:
     try:
         with get_artifact_store().open_verified(report.reference.profile_sha256) as handle:
             profile = ReferenceProfile.from_bytes(handle.read())
+        profile, options = _report_options(report, profile)
         kinds = {name: column.kind for name, column in profile.columns.items()}
         progress(0.0, f"reference: {report.reference} ({report.reference.n_rows} rows, {len(kinds)} columns)")
         columns, n_rows = _window_columns(
@@ -323,9 +391,10 @@ def drift_report_execute(*, report_id: int) -> DriftReport | None:
             end=report.window_end,
             kinds=kinds,
             progress=progress,
+            classes=report.model_version.classes or [],
         )
         progress(READ_SHARE, f"testing {len(kinds)} columns over {n_rows} rows")
-        result = drift_report(profile, columns)
+        result = drift_report(profile, columns, options)
         report.result = result.to_dict()
         report.histograms = {
             name: column_histogram(column, columns.get(name)) for name, column in profile.columns.items()
@@ -355,13 +424,20 @@ def drift_report_execute(*, report_id: int) -> DriftReport | None:
 
 
 def check_data_drift(
-    *, deployment: Deployment, actor: AbstractBaseUser | None, window: timedelta = DEFAULT_WINDOW
+    *,
+    deployment: Deployment,
+    actor: AbstractBaseUser | None,
+    window: timedelta = DEFAULT_WINDOW,
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> DriftReport:
     """The seed's `MonitoringSystem.check_data_drift(deployment)`: run a drift report now, in this process (no
-    task is queued), and return it: the object the report page shows. Same checks and refusals as
-    `drift_report_run`."""
+    task is queued), and return it: the object the report page shows. The window is the last `window`, or
+    [start, end) when given. Same checks and refusals as `drift_report_run`."""
     with transaction.atomic():
-        report = _report_start(deployment=deployment, actor=actor, window=window, start=None, end=None)
+        report = _report_start(
+            deployment=deployment, actor=actor, window=None if start else window, start=start, end=end
+        )
     drift_report_execute(report_id=report.pk)
     report.refresh_from_db()
     return report

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 
@@ -28,3 +30,12 @@ def drift_reports_requeue_stale_task() -> int:
     from apps.monitoring.services import drift_reports_requeue_stale
 
     return drift_reports_requeue_stale()
+
+
+@shared_task(name="monitoring.heartbeat", bind=True, soft_time_limit=30, time_limit=40, ignore_result=True)
+def heartbeat_task(self: Any) -> None:
+    """Beat sends this every 30 s: that a worker ran it is what system health shows as the last sign of a worker
+    (with a broker that cannot broadcast to ask the workers)."""
+    from apps.monitoring.celery_signals import heartbeat_record
+
+    heartbeat_record("worker", {"hostname": self.request.hostname or ""})

@@ -23,7 +23,12 @@ from apps.core.exceptions import NotFound, ServiceUnavailable, ValidationError
 from apps.core.models import Project
 from apps.core.permissions import has_project_role
 from apps.telemetry import selectors, services
-from apps.telemetry.authentication import HasIngestToken, IngestTokenAuthentication
+from apps.telemetry.authentication import (
+    HasIngestToken,
+    IngestTokenAuthentication,
+    bearer_token,
+    ingest_source_for_token,
+)
 from apps.telemetry.models import PredictionRollup
 
 
@@ -39,6 +44,11 @@ class OrjsonParser(parsers.JSONParser):
 
 class IngestEventsSerializer(serializers.Serializer):
     events = serializers.ListField(child=serializers.DictField())
+    server = serializers.CharField(required=False, help_text="The sending model server process (host:pid).")
+    dropped = serializers.DictField(
+        child=serializers.IntegerField(min_value=0), required=False, help_text="Events dropped so far, by reason."
+    )
+    buffered = serializers.IntegerField(min_value=0, required=False, help_text="Events waiting to be shipped.")
 
 
 class PredictionIngestApi(APIView):
@@ -48,6 +58,9 @@ class PredictionIngestApi(APIView):
     "field", "error"}, ...]` for events refused alone (an impossible timestamp, a version_id that is not one of
     the deployment's model's versions) while the rest was stored; 400 naming `events` for a malformed batch,
     and 503 when the batch raced with a copy of itself (model servers retry 503s).
+
+    A model server also sends its shipping report with each batch: `server` (its process), `dropped` (events
+    it dropped so far, by reason) and `buffered` (events waiting); the system health page shows them.
     """
 
     authentication_classes = [IngestTokenAuthentication]
@@ -57,8 +70,23 @@ class PredictionIngestApi(APIView):
     @extend_schema(request=IngestEventsSerializer, responses={202: OpenApiResponse(description="accepted count")})
     def post(self, request: Request) -> Response:
         events = request.data.get("events") if isinstance(request.data, dict) else None
+        source = request.auth
+        if isinstance(request.data, dict) and "server" in request.data:
+            services.shipping_report_record(
+                source=source,
+                server=request.data["server"],
+                dropped=request.data.get("dropped", {}),
+                buffered=request.data.get("buffered", 0),
+            )
         try:
-            result = services.predictions_ingest(source=request.auth, events=events)
+            result = services.predictions_ingest(source=source, events=events)
+            if any(item["field"] == "version_id" for item in result.rejected):
+                # The token's versions may have been cached before a version was registered: look again, and
+                # when there are new ones send the batch again (the events already stored are skipped).
+                fresh = ingest_source_for_token(bearer_token(request) or "", fresh=True)
+                if fresh is not None and fresh.version_ids != source.version_ids:
+                    again = services.predictions_ingest(source=fresh, events=events)
+                    result = services.IngestResult(result.accepted + again.accepted, again.rejected)
         except services.IngestRetry as exc:
             raise ServiceUnavailable("The batch raced with a copy of itself; send it again.") from exc
         body: dict[str, Any] = {"accepted": result.accepted}

@@ -15,6 +15,7 @@ place that wires them, and it fails closed: with no resolver registered every to
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from django.contrib.auth.models import AnonymousUser
@@ -32,23 +33,47 @@ def register_token_resolver(resolver: TokenResolver) -> None:
     """Install the function that maps an ingest token to its deployment; a second call replaces it."""
     global _resolver  # noqa: PLW0603 - the one registry slot, set once from AppConfig.ready()
     _resolver = resolver
+    _cache.clear()
 
 
-def ingest_source_for_token(token: str) -> IngestSource | None:
-    return _resolver(token) if token and _resolver is not None else None
+# Model servers post a batch every second or so, and resolving a token costs two queries (about a fifth of the
+# CPU a 500-event batch takes), so each process keeps what a valid token resolved to for this long. A deleted
+# deployment's token is refused everywhere within that time; an event naming a version registered after the
+# entry was cached makes the ingest API resolve the token again (`fresh=True`) before it refuses the event.
+TOKEN_CACHE_SECONDS = 5.0
+_cache: dict[str, tuple[float, IngestSource]] = {}
+
+
+def ingest_source_for_token(token: str, *, fresh: bool = False) -> IngestSource | None:
+    if not token or _resolver is None:
+        return None
+    now = time.monotonic()
+    cached = None if fresh else _cache.get(token)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    source = _resolver(token)
+    if source is None:
+        _cache.pop(token, None)
+    else:
+        _cache[token] = (now + TOKEN_CACHE_SECONDS, source)
+    return source
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer …` header, or None without one."""
+    header = authentication.get_authorization_header(request).decode("latin-1")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if header and scheme.lower() == "bearer" else None
 
 
 class IngestTokenAuthentication(authentication.BaseAuthentication):
     """`Authorization: Bearer mld_…`: a deployment's ingest token, as its model servers send it."""
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, IngestSource] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
+        token = bearer_token(request)
+        if token is None:
             return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        source = ingest_source_for_token(token.strip())
+        source = ingest_source_for_token(token)
         if source is None:
             raise exceptions.AuthenticationFailed("Authorization: unknown deployment token.")
         return AnonymousUser(), source

@@ -21,8 +21,10 @@ class PredictionLog(models.Model):
     """One prediction (or shadow prediction) a model server shipped back. Written in bulk, read by time window.
 
     `inputs` are kept as the servers send them, by column (`{"x1": [..], "x2": [..]}`); `input_rows()` in
-    selectors reads them back as one object per row. A re-sent batch is not counted twice:
-    (deployment_id, request_id, shadow) is unique.
+    selectors reads them back as one object per row. `request_id` is the caller's `X-Request-Id` (or the one
+    the server made up): callers choose it, so it may repeat. A re-sent batch is not counted twice:
+    (deployment_id, request_id, shadow, event_id) is unique, `event_id` being the server's own UUID per request
+    (events of servers older than it carry none: "", so the request id alone keys them, as it used to).
     """
 
     deployment_id = models.BigIntegerField()
@@ -30,6 +32,10 @@ class PredictionLog(models.Model):
     model_version_id = models.BigIntegerField(null=True, blank=True)
     request_id = models.CharField(max_length=64)
     shadow = models.BooleanField(default=False)
+    event_id = models.CharField(max_length=36, blank=True, default="")
+    pinned = models.BooleanField(
+        default=False, help_text="Sent to one version by name (/v2/models/<name>/versions/<id>/infer), not routed."
+    )
     inputs = models.JSONField(null=True, blank=True)
     outputs = models.JSONField(null=True, blank=True)
     probabilities = models.JSONField(null=True, blank=True)
@@ -43,8 +49,9 @@ class PredictionLog(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
+            # Leads with (deployment_id, request_id): feedback labels and shadow pairs look requests up through it.
             models.UniqueConstraint(
-                fields=["deployment_id", "request_id", "shadow"], name="telemetry_log_request_unique"
+                fields=["deployment_id", "request_id", "shadow", "event_id"], name="telemetry_log_event_unique"
             )
         ]
         indexes = [
@@ -57,7 +64,9 @@ class PredictionLog(models.Model):
 
 
 class PredictionRollup(models.Model):
-    """The predictions of one (deployment, model version, live or shadow, minute): counts and a latency histogram.
+    """The predictions of one (deployment, model version, live or shadow, pinned or routed, minute): counts and a
+    latency histogram. Canary analysis reads only routed rows (`pinned=False`): a caller who names the version
+    chooses where its requests go, so they say nothing of how the traffic split treats a version.
 
     Filled at ingest in the raw rows' transaction. `bucket_NN` counts latencies up to `LATENCY_BUCKETS_MS[NN]`
     (the last one: slower than all bounds); one integer column per bucket so quantiles come from SQL on
@@ -68,6 +77,7 @@ class PredictionRollup(models.Model):
     project_id = models.BigIntegerField()
     model_version_id = models.BigIntegerField(help_text="0 for predictions no version answered.")
     shadow = models.BooleanField(default=False)
+    pinned = models.BooleanField(default=False)
     minute = models.DateTimeField()
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0, help_text="Answers with a 5xx status.")
@@ -92,7 +102,8 @@ class PredictionRollup(models.Model):
         ordering = ["-minute"]
         constraints = [
             models.UniqueConstraint(
-                fields=["deployment_id", "model_version_id", "shadow", "minute"], name="telemetry_rollup_key"
+                fields=["deployment_id", "model_version_id", "shadow", "pinned", "minute"],
+                name="telemetry_rollup_routing_key",
             )
         ]
         indexes = [
@@ -139,3 +150,28 @@ class PredictionLabel(models.Model):
 
     def __str__(self) -> str:
         return f"label of {self.request_id}"
+
+
+class ServerShippingReport(models.Model):
+    """What one model server process last said about its event shipping, sent along with its event batches:
+    the events it dropped so far (cumulative, by reason) and the events waiting in its buffer.
+
+    `server` names the process (host and pid), so the sum over a deployment's processes is its total of drops;
+    a restarted process starts a new row (its counts start again from zero)."""
+
+    deployment_id = models.BigIntegerField()
+    project_id = models.BigIntegerField()
+    server = models.CharField(max_length=200)
+    dropped = models.JSONField(default=dict, help_text="Reason -> events dropped since the process started.")
+    buffered = models.PositiveIntegerField(default=0, help_text="Events waiting to be shipped.")
+    reported_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-reported_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment_id", "server"], name="telemetry_shipping_server_unique")
+        ]
+        indexes = [models.Index(fields=["deployment_id", "reported_at"], name="telemetry_shipping_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.server} of deployment {self.deployment_id}"

@@ -83,17 +83,22 @@ def _rollups(*, deployment_id: int, since: datetime, until: datetime | None = No
 
 
 def version_window_stats(
-    *, deployment_id: int, version_ids: list[int], since: datetime, until: datetime
+    *, deployment_id: int, version_ids: list[int], since: datetime, until: datetime, with_pinned: bool = False
 ) -> dict[int, VersionWindow]:
     """Per-version live (not shadow) figures over the minutes that overlap [since, until); one query.
 
+    Only the traffic the server routed itself by default (what canary analysis compares): a request pinned to a
+    version by its caller would let any client steer a version's figures. `with_pinned` adds those requests.
     The inner query sums the window's rollup rows per version; the outer one takes the quantiles from those
     sums (so each bucket is summed once, not once per quantile and bucket).
     """
+    rollups = _rollups(deployment_id=deployment_id, since=since, until=until).filter(
+        model_version_id__in=version_ids, shadow=False
+    )
+    if not with_pinned:
+        rollups = rollups.filter(pinned=False)
     sums = (
-        _rollups(deployment_id=deployment_id, since=since, until=until)
-        .filter(model_version_id__in=version_ids, shadow=False)
-        .values("model_version_id")
+        rollups.values("model_version_id")
         .annotate(
             n=Sum("requests"),
             failed=Sum("errors"),
@@ -141,7 +146,8 @@ def prediction_counts(*, deployment_id: int, since: datetime) -> dict[str, int]:
 def shadow_pairs(
     *, deployment_id: int, shadow_version_id: int, since: datetime | None = None, limit: int = SHADOW_PAIR_LIMIT
 ) -> list[tuple[Any, Any]]:
-    """(live outputs, shadow outputs) of the most recent shadowed requests, paired by request id.
+    """(live outputs, shadow outputs) of the most recent shadowed requests, paired by request and event id (a
+    shadow copy carries its request's event id, so a request id a caller sent twice still pairs each answer).
 
     Raw rows, because a comparison needs each request's two answers, which no rollup keeps; `limit` bounds
     the read (two indexed queries of at most `limit` rows each).
@@ -149,13 +155,19 @@ def shadow_pairs(
     logs = PredictionLog.objects.filter(deployment_id=deployment_id)
     if since is not None:
         logs = logs.filter(created_at__gte=since)
-    shadow_rows = dict(
-        logs.filter(shadow=True, model_version_id=shadow_version_id)
+    shadow_rows = {
+        (request_id, event_id): outputs
+        for request_id, event_id, outputs in logs.filter(shadow=True, model_version_id=shadow_version_id)
         .order_by("-created_at")
-        .values_list("request_id", "outputs")[:limit]
-    )
-    live_rows = dict(logs.filter(shadow=False, request_id__in=list(shadow_rows)).values_list("request_id", "outputs"))
-    return [(live_rows.get(request_id), outputs) for request_id, outputs in shadow_rows.items()]
+        .values_list("request_id", "event_id", "outputs")[:limit]
+    }
+    live_rows = {
+        (request_id, event_id): outputs
+        for request_id, event_id, outputs in logs.filter(
+            shadow=False, request_id__in={request_id for request_id, _ in shadow_rows}
+        ).values_list("request_id", "event_id", "outputs")
+    }
+    return [(live_rows.get(key), outputs) for key, outputs in shadow_rows.items()]
 
 
 def input_rows(inputs: Any) -> list[dict] | None:
@@ -686,3 +698,24 @@ def prediction_distribution(
         n_rows=len(values),
         truncated=len(rows) > limit,
     )
+
+
+def logged_prediction_batches(
+    *, deployment_id: int, since: datetime, until: datetime, batch_size: int
+) -> Iterator[list[tuple[dict[str, list[Any]], Any, Any]]]:
+    """As `logged_input_batches`, with each event's outputs and class probabilities beside its inputs:
+    `(inputs by column, outputs, probabilities)` per event, in batches of at most `batch_size` events."""
+    logs = PredictionLog.objects.filter(
+        deployment_id=deployment_id, shadow=False, created_at__gte=since, created_at__lt=until, inputs__isnull=False
+    ).order_by("id")
+    last_id = 0
+    while True:
+        batch = list(logs.filter(id__gt=last_id).values_list("id", "inputs", "outputs", "probabilities")[:batch_size])
+        if not batch:
+            return
+        last_id = batch[-1][0]
+        yield [
+            (_by_column(inputs), outputs, probabilities)
+            for _, inputs, outputs, probabilities in batch
+            if isinstance(inputs, dict | list)
+        ]

@@ -14,6 +14,7 @@ import bisect
 import csv
 import io
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from apps.telemetry.models import (
     PredictionLabel,
     PredictionLog,
     PredictionRollup,
+    ServerShippingReport,
 )
 
 MAX_EVENTS_PER_BATCH = 5000
@@ -61,6 +63,8 @@ _COLUMNS = (
     "model_version_id",
     "request_id",
     "shadow",
+    "event_id",
+    "pinned",
     "inputs",
     "outputs",
     "probabilities",
@@ -71,7 +75,7 @@ _COLUMNS = (
     "created_at",
     "received_at",
 )
-_VERSION, _REQUEST_ID, _SHADOW, _LATENCY, _STATUS, _CREATED = 2, 3, 4, 8, 9, 12
+_VERSION, _REQUEST_ID, _SHADOW, _EVENT_ID, _PINNED, _LATENCY, _STATUS, _CREATED = 2, 3, 4, 5, 6, 10, 11, 14
 _ROLLUP_SUMS = ("requests", "errors", "latency_count", "latency_sum_ms", *BUCKET_FIELDS)
 # Text-format COPY: a backslash, tab, newline or carriage return inside a value must be escaped.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -127,6 +131,58 @@ def predictions_ingest(*, source: IngestSource, events: Any) -> IngestResult:
     except DataError as exc:
         raise ValidationError(f"The batch holds a value the database cannot store: {exc}", field="events") from None
     return IngestResult(len(rows), rejected)
+
+
+# A shipping report's server name, and how many drop reasons one may list.
+SERVER_NAME_MAX = 200
+MAX_DROP_REASONS = 20
+
+
+# A server sends its report with every batch (several a second under load); storing it costs three queries,
+# so each web process stores a server's report at most this often, and at once when its drops change.
+SHIPPING_REPORT_INTERVAL_SECONDS = 10.0
+_reports_written: dict[tuple[int, str], tuple[float, dict]] = {}
+
+
+def shipping_report_record(*, source: IngestSource, server: Any, dropped: Any, buffered: Any) -> None:
+    """Keep the latest shipping report of one model server process (sent with its event batches): its
+    cumulative drops by reason and its buffer depth. A malformed report is a 400 naming the field."""
+    if not isinstance(server, str) or not 0 < len(server) <= SERVER_NAME_MAX:
+        raise ValidationError(f"server must be a name of 1 to {SERVER_NAME_MAX} characters.", field="server")
+    if (
+        not isinstance(dropped, dict)
+        or len(dropped) > MAX_DROP_REASONS
+        or not all(
+            isinstance(reason, str)
+            and 0 < len(reason) <= 64
+            and isinstance(count, int)
+            and not isinstance(count, bool)
+            and count >= 0
+            for reason, count in dropped.items()
+        )
+    ):
+        raise ValidationError(
+            f"dropped must map at most {MAX_DROP_REASONS} reasons to counts of events (non-negative integers).",
+            field="dropped",
+        )
+    if not isinstance(buffered, int) or isinstance(buffered, bool) or not 0 <= buffered < 2**31:
+        raise ValidationError("buffered must be a non-negative integer.", field="buffered")
+    key = (source.deployment_id, server)
+    now = time.monotonic()
+    last = _reports_written.get(key)
+    if last is not None and last[0] > now - SHIPPING_REPORT_INTERVAL_SECONDS and last[1] == dropped:
+        return
+    _reports_written[key] = (now, dropped)
+    ServerShippingReport.objects.update_or_create(
+        deployment_id=source.deployment_id,
+        server=server,
+        defaults={
+            "project_id": source.project_id,
+            "dropped": dropped,
+            "buffered": buffered,
+            "reported_at": timezone.now(),
+        },
+    )
 
 
 def _store(source: IngestSource, rows: list[tuple]) -> None:
@@ -222,6 +278,8 @@ def _rows(source: IngestSource, events: Any) -> tuple[list[tuple], list[dict[str
                 version_id,
                 _text(event["request_id"], 64),
                 bool(event.get("shadow")),
+                _text(event.get("event_id"), 36),
+                bool(event.get("pinned")),
                 inputs,
                 event.get("outputs"),
                 event.get("probabilities"),
@@ -237,15 +295,15 @@ def _rows(source: IngestSource, events: Any) -> tuple[list[tuple], list[dict[str
 
 
 def _new_rows(deployment_id: int, rows: list[tuple]) -> list[tuple]:
-    """The rows not stored yet (nor repeated earlier in the batch)."""
+    """The rows not stored yet (nor repeated earlier in the batch), by the log's unique key."""
     stored = set(
         PredictionLog.objects.filter(
             deployment_id=deployment_id, request_id__in={row[_REQUEST_ID] for row in rows}
-        ).values_list("request_id", "shadow")
+        ).values_list("request_id", "shadow", "event_id")
     )
     new = []
     for row in rows:
-        key = (row[_REQUEST_ID], row[_SHADOW])
+        key = (row[_REQUEST_ID], row[_SHADOW], row[_EVENT_ID])
         if key not in stored:
             stored.add(key)
             new.append(row)
@@ -268,8 +326,8 @@ def _copy_json(value: Any) -> str:
 
 def _copy_line(row: tuple, received: str) -> str:
     """One row in COPY's text format, column by column (a generic per-value dispatch costs twice as much)."""
-    deployment, project, version, request_id, shadow, inputs, outputs, probabilities = row[:8]
-    latency, status, error, request_key, created = row[8:13]
+    deployment, project, version, request_id, shadow, event_id, pinned, inputs, outputs, probabilities = row[:10]
+    latency, status, error, request_key, created = row[10:15]
     return "\t".join(
         (
             str(deployment),
@@ -277,6 +335,8 @@ def _copy_line(row: tuple, received: str) -> str:
             "\\N" if version is None else str(version),
             _copy_text(request_id),
             "t" if shadow else "f",
+            _copy_text(event_id),
+            "t" if pinned else "f",
             _copy_json(inputs),
             _copy_json(outputs),
             _copy_json(probabilities),
@@ -307,6 +367,7 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
         key = (
             row[_VERSION] if row[_VERSION] is not None else NO_VERSION,
             row[_SHADOW],
+            row[_PINNED],
             created.replace(second=0, microsecond=0),
         )
         total = sums.get(key)
@@ -321,7 +382,7 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
             total[3] += latency
             total[4 + bisect.bisect_left(LATENCY_BUCKETS_MS, latency)] += 1
     table = PredictionRollup._meta.db_table
-    key_columns = ("deployment_id", "model_version_id", "shadow", "minute")
+    key_columns = ("deployment_id", "model_version_id", "shadow", "pinned", "minute")
     columns = (*key_columns, "project_id", *_ROLLUP_SUMS)
     placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
     updates = ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name in _ROLLUP_SUMS)
@@ -332,15 +393,16 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
         for start in range(0, len(keys), ROLLUP_UPSERT_ROWS):
             chunk = keys[start : start + ROLLUP_UPSERT_ROWS]
             params: list[Any] = []
-            for version_id, shadow, minute in chunk:
+            for version_id, shadow, pinned, minute in chunk:
                 params.extend(
                     (
                         source.deployment_id,
                         version_id,
                         shadow,
+                        pinned,
                         adapt(minute),
                         source.project_id,
-                        *sums[version_id, shadow, minute],
+                        *sums[version_id, shadow, pinned, minute],
                     )
                 )
             cursor.execute(
@@ -472,14 +534,17 @@ def _logged_predictions(project: Project, deployment_id: int | None, request_ids
     else:
         deployment_ids = [deployment_id]
     logs = PredictionLog.objects.filter(project_id=project.pk, deployment_id__in=deployment_ids, shadow=False)
-    found: dict[str, list] = {}
+    # A caller may send one request id several times: the label is for the latest of them in each deployment.
+    found: dict[str, dict[int, tuple]] = {}
     for start in range(0, len(request_ids), LABEL_LOOKUP_CHUNK):
         chunk = request_ids[start : start + LABEL_LOOKUP_CHUNK]
-        for row in logs.filter(request_id__in=chunk).values_list(
-            "request_id", "deployment_id", "model_version_id", "status", "outputs", "probabilities"
+        for row in (
+            logs.filter(request_id__in=chunk)
+            .order_by("created_at", "id")
+            .values_list("request_id", "deployment_id", "model_version_id", "status", "outputs", "probabilities")
         ):
-            found.setdefault(row[0], []).append(row[1:])
-    return found
+            found.setdefault(row[0], {})[row[1]] = row[1:]
+    return {request_id: list(by_deployment.values()) for request_id, by_deployment in found.items()}
 
 
 def prediction_labels_store(

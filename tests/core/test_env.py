@@ -141,3 +141,25 @@ def test_run_console_points_model_servers_at_the_address_it_binds(bind: str, env
 
     environment = child_environment(bind, {"PATH": "/bin", **environ})
     assert environment["CONSOLE_INTERNAL_URL"] == expected and environment["PATH"] == "/bin"
+
+
+def test_database_connections_are_kept_for_the_configured_age() -> None:
+    """Production keeps a worker's connection (docker-compose and the chart set 60 s); a bad value names itself."""
+    show = (
+        "from django.conf import settings; database = settings.DATABASES['default']; "
+        "print(database['CONN_MAX_AGE'], database['CONN_HEALTH_CHECKS'])"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mlops_console.settings", "DEBUG": "1", "PYTHONPATH": str(ROOT)}
+    for value, expected in (("60", "60 True"), ("", "0 True")):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import django; django.setup(); {show}"],
+            cwd=ROOT,
+            env={**env, "DATABASE_CONN_MAX_AGE": value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.stdout.strip() == expected, result.stderr
+    result = _django_check({"DEBUG": "1", "DATABASE_CONN_MAX_AGE": "-1"})
+    assert result.returncode != 0
+    assert "DATABASE_CONN_MAX_AGE must be at least 0" in result.stderr

@@ -116,7 +116,7 @@ def test_every_setting_the_console_reads_is_passed(helm: Any) -> None:
     }
     assert documented - not_for_kubernetes <= passed
     secret = named(manifests, "Secret", "-env")["stringData"]
-    assert set(secret) == {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "EMAIL_HOST_PASSWORD"}
+    assert set(secret) == {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "EMAIL_HOST_PASSWORD", "METRICS_TOKEN"}
     config = named(manifests, "ConfigMap", "-config")["data"]
     assert not set(config) & set(secret)
     assert config["DEPLOYMENTS_KUBE_CONSOLE_NAMESPACE"] == NAMESPACE

@@ -135,8 +135,10 @@ class _ModelServer(BaseHTTPRequestHandler):
     """Answers predictions the way a model server does: JSON, with the serving version's id in a header."""
 
     version_id = ""
+    request_ids: list[str | None] = []
 
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        self.request_ids.append(self.headers.get("X-Request-Id"))
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         answer = json.dumps({"path": self.path, "predictions": [len(body.get("instances", []))]}).encode()
         self.send_response(200)
@@ -149,15 +151,25 @@ class _ModelServer(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the test reads the answer, not the server's access log."""
 
+    @staticmethod
+    def request_ids_of(url: str) -> list[str | None]:
+        return _SERVERS[url].RequestHandlerClass.request_ids
+
+
+_SERVERS: dict[str, ThreadingHTTPServer] = {}
+
 
 @pytest.fixture
 def model_server(deployment: Deployment) -> Iterator[str]:
     canary = deployment.registered_model.versions.get(number=2)
-    handler = type("Handler", (_ModelServer,), {"version_id": str(canary.pk)})
+    handler = type("Handler", (_ModelServer,), {"version_id": str(canary.pk), "request_ids": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    _SERVERS[url] = server
+    yield url
+    del _SERVERS[url]
     server.shutdown()
     server.server_close()
 
@@ -176,6 +188,21 @@ def test_try_it_shows_the_model_servers_answer(
     assert answer.status == 200 and answer.version == "v2" and answer.url == model_server + path
     assert answer.body == {"path": path, "predictions": [2]}
     assert f"HTTP 200 from v2 ({model_server}{path})" in response.content.decode()
+
+
+def test_try_it_passes_the_request_id_on_to_the_model_server(
+    deployment: Deployment, viewer: Any, model_server: str
+) -> None:
+    """The model server logs its prediction event under the console's request id (serving's own tests check that
+    an incoming X-Request-Id becomes the event's request_id)."""
+    observe(deployment, observed={"replicas": [{**REPLICA, "url": model_server}]})
+    url = reverse("deployments:deployment-try", args=[deployment.pk])
+    form = {"body": '{"instances": [[1, 2]]}', "protocol": "mlflow"}
+    given = browser(viewer).post(url, form, HTTP_X_REQUEST_ID="ci-job-42-predict")
+    generated = browser(viewer).post(url, form)
+    seen = _ModelServer.request_ids_of(model_server)
+    assert given["X-Request-Id"] == "ci-job-42-predict"
+    assert seen == ["ci-job-42-predict", generated["X-Request-Id"]]
 
 
 def test_try_it_when_the_model_server_does_not_answer(deployment: Deployment, viewer: Any) -> None:

@@ -70,7 +70,8 @@ def experiments_alone() -> Iterator[None]:
     own with `stage_handlers`. The chain through the real handlers is tested in tests/registry and
     tests/deployments."""
     saved = dict(stages._handlers)
-    stages._handlers.clear()
+    for name in stages.PLUGGABLE_STAGES:
+        stages.unregister_stage_handler(name)
     yield
     stages._handlers.clear()
     stages._handlers.update(saved)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
@@ -183,9 +185,17 @@ def test_a_stage_over_its_time_limit_is_failed(project, owner, iris, run_pipelin
     assert register.error == f"the register stage exceeded its time limit of {limit} s and was stopped"
 
 
-def test_pluggable_stages_only() -> None:
-    with pytest.raises(ValueError, match="not a pluggable stage"):
-        register_stage_handler("train", lambda context: {})
+def test_only_pipeline_stages_take_handlers() -> None:
+    with pytest.raises(ValueError, match="'predict' is not a pipeline stage"):
+        register_stage_handler("predict", lambda context: {})
+
+
+def test_the_runner_imports_neither_the_stage_bodies_nor_the_studies() -> None:
+    """The pipeline runner finds the built-in stages in the registry: no import cycle with the HPO studies."""
+    tree = ast.parse(Path(services.pipelines.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"apps.experiments.services.builtin_stages", "apps.experiments.services.studies"}
+    assert "apps.experiments.stages" in imported
 
 
 # Bad input

@@ -79,7 +79,9 @@ def test_traffic_reference_and_predictions_without_inputs(
     report = run(deployment, member, django_capture_on_commit_callbacks)
     assert report.reference == reference
     tests = {column["column"]: column["test"] for column in report.result["columns"]}
-    assert tests == {"x": "ks", "colour": "chisquare"}
+    # A traffic reference profiles the outputs too: every prediction is "a" (z-test on a constant column); no
+    # probabilities were logged, so their columns are reported untested.
+    assert tests == {"x": "ks", "colour": "chisquare", "prediction": "z", "proba:a": None, "proba:b": None}
     assert report.dataset_drift is True
     # Predictions logged without inputs: a report with a reason, no NaN.
     DriftReport.objects.all().delete()

@@ -5,6 +5,7 @@ reason. The console is a local HTTP server that refuses large bodies or is not t
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from serving.app import new_request_id
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
 from tests.serving import test_server_support as support
@@ -32,6 +34,8 @@ class Console:
         self.too_large_status = too_large_status
         self.received: list[dict] = []
         self.refused: list[int] = []
+        # The shipping report beside the events of each accepted post (server, dropped, buffered).
+        self.reports: list[dict] = []
         console = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,10 +46,12 @@ class Console:
                 if len(body) > console.limit:
                     status = console.too_large_status
                 else:
-                    events = json.loads(body)["events"]
+                    payload = json.loads(body)
+                    events = payload.pop("events")
                     status = 400 if any(e["request_id"].startswith("poison") for e in events) else 202
                     if status == 202:
                         console.received.extend(events)
+                        console.reports.append(payload)
                 if status != 202:
                     console.refused.append(status)
                 self.send_response(status)
@@ -95,6 +101,7 @@ def make_event(request_id: str, payload_bytes: int) -> tuple[tuple, int]:
     return (
         event(
             request_id=request_id,
+            event_id=new_request_id(),
             version_id=1,
             inputs=inputs,
             outputs=[1.0],
@@ -104,6 +111,7 @@ def make_event(request_id: str, payload_bytes: int) -> tuple[tuple, int]:
             error=None,
             request_key=None,
             shadow=False,
+            pinned=False,
             timestamp=time.time(),
         ),
         payload_bytes + 600,
@@ -195,6 +203,10 @@ def test_the_buffer_is_bounded_in_bytes_while_the_console_is_down() -> None:
     # The newest events are kept; the oldest were dropped, all of them counted.
     assert received == sent[-len(received) :]
     assert dropped(metrics)["buffer_full"] == len(sent) - len(received)
+    # The console learns of the drops with the events that made it: the first post already reports them.
+    first = console.reports[0]
+    assert first["dropped"] == {"buffer_full": len(sent) - len(received), "too_large_single_event": 1}
+    assert first["server"].endswith(f":{os.getpid()}") and isinstance(first["buffered"], int)
 
 
 def test_a_model_server_loses_no_event_to_the_consoles_upload_limit(tmp_path: Path, bundles: dict[str, Bundle]) -> None:

@@ -352,6 +352,31 @@ def test_shadow_gets_a_copy_and_never_changes_the_response(server: ServerProcess
     assert shadow["inputs"] == live["inputs"] == {name: [record[name] for record in records] for name in records[0]}
 
 
+def test_events_say_which_requests_were_pinned_and_carry_the_servers_own_event_id(
+    server: ServerProcess, sink: EventSink
+) -> None:
+    """Canary analysis must tell routed traffic from requests a caller pinned to a version, and the console must
+    not de-duplicate on the caller's X-Request-Id (a reused one would hide every later request)."""
+    request_id = f"reused-{uuid.uuid4()}"
+    paths = ["/invocations", "/v2/models/churn/versions/stable/infer", "/v2/models/churn/versions/stable/infer"]
+    for path in paths:
+        body = {"dataframe_records": rows(1)} if path == "/invocations" else v2_request(rows(1))
+        status, headers, _ = server.post(path, body, {"X-Request-Id": request_id})
+        assert status == 200 and headers["x-request-id"] == request_id, "the caller's id is answered back"
+    status, _, _ = server.post(paths[1], {"inputs": []}, {"X-Request-Id": request_id})
+    assert status == 400
+    events = sink.wait_for(lambda evs: sum(e["request_id"] == request_id and not e["shadow"] for e in evs) == 4)
+    live = [e for e in events if e["request_id"] == request_id and not e["shadow"]]
+    assert sorted(e["pinned"] for e in live) == [False, True, True, True]
+    assert len({e["event_id"] for e in live}) == 4, "one server-made id per request, whatever the caller sent"
+    assert all(str(uuid.UUID(e["event_id"])) == e["event_id"] for e in live)
+    # A shadow copy carries its request's event id (so the console pairs it with its own live answer).
+    shadows = sink.wait_for(lambda evs: sum(e["request_id"] == request_id and e["shadow"] for e in evs) >= 3)
+    for shadow in (e for e in shadows if e["request_id"] == request_id and e["shadow"]):
+        (twin,) = [e for e in live if e["event_id"] == shadow["event_id"]]
+        assert shadow["pinned"] == twin["pinned"]
+
+
 def test_events_are_shipped_in_batches_with_the_token(server: ServerProcess, sink: EventSink) -> None:
     ids = [f"batch-{uuid.uuid4()}" for _ in range(30)]
     for request_id in ids:

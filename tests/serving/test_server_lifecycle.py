@@ -324,6 +324,7 @@ def test_events_are_valid_json_whatever_the_values(sink: EventSink) -> None:
         shipper.record(
             event(
                 request_id="nan-1",
+                event_id="e-nan-1",
                 version_id="v1",
                 inputs={"x1": [1.5, float("nan")], "city": ["Oslo", None]},
                 outputs=np.array([0.25, np.nan]),
@@ -333,6 +334,7 @@ def test_events_are_valid_json_whatever_the_values(sink: EventSink) -> None:
                 error=None,
                 request_key=None,
                 shadow=False,
+                pinned=False,
                 timestamp=0.0,
             ),
             1000,

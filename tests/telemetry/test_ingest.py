@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from apps.core.artifacts import get_artifact_store
 from apps.core.models import APIToken
 from apps.deployments import services as deployment_services
 from apps.deployments.models import Deployment
-from apps.telemetry import selectors
+from apps.telemetry import authentication, selectors
 from apps.telemetry.authentication import ingest_source_for_token
 from apps.telemetry.models import BUCKET_FIELDS, NO_VERSION, PredictionLog, PredictionRollup
 from apps.telemetry.services import IngestSource, predictions_ingest
@@ -136,7 +137,8 @@ def test_odd_values_are_stored_not_refused(deployment: Deployment) -> None:
 def test_an_impossible_timestamp_or_a_foreign_version_is_refused_alone_and_reported(
     deployment: Deployment, project: Any, api: Any
 ) -> None:
-    other_model = ModelVersionFactory(model=RegisteredModelFactory(project=project, name="other"), number=1)
+    # An explicit id, like the fixture's: the id sequence may be anywhere after earlier tests, 8 included.
+    other_model = ModelVersionFactory(model=RegisteredModelFactory(project=project, name="other"), number=1, pk=13)
     bad = [
         ("leap", {"timestamp": "2024-02-30T00:00:00"}, "timestamp", "'2024-02-30T00:00:00' is not a valid ISO 8601"),
         ("ahead", {"timestamp": "0001-01-01T00:00:00+05:00"}, "timestamp", "is not a valid ISO 8601 date and time"),
@@ -290,3 +292,34 @@ def test_the_artifact_endpoint_takes_the_same_token(deployment: Deployment, api:
     served = api.get(url, **token(deployment))
     assert served.status_code == 200 and b"".join(served.streaming_content) == b"bundle bytes"
     assert api.get(f"/api/v1/ingest/artifacts/{'0' * 64}/", **token(deployment)).status_code == 404
+
+
+def test_a_token_is_resolved_once_per_cache_period(
+    deployment: Deployment, api: Any, django_assert_num_queries: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolving costs two queries per batch; a process keeps the answer, and a deleted deployment's token is
+    refused once the cache period has passed."""
+    batch = {"events": [event(deployment, "c1")]}
+    assert api.post(URL, batch, format="json", **token(deployment)).status_code == 202
+    with django_assert_num_queries(0):
+        assert ingest_source_for_token(deployment.ingest_token()) == source(deployment)
+    secret = deployment.ingest_token()
+    Deployment.objects.filter(pk=deployment.pk).delete()
+    assert ingest_source_for_token(secret) is not None, "still cached"
+    later = time.monotonic() + authentication.TOKEN_CACHE_SECONDS + 1
+    monkeypatch.setattr(authentication.time, "monotonic", lambda: later)
+    refused = api.post(URL, {"events": [event(deployment, "c2")]}, format="json", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert refused.status_code == 401
+
+
+def test_a_version_registered_after_the_token_was_cached_is_accepted(deployment: Deployment, api: Any) -> None:
+    assert api.post(URL, {"events": [event(deployment, "v1")]}, format="json", **token(deployment)).status_code == 202
+    newer = ModelVersionFactory(model=deployment.registered_model, number=4, pk=20)
+    batch = {"events": [event(deployment, "v2"), event(deployment, "v3", version_id=newer.pk)]}
+    answer = api.post(URL, batch, format="json", **token(deployment))
+    assert answer.status_code == 202 and answer.json() == {"accepted": 2}, answer.json()
+    assert set(PredictionLog.objects.values_list("model_version_id", flat=True)) == {7, newer.pk}
+    foreign = api.post(
+        URL, {"events": [event(deployment, "v4", version_id=99_999)]}, format="json", **token(deployment)
+    )
+    assert foreign.json()["accepted"] == 0 and foreign.json()["rejected"][0]["field"] == "version_id"

@@ -63,7 +63,7 @@ def test_migrating_forwards_keeps_the_rows_and_gives_them_their_project(executor
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, PredictionLog._meta.db_table)
     assert not [name for name, info in constraints.items() if info["foreign_key"]], "no foreign key is left"
-    assert "telemetry_log_request_unique" in constraints
+    assert "telemetry_log_event_unique" in constraints
     # New rows go in beside the old ones, the sequence carried over.
     PredictionLog.objects.create(
         deployment_id=deployment.pk, project_id=project.pk, request_id="new", status=200, created_at=created

@@ -27,6 +27,7 @@ from worker.deployments.docker_backend import (
     DockerBackend,
     build_context,
     container_spec,
+    container_usage,
     image_tag,
     limits,
     spec_archive,
@@ -170,6 +171,9 @@ def test_containers_serve_reload_are_replaced_scale_and_restart_after_a_crash(
     assert endpoint.startswith("http://127.0.0.1:") and endpoint not in {r.url for r in observed.replicas}
     assert all(predict(endpoint) == (200, "1") for _ in range(100))
     assert all(served_requests(r.url) >= 15 for r in observed.replicas)
+    # Each container's CPU time and memory, read from one stats sample when observing.
+    measured = backend.observe("dockered").replicas
+    assert all(r.cpu_seconds > 0 and 10 * 2**20 < r.rss_bytes < 2**30 for r in measured), measured
 
     # A blue-green switch keeps the artifact set: the running containers reload, under load, losing nothing.
     with load_on(endpoint) as load:
@@ -199,3 +203,26 @@ def test_containers_serve_reload_are_replaced_scale_and_restart_after_a_crash(
         scaled = backend.observe("dockered")
     assert scaled.serves(only_b.with_replicas(3))
     assert len(backend.scale("dockered", 1).replicas) == 1
+
+
+def test_container_usage_reads_cpu_time_and_memory_without_page_cache() -> None:
+    """The stats document as the Docker Engine API answers it (a stub container: the measurement against a real
+    engine is in the test above, which needs dockerd)."""
+
+    class Container:
+        def __init__(self, stats: dict | Exception) -> None:
+            self._stats = stats
+
+        def stats(self, *, stream: bool, one_shot: bool) -> dict:
+            assert stream is False and one_shot is True
+            if isinstance(self._stats, Exception):
+                raise self._stats
+            return self._stats
+
+    stats = {
+        "cpu_stats": {"cpu_usage": {"total_usage": 2_500_000_000}},
+        "memory_stats": {"usage": 300 * 2**20, "stats": {"inactive_file": 100 * 2**20}},
+    }
+    assert container_usage(Container(stats)) == (2.5, 200 * 2**20)
+    assert container_usage(Container({"memory_stats": {}})) == (None, None)
+    assert container_usage(Container(OSError("engine gone"))) == (None, None)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.serving.test_server_support import Bundle, rows, save_exploding, save_random_forest
@@ -257,6 +258,10 @@ def test_observe_reads_what_the_server_says(backend: LocalProcessBackend, bundle
     assert replica.traffic == {"1": 90, "2": 10} and replica.shadow == "3"
     status, metadata = http_get_json(replica.address, replica.port, "/v2/models/shadowed")
     assert status == 200 and metadata["parameters"]["deployment_id"] == 8
+    # CPU time and memory of the server's whole process tree (its master and workers), as psutil reads them.
+    tree = [psutil.Process(replica.pid), *psutil.Process(replica.pid).children(recursive=True)]
+    assert len(tree) >= 2 and replica.cpu_seconds > 0
+    assert replica.rss_bytes >= sum(process.memory_info().rss for process in tree) * 0.8
 
 
 def children(pid: int) -> set[int]:

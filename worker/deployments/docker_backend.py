@@ -183,6 +183,22 @@ def spec_archive(text: str) -> bytes:
     return buffer.getvalue()
 
 
+def container_usage(container: Any) -> tuple[float | None, int | None]:
+    """CPU seconds the container used since it started, and its memory without the reclaimable page cache (as
+    `docker stats` shows it); one sample (`one_shot`), so observing costs no wait. (None, None) on failure."""
+    import docker.errors
+
+    try:
+        stats = container.stats(stream=False, one_shot=True)
+    except (docker.errors.DockerException, OSError):
+        return None, None
+    cpu = (stats.get("cpu_stats") or {}).get("cpu_usage", {}).get("total_usage")
+    memory = stats.get("memory_stats") or {}
+    usage = memory.get("usage")
+    cache = (memory.get("stats") or {}).get("inactive_file", 0)
+    return (cpu / 1e9 if cpu is not None else None), (max(usage - cache, 0) if usage is not None else None)
+
+
 class DockerBackend:
     kind = "docker"
 
@@ -388,6 +404,7 @@ class DockerBackend:
             else:
                 ready, traffic, shadow, detail = probe_server(self.host, port, name)
                 health = ReplicaHealth.READY if ready else ReplicaHealth.STARTING
+            cpu_seconds, rss_bytes = container_usage(container) if container.status == "running" else (None, None)
             replicas.append(
                 ReplicaState(
                     replica=f"{name}-{container.labels.get(LABEL_REPLICA)}",
@@ -398,6 +415,8 @@ class DockerBackend:
                     traffic=traffic,
                     shadow=shadow,
                     detail=detail,
+                    cpu_seconds=cpu_seconds,
+                    rss_bytes=rss_bytes,
                 )
             )
         endpoint = f"http://{self.host}:{self._service_port(containers)}" if containers else ""

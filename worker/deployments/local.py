@@ -56,6 +56,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from serving.server import RELOAD_DONE, RELOAD_REFUSED
 from worker.deployments.probe import probe_server
 from worker.deployments.spec import (
@@ -149,6 +151,24 @@ def _process_group(pgid: int) -> list[int]:
             if int(fields[2]) == pgid:
                 members.append(int(entry.name))
     return members
+
+
+def process_tree_usage(pid: int) -> tuple[float | None, int | None]:
+    """CPU seconds (user + system) and resident bytes of a server: its master and every descendant (the
+    workers). (None, None) when the master is gone; a worker that exits while being read is left out."""
+    try:
+        master = psutil.Process(pid)
+        processes = [master, *master.children(recursive=True)]
+    except psutil.Error:
+        return None, None
+    cpu_seconds, rss_bytes = 0.0, 0
+    for process in processes:
+        with suppress(psutil.Error):
+            times = process.cpu_times()
+            rss = process.memory_info().rss
+            cpu_seconds += times.user + times.system
+            rss_bytes += rss
+    return cpu_seconds, rss_bytes
 
 
 def _reap(pid: int) -> None:
@@ -453,6 +473,7 @@ class LocalProcessBackend:
                 )
                 continue
             ready, traffic, shadow, detail = probe_server(self.host, port, name)
+            cpu_seconds, rss_bytes = process_tree_usage(int(record["pid"]))
             if ready:
                 health = ReplicaHealth.READY
             elif time.time() - float(record.get("started_at") or 0) < self.ready_timeout:
@@ -470,6 +491,8 @@ class LocalProcessBackend:
                     shadow=shadow,
                     detail=detail,
                     restarts=restarts,
+                    cpu_seconds=cpu_seconds,
+                    rss_bytes=rss_bytes,
                 )
             )
         service_port = self._known_service_port(name)

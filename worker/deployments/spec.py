@@ -181,6 +181,10 @@ class ReplicaState:
     restarts: int = 0
     crash_loop: bool = False
     next_restart_at: float | None = None
+    # The server's process tree (master and workers) as the backend measured it when observing: CPU time used
+    # since it started and resident memory. None where the backend does not measure (Docker, Kubernetes).
+    cpu_seconds: float | None = None
+    rss_bytes: int | None = None
 
     @property
     def url(self) -> str:

@@ -35,7 +35,7 @@ from apps.deployments.services.reconcile import (
     deployments_to_reconcile,
 )
 from apps.deployments.services.spec import artifact_base_url, deployment_manifests, deployment_spec, ingest_url
-from apps.deployments.services.tokens import deployment_artifact_allowed, deployment_for_token
+from apps.deployments.services.tokens import deployment_artifact_allowed
 
 __all__ = [
     "ACTIVE_PHASES",
@@ -47,7 +47,6 @@ __all__ = [
     "artifact_base_url",
     "deployment_artifact_allowed",
     "deployment_create",
-    "deployment_for_token",
     "deployment_gate_check",
     "deployment_manifests",
     "deployment_note",

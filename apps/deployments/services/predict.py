@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 
 from apps.core.exceptions import Conflict
 from apps.deployments.models import Deployment
+from mlops_console.logs import REQUEST_ID_HEADER, current_context
 
 TIMEOUT_SECONDS = 10
 PROTOCOLS = ("mlflow", "v2")
@@ -44,9 +45,15 @@ def deployment_predict(*, deployment: Deployment, body: str, protocol: str) -> P
         raise Conflict("No replica is ready to answer.")
     path = "/invocations" if protocol == "mlflow" else f"/v2/models/{deployment.name}/infer"
     parsed = urlparse(url)
+    headers = {"Content-Type": "application/json"}
+    # The console's request id goes on to the model server, which logs its prediction event under it: one id
+    # links the console's log lines, its tasks and the prediction in telemetry.
+    request_id = current_context().get("request_id")
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=TIMEOUT_SECONDS)
     try:
-        connection.request("POST", path, body=body.encode(), headers={"Content-Type": "application/json"})
+        connection.request("POST", path, body=body.encode(), headers=headers)
         response = connection.getresponse()
         payload = response.read()
         version_id = response.getheader("X-Model-Version")

@@ -180,6 +180,27 @@ def _status_for(
     return DeploymentStatus.PROGRESSING if ready else DeploymentStatus.DEGRADED
 
 
+def replica_cpu_percent(observed: dict[str, Any], before: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """`observed` with each replica's CPU use since the previous observation, in percent of one core.
+
+    Backends report CPU seconds used since a server started; the rate needs two observations of the same
+    process or container (same replica, pid and container id). The first observation of a process, and
+    backends that do not measure, leave `cpu_percent` None."""
+
+    def key(replica: dict[str, Any]) -> tuple:
+        return replica.get("replica"), replica.get("pid"), replica.get("container_id")
+
+    previous = {key(replica): replica.get("cpu_seconds") for replica in before.get("replicas", [])}
+    for replica in observed.get("replicas", []):
+        used, earlier = replica.get("cpu_seconds"), previous.get(key(replica))
+        replica["cpu_percent"] = (
+            round(100.0 * max(used - earlier, 0.0) / elapsed, 1)
+            if used is not None and earlier is not None and elapsed > 0
+            else None
+        )
+    return observed
+
+
 @transaction.atomic
 def _record(
     deployment_id: int,
@@ -219,9 +240,11 @@ def _record(
             audit=bool(error) or status in {DeploymentStatus.FAILED, DeploymentStatus.DEGRADED},
         )
     deployment.status, deployment.status_message = status, message
+    now = timezone.now()
     if observed is not None:
-        deployment.observed = observed.to_dict()
-    deployment.observed_at = timezone.now()
+        elapsed = (now - deployment.observed_at).total_seconds() if deployment.observed_at else 0.0
+        deployment.observed = replica_cpu_percent(observed.to_dict(), deployment.observed or {}, elapsed)
+    deployment.observed_at = now
     # The token derives from SECRET_KEY: after a key rotation the servers got the new token in this apply,
     # and the stored hash must follow or their events would be refused.
     deployment.ingest_token_hash = Deployment.hash_token(deployment.ingest_token())

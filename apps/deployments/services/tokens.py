@@ -1,19 +1,9 @@
-"""Look-ups for the model servers' calls: the deployment of an ingest token, and the artifacts it may fetch."""
+"""Look-ups for the model servers' calls: the artifacts a deployment may fetch."""
 
 from __future__ import annotations
 
-from apps.deployments.models import Deployment, DeploymentTarget
+from apps.deployments.models import DeploymentTarget
 from apps.registry.models import ModelVersion
-
-
-def deployment_for_token(token: str) -> Deployment | None:
-    if not token:
-        return None
-    return (
-        Deployment.objects.select_related("project", "registered_model")
-        .filter(ingest_token_hash=Deployment.hash_token(token))
-        .first()
-    )
 
 
 def deployment_artifact_allowed(*, deployment_id: int, sha256: str) -> ModelVersion | None:

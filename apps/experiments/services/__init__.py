@@ -9,10 +9,10 @@ from apps.experiments.services.pipelines import (
     pipeline_run_cancel,
     pipeline_run_create,
     pipeline_run_execute_inline,
-    pipeline_runs_reap_stale,
     pipeline_stage_execute,
     pipeline_stage_revoked,
 )
+from apps.experiments.services.reaping import pipeline_runs_reap_stale
 from apps.experiments.services.studies import study_trial_execute, study_trial_revoked
 from apps.experiments.services.tracking import (
     code_version,

@@ -1,4 +1,5 @@
-"""The bodies of the built-in stages: ingest, validate, features, train and evaluate.
+"""The bodies of the built-in stages: ingest, validate, features, train (one model; the HPO search is in
+studies) and evaluate.
 
 Each is a `StageHandler` (apps/experiments/stages.py) and returns the stage's outputs (JSON). Data never
 travels between stages: each loads what it needs from the artifact store (verified by hash) and the
@@ -24,7 +25,7 @@ from apps.experiments.choices import PipelineStageName, RunArtifactKind
 from apps.experiments.models import PipelineRun, Run
 from apps.experiments.services.runtime import StageRuntime
 from apps.experiments.services.tracking import package_versions, run_artifact_store, run_metrics_record
-from apps.experiments.stages import WAITING, StageContext, StageFailed, StageHandler, Waiting
+from apps.experiments.stages import StageContext, StageFailed
 from serving.loader import load_predictor
 from worker.datasets.schema import BOOLEAN, CATEGORICAL, INTEGER, schema_columns
 from worker.training.algorithms import ALGORITHMS
@@ -228,14 +229,9 @@ def train_into_run(
     return result
 
 
-def train_stage(context: StageContext) -> dict[str, Any] | Waiting:
-    """Train the configured model on the training rows, or run the HPO study when `search` is set."""
+def train_model(context: StageContext) -> dict[str, Any]:
+    """Train the configured model on the training rows (the train stage without a `search`)."""
     pipeline_run = context.pipeline_run
-    if pipeline_run.config.get("search"):
-        from apps.experiments.services.studies import study_start
-
-        study = study_start(stage=context.stage, runtime=context.runtime)
-        return WAITING if study is not None else {}
     config = train_config_for(pipeline_run)
     train_df, test_df = load_frames(pipeline_run)
     result = train_into_run(
@@ -303,12 +299,3 @@ def evaluate_stage(context: StageContext) -> dict[str, Any]:
         "threshold_failures": failures,
         "matches_training": not differing,
     }
-
-
-BUILTIN_STAGES: dict[str, StageHandler] = {
-    PipelineStageName.INGEST: ingest,
-    PipelineStageName.VALIDATE: validate,
-    PipelineStageName.FEATURES: features,
-    PipelineStageName.TRAIN: train_stage,
-    PipelineStageName.EVALUATE: evaluate_stage,
-}

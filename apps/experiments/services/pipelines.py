@@ -43,7 +43,6 @@ from apps.experiments.choices import (
     StudyStatus,
 )
 from apps.experiments.models import PipelineRun, PipelineStage, Run, Study
-from apps.experiments.services.builtin_stages import BUILTIN_STAGES
 from apps.experiments.services.runtime import REAP_AFTER, TAKEOVER_AFTER, StageRuntime
 from apps.experiments.services.tracking import code_version, experiment_get_or_create
 from apps.experiments.stages import (
@@ -347,7 +346,7 @@ def _stage_context(stage: PipelineStage, runtime: StageRuntime) -> StageContext:
 def _run_body(stage: PipelineStage, runtime: StageRuntime) -> Outcome:
     try:
         runtime.check_cancelled()
-        handler = BUILTIN_STAGES.get(stage.name) or stage_handler(stage.name)
+        handler = stage_handler(stage.name)
         if handler is None:
             raise StageSkipped(unavailable_reason(stage.name))
         result = handler(_stage_context(stage, runtime))
@@ -670,15 +669,9 @@ def _stages_resend_unclaimed(now: datetime) -> None:
             )
 
 
-def pipeline_runs_reap_stale() -> int:
+def pipeline_stages_reap_stale(*, now: datetime) -> int:
     """Send again the messages of stages queued long ago and never claimed; re-queue once, else fail, stages
-    whose heartbeat stopped (their worker died without a retry taking over), and fail such trial runs.
-
-    Run by beat every REAP_INTERVAL; returns how many stages and trial runs it ended (re-queued ones are not).
-    """
-    from apps.experiments.services.studies import study_trial_lost
-
-    now = timezone.now()
+    whose heartbeat stopped (their worker died without a retry taking over). Returns how many it ended."""
     _stages_resend_unclaimed(now)
     ended = 0
     stale = PipelineStage.objects.filter(status=PipelineStageStatus.RUNNING).filter(
@@ -703,8 +696,4 @@ def pipeline_runs_reap_stale() -> int:
         )
         _stage_finish(stage_id=stage.pk, task_id=stage.task_id, outcome=outcome)
         ended += 1
-    for run in Run.objects.filter(status=RunStatus.RUNNING, study__isnull=False, heartbeat_at__lt=now - REAP_AFTER):
-        ended += study_trial_lost(run=run)
-    if ended:
-        logger.warning("reaped %s stale stages and trial runs", ended)
     return ended

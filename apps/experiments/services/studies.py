@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -36,7 +37,7 @@ from apps.experiments.choices import (
     StudyStatus,
 )
 from apps.experiments.models import PipelineRun, PipelineStage, Run, Study
-from apps.experiments.services.builtin_stages import load_frames, train_config_for, train_into_run
+from apps.experiments.services.builtin_stages import load_frames, train_config_for, train_into_run, train_model
 from apps.experiments.services.pipelines import (
     CLAIM_POLL_SECONDS,
     CLAIM_WAIT_SECONDS,
@@ -45,9 +46,9 @@ from apps.experiments.services.pipelines import (
     pipeline_stage_complete,
     stage_resources_add,
 )
-from apps.experiments.services.runtime import TAKEOVER_AFTER, StageRuntime
+from apps.experiments.services.runtime import REAP_AFTER, TAKEOVER_AFTER, StageRuntime
 from apps.experiments.services.tracking import code_version, run_artifact_link
-from apps.experiments.stages import StageFailed
+from apps.experiments.stages import WAITING, StageContext, StageFailed, Waiting
 from worker.training.errors import ConfigError, TrainingCancelled
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ TRIAL_STATE_TAG = "trial_state"
 
 def _train_stage(pipeline_run: PipelineRun) -> PipelineStage:
     return pipeline_run.stages.get(name=PipelineStageName.TRAIN)
+
+
+def train_stage(context: StageContext) -> dict[str, Any] | Waiting:
+    """The train stage: the HPO study when the pipeline has a `search` (the stage waits for its trials), else
+    one model trained on the training rows."""
+    if not context.pipeline_run.config.get("search"):
+        return train_model(context)
+    study = study_start(stage=context.stage, runtime=context.runtime)
+    return WAITING if study is not None else {}
 
 
 def study_start(*, stage: PipelineStage, runtime: StageRuntime) -> Study | None:
@@ -394,6 +404,12 @@ def study_trial_lost(*, run: Run) -> int:
         logger.warning("could not close Optuna trial %s of %s", run.trial_number, study.storage_name)
     _slot_done(study_id=study.pk, slot=run.trial_slot, note=f"trial slot {run.trial_slot}: failed ({error})")
     return 1
+
+
+def study_trials_reap_stale(*, now: datetime) -> int:
+    """Fail the trial runs whose heartbeat stopped longer than REAP_AFTER ago; returns how many it ended."""
+    stale = Run.objects.filter(status=RunStatus.RUNNING, study__isnull=False, heartbeat_at__lt=now - REAP_AFTER)
+    return sum(study_trial_lost(run=run) for run in stale)
 
 
 def study_trial_revoked(*, study_id: int, slot: int, task_id: str) -> None:
