@@ -226,8 +226,9 @@ def deployment_performance(*, deployment: Deployment, window: str, now: datetime
     length, step = DASHBOARD_WINDOWS[window][0], PERFORMANCE_STEPS[window]
     until = minute_floor(now or timezone.now()) + timedelta(minutes=1)
     since = until - length
-    versions = telemetry.performance_by_version(deployment_id=deployment.pk, since=since, until=until)
-    trend, truncated = telemetry.performance_trend(deployment_id=deployment.pk, since=since, until=until, step=step)
+    rows = {"deployment_id": deployment.pk, "project_id": deployment.project_id, "since": since, "until": until}
+    versions = telemetry.performance_by_version(**rows)
+    trend, truncated = telemetry.performance_trend(**rows, step=step)
     keys = {(row.model_version_id, row.shadow) for row in versions} | {(p.model_version_id, p.shadow) for p in trend}
     numbers = _labels(deployment, {version_id for version_id, _ in keys if version_id})
     return Performance(
@@ -240,8 +241,6 @@ def deployment_performance(*, deployment: Deployment, window: str, now: datetime
         labels={key: version_label(numbers.get(key[0]), key[1]) for key in keys},
         trend=trend,
         trend_truncated=truncated,
-        distribution=telemetry.prediction_distribution(
-            deployment_id=deployment.pk, since=since, until=until, step=step
-        ),
+        distribution=telemetry.prediction_distribution(**rows, step=step),
         drift=drift_column_history(deployment=deployment),
     )

@@ -228,6 +228,7 @@ class DeploymentPerformanceApi(APIView):
         until = timezone.now()
         versions = selectors.performance_by_version(
             deployment_id=deployment_id,
+            project_id=project.pk,
             since=until - window,
             until=until,
             reference_since=reference_since,

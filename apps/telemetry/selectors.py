@@ -214,12 +214,22 @@ class _Rows:
     kinds: frozenset[str]  # of the labels read: "label" (classes) or "value" (regression)
 
 
-def _answered(deployment_id: int, since: datetime, until: datetime) -> Any:
+def _window_logs(deployment_id: int, project_id: int | None, since: datetime, until: datetime) -> Any:
+    """The deployment's logged predictions of [since, until).
+
+    With its project's id the read is a range of the (project, created_at) index; without it, Postgres has no
+    index that starts with the deployment and the time (the version sits between them in the other one), so it
+    reads every index entry of the deployment's whole history: 12 s instead of milliseconds for an hour of a
+    10-million-row log."""
+    logs = PredictionLog.objects.filter(deployment_id=deployment_id, created_at__gte=since, created_at__lt=until)
+    return logs.filter(project_id=project_id) if project_id is not None else logs
+
+
+def _answered(deployment_id: int, since: datetime, until: datetime, project_id: int | None = None) -> Any:
     label = PredictionLabel.objects.filter(deployment_id=OuterRef("deployment_id"), request_id=OuterRef("request_id"))
     return (
-        PredictionLog.objects.filter(
-            deployment_id=deployment_id, created_at__gte=since, created_at__lt=until, status__lt=400
-        )
+        _window_logs(deployment_id, project_id, since, until)
+        .filter(status__lt=400)
         .filter(outputs__isnull=False)
         .annotate(
             has_label=Exists(label),
@@ -319,6 +329,7 @@ def performance_by_version(
     reference_since: datetime | None = None,
     reference_until: datetime | None = None,
     limit: int = PERFORMANCE_ROW_LIMIT,
+    project_id: int | None = None,
 ) -> list[VersionPerformance]:
     """Realised performance per model version (live and shadow) in [since, until), from joined labels, and the
     CBPE estimate for its unlabelled predictions (classifiers), fitted on the labelled predictions of the
@@ -327,7 +338,7 @@ def performance_by_version(
     Reads raw rows (a label joins one request): one counting query, then per version at most `limit`
     labelled and `limit` unlabelled requests (and `limit` labelled ones of the reference window).
     """
-    window = _answered(deployment_id, since, until)
+    window = _answered(deployment_id, since, until, project_id)
     counts = (
         window.values("model_version_id", "shadow")
         .annotate(n=Count("id"), labelled=Count("id", filter=Q(has_label=True)))
@@ -342,7 +353,7 @@ def performance_by_version(
         labelled, unlabelled = _flatten(labelled_rows, True), _flatten(unlabelled_rows, False)
         if reference_since is not None and reference_until is not None:
             reference_rows, _ = _version_rows(
-                _answered(deployment_id, reference_since, reference_until).filter(**key), True, limit
+                _answered(deployment_id, reference_since, reference_until, project_id).filter(**key), True, limit
             )
             reference = _flatten(reference_rows, True)
         else:
@@ -571,13 +582,19 @@ class TrendPoint:
 
 
 def performance_trend(
-    *, deployment_id: int, since: datetime, until: datetime, step: timedelta, limit: int = PERFORMANCE_ROW_LIMIT
+    *,
+    deployment_id: int,
+    project_id: int,
+    since: datetime,
+    until: datetime,
+    step: timedelta,
+    limit: int = PERFORMANCE_ROW_LIMIT,
 ) -> tuple[list[TrendPoint], bool]:
     """Accuracy (or MAE) per (model version, live or shadow, step) of [since, until), and whether it is
     truncated: the most recent `limit` labelled predictions are read (raw rows, since a label joins one
     request), one query."""
     rows = list(
-        _answered(deployment_id, since, until)
+        _answered(deployment_id, since, until, project_id)
         .filter(has_label=True)
         .order_by("-created_at")
         .values_list("model_version_id", "shadow", "created_at", "outputs", "truth", "label_kind")[: limit + 1]
@@ -632,20 +649,20 @@ def _is_class(value: Any) -> bool:
 
 
 def prediction_distribution(
-    *, deployment_id: int, since: datetime, until: datetime, step: timedelta, limit: int = PERFORMANCE_ROW_LIMIT
+    *,
+    deployment_id: int,
+    project_id: int,
+    since: datetime,
+    until: datetime,
+    step: timedelta,
+    limit: int = PERFORMANCE_ROW_LIMIT,
 ) -> PredictionDistribution:
     """The live predictions of [since, until) per step: class counts, or p10/p50/p90 of the predicted values.
 
     Raw rows, because no rollup keeps outputs: the most recent `limit` answered requests, one query."""
     rows = list(
-        PredictionLog.objects.filter(
-            deployment_id=deployment_id,
-            shadow=False,
-            created_at__gte=since,
-            created_at__lt=until,
-            status__lt=400,
-            outputs__isnull=False,
-        )
+        _window_logs(deployment_id, project_id, since, until)
+        .filter(shadow=False, status__lt=400, outputs__isnull=False)
         .order_by("-created_at")
         .values_list("created_at", "outputs")[: limit + 1]
     )

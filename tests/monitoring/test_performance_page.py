@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.core.exceptions import NotFound, ValidationError
@@ -168,6 +170,7 @@ def test_page_without_traffic_is_an_empty_state(deployment: Any, viewer: Any) ->
     assert 'data-testid="drift-empty"' in body and "NaN" not in body
     distribution = telemetry.prediction_distribution(
         deployment_id=deployment.pk,
+        project_id=deployment.project_id,
         since=timezone.now() - timedelta(hours=1),
         until=timezone.now(),
         step=timedelta(minutes=5),
@@ -192,3 +195,15 @@ def test_trend_api_as_each_role_and_bad_input(
     assert client_for(outsider).get(url).status_code == 404
     answer = client_for(viewer).get(url, {"window": "12h"})
     assert answer.status_code == 400 and "window" in answer.json()
+
+
+def test_raw_reads_range_over_the_project_time_index(deployment: Any, labelled: dict[str, Any]) -> None:
+    """Every read of the prediction log names the project: without it Postgres has no index starting with the
+    deployment and the time, and scans the deployment's whole history (12 s for an hour of a 10M-row log)."""
+    with CaptureQueriesContext(connection) as queries:
+        selectors.deployment_performance(deployment=deployment, window="24h")
+    reads = [query["sql"] for query in queries if 'FROM "telemetry_predictionlog"' in query["sql"]]
+    assert len(reads) >= 3
+    for sql in reads:
+        where = sql.split('FROM "telemetry_predictionlog" WHERE')[1]
+        assert f'"telemetry_predictionlog"."project_id" = {deployment.project_id}' in where, sql
