@@ -86,6 +86,8 @@ try:
         raise EnvError("DEPLOYMENTS_DEFAULT_BACKEND must be local, docker or kubernetes")
     # Monitoring (docs/monitoring.md): how often, and over how long a window, beat runs each deployment's drift report.
     MONITORING_DRIFT_INTERVAL_SECONDS = env_int("MONITORING_DRIFT_INTERVAL_SECONDS", 3600, minimum=60)
+    # Alerts (docs/alerts.md): how often beat evaluates the rules; a rule's `for` is 0 or at least this.
+    ALERTS_EVALUATION_INTERVAL_SECONDS = env_int("ALERTS_EVALUATION_INTERVAL_SECONDS", 30, minimum=5, maximum=3600)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -109,6 +111,7 @@ INSTALLED_APPS = [
     "apps.registry",
     "apps.deployments",
     "apps.monitoring",
+    "apps.alerts",
     "axes",
 ]
 
@@ -283,6 +286,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     # Sends drift reports whose task was lost or whose worker died again.
     "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
+    # Evaluates the alert rules that are due (docs/alerts.md).
+    "alerts-evaluate": {"task": "alerts.evaluate_due", "schedule": float(ALERTS_EVALUATION_INTERVAL_SECONDS)},
 }
 
 LOGGING = {

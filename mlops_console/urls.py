@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from apps.alerts.api import router as alerts_router
 from apps.core import views as core_views
 from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
@@ -22,6 +23,7 @@ api_urlpatterns = [
     *registry_router.urls,
     *deployments_router.urls,
     *monitoring_router.urls,
+    *alerts_router.urls,
     *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]
@@ -40,6 +42,7 @@ urlpatterns = [
     path("deployments/", include("apps.deployments.urls")),
     path("experiments/", include("apps.experiments.urls")),
     path("monitoring/", include("apps.monitoring.urls")),
+    path("alerts/", include("apps.alerts.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]

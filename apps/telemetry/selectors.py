@@ -85,15 +85,39 @@ def _rollups(*, deployment_id: int, since: datetime, until: datetime | None = No
 def version_window_stats(
     *, deployment_id: int, version_ids: list[int], since: datetime, until: datetime
 ) -> dict[int, VersionWindow]:
-    """Per-version live (not shadow) figures over the minutes that overlap [since, until); one query.
+    """Per-version live (not shadow) figures over the minutes that overlap [since, until); one query."""
+    rows = _window_rows(
+        _rollups(deployment_id=deployment_id, since=since, until=until).filter(
+            model_version_id__in=version_ids, shadow=False
+        ),
+        "model_version_id",
+    )
+    stats = {version_id: VersionWindow(0, 0) for version_id in version_ids}
+    for version_id, requests, errors, mean, *values in rows:
+        stats[version_id] = VersionWindow(requests, errors, *values, mean_ms=mean)
+    return stats
 
-    The inner query sums the window's rollup rows per version; the outer one takes the quantiles from those
+
+def deployment_window_stats(*, deployment_id: int, since: datetime, until: datetime) -> VersionWindow:
+    """The deployment's live (not shadow) figures over the minutes that overlap [since, until), all versions
+    together (their histograms summed, so the quantiles are the deployment's); one query."""
+    rows = _window_rows(
+        _rollups(deployment_id=deployment_id, since=since, until=until).filter(shadow=False), "deployment_id"
+    )
+    if not rows:
+        return VersionWindow(0, 0)
+    _, requests, errors, mean, *values = rows[0]
+    return VersionWindow(requests, errors, *values, mean_ms=mean)
+
+
+def _window_rows(rollups: Any, group: str) -> list[tuple]:
+    """(group, requests, errors, mean, p50, p90, p99) per value of `group` in the rollups.
+
+    The inner query sums the window's rollup rows per group; the outer one takes the quantiles from those
     sums (so each bucket is summed once, not once per quantile and bucket).
     """
     sums = (
-        _rollups(deployment_id=deployment_id, since=since, until=until)
-        .filter(model_version_id__in=version_ids, shadow=False)
-        .values("model_version_id")
+        rollups.values(group)
         .annotate(
             n=Sum("requests"),
             failed=Sum("errors"),
@@ -107,14 +131,19 @@ def version_window_stats(
     quantiles = ", ".join(_quantile_sql(q) for q in QUANTILES.values())
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT model_version_id, n, failed, latency_sum / NULLIF(lc, 0), {quantiles} FROM ({inner}) AS sums",
-            params,
+            f"SELECT {group}, n, failed, latency_sum / NULLIF(lc, 0), {quantiles} FROM ({inner}) AS sums", params
         )
-        rows = cursor.fetchall()
-    stats = {version_id: VersionWindow(0, 0) for version_id in version_ids}
-    for version_id, requests, errors, mean, *values in rows:
-        stats[version_id] = VersionWindow(requests, errors, *values, mean_ms=mean)
-    return stats
+        return cursor.fetchall()
+
+
+def last_request_minute(*, deployment_id: int) -> datetime | None:
+    """The latest minute in which the deployment answered a live request, or None if it never did."""
+    return (
+        PredictionRollup.objects.filter(deployment_id=deployment_id, shadow=False, requests__gt=0)
+        .order_by("-minute")
+        .values_list("minute", flat=True)
+        .first()
+    )
 
 
 def request_rate(*, deployment_id: int, seconds: int = 60, now: datetime | None = None) -> float:
