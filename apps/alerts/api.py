@@ -195,7 +195,14 @@ def _channels(user: object, ids: list[int] | None) -> list[AlertChannel] | None:
     return [_scoped(AlertChannel, user, pk, "channels") for pk in ids]
 
 
+WRITE_RELATIONS = ("project", "deployment", "registered_model", "channels", "retrain_from")
+
+
 def _rule_data(request: Request) -> dict[str, Any]:
+    """The rule's fields as sent; a key the API does not know is refused (a typo would otherwise be ignored)."""
+    unknown = sorted(set(request.data) - set(services.RULE_FIELDS) - set(WRITE_RELATIONS))
+    if unknown:
+        raise ValidationError("Unknown field.", field=unknown[0])
     return {key: request.data[key] for key in services.RULE_FIELDS if key in request.data}
 
 

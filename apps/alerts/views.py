@@ -109,7 +109,7 @@ def rule_create(request: HttpRequest, slug: str) -> HttpResponse:
                 **arguments,
             )
         except ValidationError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
             return redirect(rule)
     deployment = form.cleaned_data.get("deployment") if form.is_bound and hasattr(form, "cleaned_data") else None
@@ -138,7 +138,7 @@ def rule_edit(request: HttpRequest, pk: int) -> HttpResponse:
         try:
             services.alert_rule_update(rule=rule, actor=request.user, **_rule_arguments(form.cleaned_data))
         except ValidationError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
             return redirect(rule)
     values = form.cleaned_data if form.is_bound and hasattr(form, "cleaned_data") else initial
@@ -294,7 +294,7 @@ def channel_create(request: HttpRequest, slug: str) -> HttpResponse:
                 config={"addresses": data["addresses"], "url": data["url"], "secret": data["secret"]},
             )
         except ValidationError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
             return redirect(channel)
     return render(request, "alerts/channel_form.html", {"form": form, "project": project})
