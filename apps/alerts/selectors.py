@@ -27,6 +27,7 @@ def alert_rules(*, user: object) -> QuerySet[AlertRule]:
             n_nodata=Count("alerts", filter=Q(alerts__state__in=["nodata", "error"])),
             n_alerts=Count("alerts"),
         )
+        .order_by("project__name", "name", "pk")
     )
 
 

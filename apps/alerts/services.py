@@ -428,7 +428,7 @@ def alert_rules_create_defaults(
 def silence_create(
     *,
     project: Project,
-    actor: AbstractBaseUser,
+    actor: AbstractBaseUser | None,
     comment: str,
     ends_at: datetime,
     starts_at: datetime | None = None,
@@ -436,8 +436,10 @@ def silence_create(
     deployment: Deployment | None = None,
     matchers: dict[str, Any] | None = None,
 ) -> Silence:
-    """Mute the notifications of matching alerts between start and end (editors); their states still change."""
-    require_project_role(actor, project, ProjectRole.EDITOR)
+    """Mute the notifications of matching alerts between start and end (editors); their states still change.
+    `actor=None` is the system (an operator's `manage.py alerts silence`)."""
+    if actor is not None:
+        require_project_role(actor, project, ProjectRole.EDITOR)
     starts_at = starts_at or timezone.now()
     comment = (comment or "").strip()
     if not comment:
