@@ -262,6 +262,12 @@ def _set_relations(rule: AlertRule, channels: list[AlertChannel] | None, retrain
     if retrain_from is not None:
         if retrain_from and retrain_from.project_id != rule.project_id:
             raise ValidationError("The pipeline run belongs to another project.", field="retrain_from")
+        if retrain_from and not retrain_from.config_text:
+            # The stored config is normalised and cannot be given again; the text it came from can.
+            raise ValidationError(
+                "Retrain from a pipeline run started from a YAML or JSON config text (config_yaml).",
+                field="retrain_from",
+            )
         AlertRule.objects.filter(pk=rule.pk).update(retrain_from=retrain_from or None)
         rule.retrain_from = retrain_from or None
 
