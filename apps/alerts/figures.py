@@ -53,6 +53,45 @@ class FigureCache:
             self.values[key] = compute()
         return self.values[key]
 
+    def prefetch(self, pairs: list[tuple[Any, Deployment]]) -> None:
+        """Read what (rule, deployment) pairs will ask for in one query per window and kind, not one per pair."""
+        stats: dict[tuple[timedelta, timedelta], set[int]] = {}
+        drift: dict[timedelta, set[int]] = {}
+        last: set[int] = set()
+        for rule, deployment in pairs:
+            window = timedelta(seconds=rule.window_seconds)
+            if rule.figure in TRAFFIC_FIGURES:
+                stats.setdefault((window, timedelta(0)), set()).add(deployment.pk)
+                if rule.figure == AlertFigure.THROUGHPUT_DROP:
+                    stats.setdefault((window, WEEK), set()).add(deployment.pk)
+            elif rule.figure in DRIFT_FIGURES:
+                drift.setdefault(window, set()).add(deployment.pk)
+            elif rule.figure == AlertFigure.NO_DATA_MINUTES:
+                last.add(deployment.pk)
+        for (window, ago), ids in stats.items():
+            missing = sorted(pk for pk in ids if ("stats", pk, window, ago) not in self.values)
+            if missing:
+                until = self.now - ago
+                found = telemetry.deployments_window_stats(deployment_ids=missing, since=until - window, until=until)
+                self.values.update({("stats", pk, window, ago): found[pk] for pk in missing})
+        for window, ids in drift.items():
+            missing = sorted(pk for pk in ids if ("drift", pk, window) not in self.values)
+            latest: dict[int, DriftReport | None] = dict.fromkeys(missing)
+            reports = (
+                DriftReport.objects.filter(
+                    deployment_id__in=missing, window_end__gte=self.now - window, drift_share__isnull=False
+                )
+                .only("id", "deployment_id", "drift_share", "result", "window_end")
+                .order_by("deployment_id", "-window_end", "-id")
+            )
+            for report in reports:
+                latest[report.deployment_id] = latest[report.deployment_id] or report
+            self.values.update({("drift", pk, window): report for pk, report in latest.items()})
+        missing = sorted(pk for pk in last if ("last", pk) not in self.values)
+        if missing:
+            found = telemetry.last_request_minutes(deployment_ids=missing)
+            self.values.update({("last", pk): found[pk] for pk in missing})
+
 
 def _window_stats(deployment: Deployment, window: timedelta, cache: FigureCache, *, ago: timedelta = timedelta(0)):
     until = cache.now - ago
@@ -145,7 +184,10 @@ def _drift(figure: str, column: str, deployment: Deployment, window: timedelta, 
 
 
 def _no_data_minutes(deployment: Deployment, cache: FigureCache) -> Observation:
-    last = cache.get(("last", deployment.pk), lambda: telemetry.last_request_minute(deployment_id=deployment.pk))
+    last = cache.get(
+        ("last", deployment.pk),
+        lambda: telemetry.last_request_minutes(deployment_ids=[deployment.pk])[deployment.pk],
+    )
     # A rollup's minute covers the whole minute; the silence starts when it ends.
     since = last + timedelta(minutes=1) if last is not None else deployment.created_at
     return Observation(max((cache.now - since).total_seconds() / 60, 0.0))

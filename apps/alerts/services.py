@@ -46,6 +46,8 @@ MIN_WINDOW_SECONDS = 60
 MAX_EMAIL_ADDRESSES = 20
 # A round evaluates at most this many rules; the next round takes the rest.
 ROUND_LIMIT = 5_000
+# Rules claimed (and evaluated) per transaction: their reads and writes are batched.
+CLAIM_BATCH = 100
 RULE_FIELDS = (
     "name",
     "figure",
@@ -506,12 +508,6 @@ class RoundResult:
     seconds: float
 
 
-def _rule_deployments(rule: AlertRule) -> list[Deployment]:
-    if rule.deployment_id:
-        return [rule.deployment]
-    return list(Deployment.objects.filter(registered_model_id=rule.registered_model_id).active().order_by("pk"))
-
-
 def _observe(
     rule: AlertRule, deployment: Deployment, cache: figures.FigureCache
 ) -> tuple[engine.Observation, float | None]:
@@ -536,16 +532,23 @@ def _observe(
         return engine.Observation(None, f"{type(exc).__name__}: {exc}", error=True), None
 
 
-def alert_rule_evaluate(
-    *, rule: AlertRule, now: datetime, cache: figures.FigureCache, silences: list[Silence]
-) -> tuple[int, int]:
-    """Evaluate the (locked) rule on each of its deployments, record transitions and notify its group; in the
-    caller's transaction. Returns (transitions, notifications)."""
-    alerts = {alert.deployment_id: alert for alert in rule.alerts.select_related("deployment")}
-    transitions = []
-    started_firing: list[Alert] = []
-    current: list[Alert] = []
-    for deployment in _rule_deployments(rule):
+@dataclass
+class _Step:
+    alert: Alert
+    step: engine.Transition | None  # None: the deployment is no longer a target and the alert ends
+
+
+def _rule_steps(
+    rule: AlertRule,
+    deployments: list[Deployment],
+    alerts: dict[int, Alert],
+    now: datetime,
+    cache: figures.FigureCache,
+    silences: list[Silence],
+) -> list[_Step]:
+    """The next state of each of the rule's alerts (nothing written yet)."""
+    steps = []
+    for deployment in deployments:
         alert = alerts.pop(deployment.pk, None) or Alert(rule=rule, deployment=deployment)
         alert.deployment = deployment
         observation, threshold = _observe(rule, deployment, cache)
@@ -567,38 +570,57 @@ def alert_rule_evaluate(
         alert.value, alert.threshold, alert.reason, alert.evaluated_at = step.value, threshold, step.reason, now
         if step.changed:
             alert.state_changed_at = now
-        alert.save()
-        if step.changed:
-            transitions.append(
-                AlertTransition(
-                    alert=alert,
-                    from_state=step.before,
-                    to_state=step.after.state,
-                    value=step.value,
-                    threshold=threshold,
-                    reason=step.reason,
-                    silenced=alert.silenced,
-                    at=now,
-                )
-            )
-        if step.event == "firing":
-            started_firing.append(alert)
-        current.append(alert)
-    # Alerts of deployments the rule no longer covers (stopped, deleted from the model) end as resolved.
+        steps.append(_Step(alert, step))
+    # Alerts of deployments the rule no longer covers (stopped, or no longer of the model) end as resolved.
     for alert in alerts.values():
         if alert.state in (engine.FIRING, engine.PENDING):
-            transitions.append(
-                AlertTransition(
-                    alert=alert, from_state=alert.state, to_state=engine.RESOLVED, reason="no longer a target", at=now
-                )
+            steps.append(_Step(alert, None))
+    return steps
+
+
+ALERT_FIELDS = [
+    "state",
+    "value",
+    "threshold",
+    "reason",
+    "active_since",
+    "firing_since",
+    "last_true_at",
+    "state_changed_at",
+    "evaluated_at",
+    "silenced",
+]
+
+
+def _save_steps(steps: list[_Step], now: datetime) -> int:
+    """Write a batch's alerts (bulk) and their transitions; returns the number of transitions."""
+    transitions = []
+    for item in steps:
+        if item.step is None:
+            transitions.append((item.alert, item.alert.state, engine.RESOLVED, None, "no longer a target"))
+            item.alert.state, item.alert.state_changed_at, item.alert.firing_since = engine.RESOLVED, now, None
+        elif item.step.changed:
+            transitions.append((item.alert, item.step.before, item.step.after.state, item.step.value, item.step.reason))
+    new = [item.alert for item in steps if item.alert.pk is None]
+    existing = [item.alert for item in steps if item.alert.pk is not None]
+    Alert.objects.bulk_create(new)
+    Alert.objects.bulk_update(existing, ALERT_FIELDS)
+    AlertTransition.objects.bulk_create(
+        [
+            AlertTransition(
+                alert=alert,
+                from_state=before,
+                to_state=after,
+                value=value,
+                threshold=alert.threshold,
+                reason=reason,
+                silenced=alert.silenced,
+                at=now,
             )
-            alert.state, alert.state_changed_at, alert.firing_since = engine.RESOLVED, now, None
-            alert.save(update_fields=["state", "state_changed_at", "firing_since"])
-    AlertTransition.objects.bulk_create(transitions)
-    notifications = _notify_group(rule, current, now)
-    if started_firing and rule.retrain_from_id:
-        _retrain(rule, started_firing[0], now)
-    return len(transitions), notifications
+            for alert, before, after, value, reason in transitions
+        ]
+    )
+    return len(transitions)
 
 
 def _notify_group(rule: AlertRule, alerts: list[Alert], now: datetime) -> int:
@@ -636,33 +658,65 @@ def _retrain(rule: AlertRule, alert: Alert, now: datetime) -> None:
     retrain_start(rule=rule, alert=alert)
 
 
+def _evaluate_batch(rules: list[AlertRule], now: datetime, cache: figures.FigureCache) -> tuple[int, int]:
+    """Evaluate claimed (locked) rules in the caller's transaction: read what they need in a few queries,
+    step every alert, write the alerts and transitions in bulk, then notify each group and start actions."""
+    model_ids = {rule.registered_model_id for rule in rules if rule.registered_model_id}
+    by_model: dict[int, list[Deployment]] = {}
+    for deployment in Deployment.objects.filter(registered_model_id__in=model_ids).active().order_by("pk"):
+        by_model.setdefault(deployment.registered_model_id, []).append(deployment)
+    targets = {
+        rule.pk: [rule.deployment] if rule.deployment_id else by_model.get(rule.registered_model_id, [])
+        for rule in rules
+    }
+    cache.prefetch([(rule, deployment) for rule in rules for deployment in targets[rule.pk]])
+    existing: dict[int, dict[int, Alert]] = {rule.pk: {} for rule in rules}
+    for alert in Alert.objects.filter(rule__in=rules):
+        existing[alert.rule_id][alert.deployment_id] = alert
+    silences: dict[int, list[Silence]] = {}
+    for silence in Silence.objects.filter(
+        project_id__in={rule.project_id for rule in rules}, starts_at__lte=now, ends_at__gt=now
+    ):
+        silences.setdefault(silence.project_id, []).append(silence)
+    steps = {
+        rule.pk: _rule_steps(rule, targets[rule.pk], existing[rule.pk], now, cache, silences.get(rule.project_id, []))
+        for rule in rules
+    }
+    transitions = _save_steps([item for rule_steps in steps.values() for item in rule_steps], now)
+    notifications = 0
+    for rule in rules:
+        current = [item.alert for item in steps[rule.pk] if item.step is not None]
+        notifications += _notify_group(rule, current, now)
+        started = [item.alert for item in steps[rule.pk] if item.step is not None and item.step.event == "firing"]
+        if started and rule.retrain_from_id:
+            _retrain(rule, started[0], now)
+    return transitions, notifications
+
+
 def alert_rules_evaluate_due(*, now: datetime | None = None, limit: int = ROUND_LIMIT) -> RoundResult:
-    """One round (beat): claim each due rule with FOR UPDATE SKIP LOCKED, evaluate it in the same transaction,
-    and make it due again one interval later. Safe to run in several workers at once."""
+    """One round (beat): claim due rules in batches with FOR UPDATE SKIP LOCKED, evaluate each batch in the
+    transaction that holds its locks, and make its rules due again one interval later. Safe to run in several
+    workers at once: a rule another worker holds is skipped, and is no longer due once that worker commits."""
     started = time.perf_counter()
     now = now or timezone.now()
     interval = timedelta(seconds=settings.ALERTS_EVALUATION_INTERVAL_SECONDS)
     cache = figures.FigureCache(now=now)
-    silences: dict[int, list[Silence]] = {}
     rules = transitions = notifications = 0
     while rules < limit:
         with transaction.atomic():
-            rule = (
+            batch = list(
                 AlertRule.objects.select_for_update(skip_locked=True, of=("self",))
                 .select_related("project", "deployment", "registered_model")
                 .filter(enabled=True, next_evaluation_at__lte=now)
-                .order_by("next_evaluation_at", "pk")
-                .first()
+                .order_by("next_evaluation_at", "pk")[: min(CLAIM_BATCH, limit - rules)]
             )
-            if rule is None:
+            if not batch:
                 break
-            if rule.project_id not in silences:
-                silences[rule.project_id] = list(
-                    Silence.objects.filter(project_id=rule.project_id, starts_at__lte=now, ends_at__gt=now)
-                )
-            changed, sent = alert_rule_evaluate(rule=rule, now=now, cache=cache, silences=silences[rule.project_id])
-            AlertRule.objects.filter(pk=rule.pk).update(next_evaluation_at=now + interval, evaluated_at=now)
-        rules += 1
+            changed, sent = _evaluate_batch(batch, now, cache)
+            AlertRule.objects.filter(pk__in=[rule.pk for rule in batch]).update(
+                next_evaluation_at=now + interval, evaluated_at=now
+            )
+        rules += len(batch)
         transitions += changed
         notifications += sent
     return RoundResult(rules, transitions, notifications, time.perf_counter() - started)

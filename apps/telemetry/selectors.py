@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from django.db import connection
-from django.db.models import Count, Exists, FloatField, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, FloatField, Max, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -101,13 +101,20 @@ def version_window_stats(
 def deployment_window_stats(*, deployment_id: int, since: datetime, until: datetime) -> VersionWindow:
     """The deployment's live (not shadow) figures over the minutes that overlap [since, until), all versions
     together (their histograms summed, so the quantiles are the deployment's); one query."""
-    rows = _window_rows(
-        _rollups(deployment_id=deployment_id, since=since, until=until).filter(shadow=False), "deployment_id"
+    return deployments_window_stats(deployment_ids=[deployment_id], since=since, until=until)[deployment_id]
+
+
+def deployments_window_stats(
+    *, deployment_ids: list[int], since: datetime, until: datetime
+) -> dict[int, VersionWindow]:
+    """`deployment_window_stats` of many deployments over the same window, in one query (alert rounds)."""
+    rollups = PredictionRollup.objects.filter(
+        deployment_id__in=deployment_ids, minute__gte=minute_floor(since), minute__lt=until, shadow=False
     )
-    if not rows:
-        return VersionWindow(0, 0)
-    _, requests, errors, mean, *values = rows[0]
-    return VersionWindow(requests, errors, *values, mean_ms=mean)
+    stats = {deployment_id: VersionWindow(0, 0) for deployment_id in deployment_ids}
+    for deployment_id, requests, errors, mean, *values in _window_rows(rollups, "deployment_id"):
+        stats[deployment_id] = VersionWindow(requests, errors, *values, mean_ms=mean)
+    return stats
 
 
 def _window_rows(rollups: Any, group: str) -> list[tuple]:
@@ -136,14 +143,16 @@ def _window_rows(rollups: Any, group: str) -> list[tuple]:
         return cursor.fetchall()
 
 
-def last_request_minute(*, deployment_id: int) -> datetime | None:
-    """The latest minute in which the deployment answered a live request, or None if it never did."""
-    return (
-        PredictionRollup.objects.filter(deployment_id=deployment_id, shadow=False, requests__gt=0)
-        .order_by("-minute")
-        .values_list("minute", flat=True)
-        .first()
+def last_request_minutes(*, deployment_ids: list[int]) -> dict[int, datetime | None]:
+    """The latest minute in which each deployment answered a live request (None if it never did); one query."""
+    latest = dict(
+        PredictionRollup.objects.filter(deployment_id__in=deployment_ids, shadow=False, requests__gt=0)
+        .values("deployment_id")
+        .annotate(last=Max("minute"))
+        .order_by()
+        .values_list("deployment_id", "last")
     )
+    return {deployment_id: latest.get(deployment_id) for deployment_id in deployment_ids}
 
 
 def request_rate(*, deployment_id: int, seconds: int = 60, now: datetime | None = None) -> float:
