@@ -707,6 +707,7 @@ def alert_rules_evaluate_due(*, now: datetime | None = None, limit: int = ROUND_
             batch = list(
                 AlertRule.objects.select_for_update(skip_locked=True, of=("self",))
                 .select_related("project", "deployment", "registered_model")
+                .prefetch_related("channels")
                 .filter(enabled=True, next_evaluation_at__lte=now)
                 .order_by("next_evaluation_at", "pk")[: min(CLAIM_BATCH, limit - rules)]
             )
