@@ -216,6 +216,9 @@ def test_pages_for_viewers_editors_and_outsiders(
         assert browser(viewer).get(url).status_code == 200, url
     detail = browser(viewer).get(f"/alerts/rules/{rule.pk}/").content.decode()
     assert 'data-testid="rule-preview"' in detail and "Firing" in detail and "Edit" not in detail
+    deployment_page = browser(member).get(deployment.get_absolute_url()).content.decode()
+    assert 'data-testid="deployment-alerts-card"' in deployment_page and "deployment-alert-defaults" in deployment_page
+    assert "deployment-alert-defaults" not in browser(viewer).get(deployment.get_absolute_url()).content.decode()
     assert browser(outsider).get(f"/alerts/rules/{rule.pk}/").status_code == 404
     assert browser(outsider).get(f"/alerts/deployments/{deployment.pk}/").status_code == 404
     assert browser(viewer).get("/alerts/?colour=red").status_code == 400
