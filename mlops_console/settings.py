@@ -242,6 +242,9 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "apps.core.notifications.choices.DeliveryStatus",
         "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
         "DriftReferenceSourceEnum": "apps.monitoring.choices.ReferenceSource",
+        "NotificationChannelEnum": "apps.core.notifications.choices.NotificationChannel",
+        "AlertStateEnum": "apps.alerts.choices.AlertState",
+        "AlertNotificationKindEnum": "apps.alerts.choices.AlertNotificationKind",
     },
 }
 
