@@ -19,7 +19,9 @@ from django.utils import timezone
 from apps.alerts import services
 from apps.alerts.models import AlertNotification, OwnerNotice
 from apps.core.notifications import services as outbox
+from apps.core.notifications.channels import TRANSPORTS
 from apps.core.notifications.choices import DeliveryOutcome, DeliveryStatus
+from apps.core.notifications.message import Message
 from apps.core.notifications.models import Delivery
 from apps.core.notifications.tasks import notifications_deliver_due_task
 from tests.alerts.conftest import write_minutes
@@ -197,3 +199,26 @@ def test_a_private_webhook_address_is_refused_naming_the_field(settings, project
             config={"url": "http://10.0.0.5/hook", "secret": "a-long-enough-secret"},
         )
     assert refused.value.field == "url" and "private" in str(refused.value)
+
+
+def test_a_worker_killed_after_sending_makes_a_duplicate_with_the_same_key(
+    project, owner, deployment, webhook_channel, hook_server, django_capture_on_commit_callbacks
+) -> None:
+    """The worker claimed the delivery and sent it, then died before recording the attempt (its lease runs out):
+    the sweep sends it again, and the receiver sees the same idempotency key twice, so it keeps one."""
+    firing_rule(project, owner, deployment, webhook_channel)
+    write_minutes(deployment, minutes=5, errors=10)
+    services.alert_rules_evaluate_due()  # the outbox row is committed; its queue message is lost
+    delivery = Delivery.objects.get()
+    claimed = outbox.delivery_claim(delivery_id=delivery.pk)
+    TRANSPORTS["webhook"].send(
+        target=claimed.target, message=Message.from_json(claimed.message), delivery_id=delivery.pk
+    )
+    Delivery.objects.filter(pk=delivery.pk).update(
+        claimed_until=timezone.now() - timedelta(seconds=1), next_attempt_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert notifications_deliver_due_task() == 1
+    first, second = (json.loads(received.body) for received in hook_server.received)
+    assert first == second and first["idempotency_key"] == str(AlertNotification.objects.get().key)
+    delivery.refresh_from_db()
+    assert delivery.status == DeliveryStatus.SUCCEEDED and delivery.attempts == 1
