@@ -60,11 +60,6 @@ def rule_actions(rule: AlertRule) -> QuerySet[AlertAction]:
     return rule.actions.select_related("pipeline_run", "promotion_request", "alert__deployment")
 
 
-def firing_badge(user: object) -> int:
-    """Firing, unsilenced alerts in the user's projects (the navigation's badge)."""
-    return Alert.objects.for_user(user).filter(state="firing", silenced=False).count()
-
-
 def figure_preview(
     *, figure: str, column: str, deployment: Deployment, window: timedelta, now: datetime
 ) -> list[dict[str, Any]]:

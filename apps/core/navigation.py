@@ -32,7 +32,7 @@ NAV_ITEMS = [
     NavItem("Models", "registry:model-list", "bi-box-seam", "registry"),
     NavItem("Deployments", "deployments:deployment-list", "bi-rocket-takeoff", "deployments"),
     NavItem("Drift", "monitoring:report-list", "bi-activity", "monitoring"),
-    NavItem("Alerts", "alerts:rule-list", "bi-exclamation-triangle", "alerts", "apps.alerts.selectors.firing_badge"),
+    NavItem("Alerts", "alerts:rule-list", "bi-exclamation-triangle", "alerts"),
     NavItem(
         "Approvals",
         "registry:approval-inbox",
