@@ -79,6 +79,13 @@ def _preview(rule_values: dict[str, Any], deployment: Deployment | None) -> str 
     return charts.figure_json(charts.preview_figure(points, threshold, label))
 
 
+def _form_data(request: HttpRequest) -> Any:
+    """The POSTed form, or the editor's values sent by its Preview button (a GET: nothing is saved)."""
+    if request.method == "POST":
+        return request.POST
+    return request.GET if "preview" in request.GET else None
+
+
 def _rule_arguments(data: dict[str, Any]) -> dict[str, Any]:
     values = {key: value for key, value in data.items() if key in services.RULE_FIELDS}
     return {
@@ -95,7 +102,9 @@ def rule_create(request: HttpRequest, slug: str) -> HttpResponse:
     initial = {}
     if request.GET.get("deployment", "").isdigit():
         initial["deployment"] = int(request.GET["deployment"])
-    form = RuleForm(request.POST or None, project=project, initial=initial)
+    form = RuleForm(_form_data(request), project=project, initial=initial)
+    if form.is_bound:
+        form.is_valid()
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         arguments = _rule_arguments(data)
@@ -112,7 +121,7 @@ def rule_create(request: HttpRequest, slug: str) -> HttpResponse:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
             return redirect(rule)
-    deployment = form.cleaned_data.get("deployment") if form.is_bound and hasattr(form, "cleaned_data") else None
+    deployment = form.cleaned_data.get("deployment") if form.is_bound else None
     preview = _preview(form.cleaned_data, deployment) if deployment else None
     return render(
         request, "alerts/rule_form.html", {"form": form, "project": project, "rule": None, "preview": preview}
@@ -133,7 +142,9 @@ def rule_edit(request: HttpRequest, pk: int) -> HttpResponse:
             "retrain_from": rule.retrain_from,
         }
     )
-    form = RuleForm(request.POST or None, project=rule.project, initial=initial)
+    form = RuleForm(_form_data(request), project=rule.project, initial=initial)
+    if form.is_bound:
+        form.is_valid()
     if request.method == "POST" and form.is_valid():
         try:
             services.alert_rule_update(rule=rule, actor=request.user, **_rule_arguments(form.cleaned_data))
@@ -141,8 +152,8 @@ def rule_edit(request: HttpRequest, pk: int) -> HttpResponse:
             form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         else:
             return redirect(rule)
-    values = form.cleaned_data if form.is_bound and hasattr(form, "cleaned_data") else initial
-    preview = _preview(values, rule.deployment)
+    values = form.cleaned_data if form.is_bound else initial
+    preview = _preview(values, values.get("deployment") or rule.deployment)
     context = {"form": form, "project": rule.project, "rule": rule, "preview": preview}
     return render(request, "alerts/rule_form.html", context)
 

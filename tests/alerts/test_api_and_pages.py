@@ -225,7 +225,18 @@ def test_pages_for_viewers_editors_and_outsiders(
     editor = browser(member)
     assert editor.get(f"/alerts/rules/{rule.pk}/edit/").status_code == 200
     form = editor.get(f"/alerts/projects/{project.slug}/rules/new/?deployment={deployment.pk}")
-    assert form.status_code == 200
+    assert form.status_code == 200 and 'data-testid="rule-preview"' not in form.content.decode()
+    previewed = editor.get(
+        f"/alerts/projects/{project.slug}/rules/new/",
+        {
+            "preview": "1",
+            "deployment": deployment.pk,
+            "figure": "error_rate",
+            "threshold": "0.02",
+            "window_seconds": 300,
+        },
+    )
+    assert 'data-testid="rule-preview"' in previewed.content.decode() and not AlertRule.objects.filter(name="").exists()
     refused = editor.post(
         f"/alerts/projects/{project.slug}/rules/new/",
         {
