@@ -95,6 +95,8 @@ try:
     METRICS_TOKEN = env_str("METRICS_TOKEN")
     # A/B tests (docs/abtests.md): how often beat computes a readout of every running test.
     ABTESTS_READOUT_INTERVAL_SECONDS = env_int("ABTESTS_READOUT_INTERVAL_SECONDS", 3600, minimum=60)
+    # Alerts (docs/alerts.md): how often beat evaluates the rules; a rule's `for` is 0 or at least this.
+    ALERTS_EVALUATION_INTERVAL_SECONDS = env_int("ALERTS_EVALUATION_INTERVAL_SECONDS", 30, minimum=5, maximum=3600)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -119,6 +121,7 @@ INSTALLED_APPS = [
     "apps.deployments",
     "apps.monitoring",
     "apps.abtests",
+    "apps.alerts",
     "axes",
 ]
 
@@ -251,6 +254,9 @@ SPECTACULAR_SETTINGS = {
         "DeliveryStatusEnum": "apps.core.notifications.choices.DeliveryStatus",
         "RegistryEventTypeEnum": "apps.registry.choices.RegistryEventType",
         "DriftReferenceSourceEnum": "apps.monitoring.choices.ReferenceSource",
+        "NotificationChannelEnum": "apps.core.notifications.choices.NotificationChannel",
+        "AlertStateEnum": "apps.alerts.choices.AlertState",
+        "AlertNotificationKindEnum": "apps.alerts.choices.AlertNotificationKind",
     },
 }
 
@@ -299,6 +305,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "monitoring-requeue-stale": {"task": "monitoring.drift_reports_requeue_stale", "schedule": 300.0},
     # A readout of every running A/B test, one more point of its cumulative lift (docs/abtests.md).
     "abtests-readouts": {"task": "abtests.readouts_refresh", "schedule": float(ABTESTS_READOUT_INTERVAL_SECONDS)},
+    # Evaluates the alert rules that are due (docs/alerts.md).
+    "alerts-evaluate": {"task": "alerts.evaluate_due", "schedule": float(ALERTS_EVALUATION_INTERVAL_SECONDS)},
 }
 
 LOGGING = {

@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from apps.abtests.api import router as abtests_router
+from apps.alerts.api import router as alerts_router
 from apps.core import views as core_views
 from apps.core.api import router as core_router
 from apps.datasets.api import router as datasets_router
@@ -27,6 +28,7 @@ api_urlpatterns = [
     *monitoring_router.urls,
     *monitoring_api_urlpatterns,
     *abtests_router.urls,
+    *alerts_router.urls,
     *telemetry_api_urlpatterns,
     path("ingest/artifacts/<str:sha256>/", ArtifactFetchApi.as_view(), name="ingest-artifact"),
 ]
@@ -47,6 +49,7 @@ urlpatterns = [
     path("experiments/", include("apps.experiments.urls")),
     path("monitoring/", include("apps.monitoring.urls")),
     path("abtests/", include("apps.abtests.urls")),
+    path("alerts/", include("apps.alerts.urls")),
     path("", include("apps.registry.urls")),
     path("", include("apps.core.urls")),
 ]

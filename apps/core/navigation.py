@@ -35,6 +35,7 @@ NAV_ITEMS = [
     NavItem("Drift", "monitoring:report-list", "bi-activity", "monitoring"),
     NavItem("Health", "monitoring:health", "bi-heart-pulse", "monitoring"),
     NavItem("A/B tests", "abtests:abtest-list", "bi-signpost-split", "abtests"),
+    NavItem("Alerts", "alerts:rule-list", "bi-exclamation-triangle", "alerts"),
     NavItem(
         "Approvals",
         "registry:approval-inbox",

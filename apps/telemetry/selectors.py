@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from django.db import connection, transaction
-from django.db.models import Count, Exists, FloatField, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, FloatField, Max, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -89,16 +89,46 @@ def version_window_stats(
 
     Only the traffic the server routed itself by default (what canary analysis compares): a request pinned to a
     version by its caller would let any client steer a version's figures. `with_pinned` adds those requests.
-    The inner query sums the window's rollup rows per version; the outer one takes the quantiles from those
-    sums (so each bucket is summed once, not once per quantile and bucket).
     """
     rollups = _rollups(deployment_id=deployment_id, since=since, until=until).filter(
         model_version_id__in=version_ids, shadow=False
     )
     if not with_pinned:
         rollups = rollups.filter(pinned=False)
+    stats = {version_id: VersionWindow(0, 0) for version_id in version_ids}
+    for version_id, requests, errors, mean, *values in _window_rows(rollups, "model_version_id"):
+        stats[version_id] = VersionWindow(requests, errors, *values, mean_ms=mean)
+    return stats
+
+
+def deployment_window_stats(*, deployment_id: int, since: datetime, until: datetime) -> VersionWindow:
+    """The deployment's live (not shadow) figures over the minutes that overlap [since, until), all versions
+    together (their histograms summed, so the quantiles are the deployment's); one query. Pinned requests count:
+    they were served, and an alert on the deployment's errors or latency should see them."""
+    return deployments_window_stats(deployment_ids=[deployment_id], since=since, until=until)[deployment_id]
+
+
+def deployments_window_stats(
+    *, deployment_ids: list[int], since: datetime, until: datetime
+) -> dict[int, VersionWindow]:
+    """`deployment_window_stats` of many deployments over the same window, in one query (alert rounds)."""
+    rollups = PredictionRollup.objects.filter(
+        deployment_id__in=deployment_ids, minute__gte=minute_floor(since), minute__lt=until, shadow=False
+    )
+    stats = {deployment_id: VersionWindow(0, 0) for deployment_id in deployment_ids}
+    for deployment_id, requests, errors, mean, *values in _window_rows(rollups, "deployment_id"):
+        stats[deployment_id] = VersionWindow(requests, errors, *values, mean_ms=mean)
+    return stats
+
+
+def _window_rows(rollups: Any, group: str) -> list[tuple]:
+    """(group, requests, errors, mean, p50, p90, p99) per value of `group` in the rollups.
+
+    The inner query sums the window's rollup rows per group; the outer one takes the quantiles from those
+    sums (so each bucket is summed once, not once per quantile and bucket).
+    """
     sums = (
-        rollups.values("model_version_id")
+        rollups.values(group)
         .annotate(
             n=Sum("requests"),
             failed=Sum("errors"),
@@ -112,14 +142,21 @@ def version_window_stats(
     quantiles = ", ".join(_quantile_sql(q) for q in QUANTILES.values())
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT model_version_id, n, failed, latency_sum / NULLIF(lc, 0), {quantiles} FROM ({inner}) AS sums",
-            params,
+            f"SELECT {group}, n, failed, latency_sum / NULLIF(lc, 0), {quantiles} FROM ({inner}) AS sums", params
         )
-        rows = cursor.fetchall()
-    stats = {version_id: VersionWindow(0, 0) for version_id in version_ids}
-    for version_id, requests, errors, mean, *values in rows:
-        stats[version_id] = VersionWindow(requests, errors, *values, mean_ms=mean)
-    return stats
+        return cursor.fetchall()
+
+
+def last_request_minutes(*, deployment_ids: list[int]) -> dict[int, datetime | None]:
+    """The latest minute in which each deployment answered a live request (None if it never did); one query."""
+    latest = dict(
+        PredictionRollup.objects.filter(deployment_id__in=deployment_ids, shadow=False, requests__gt=0)
+        .values("deployment_id")
+        .annotate(last=Max("minute"))
+        .order_by()
+        .values_list("deployment_id", "last")
+    )
+    return {deployment_id: latest.get(deployment_id) for deployment_id in deployment_ids}
 
 
 def request_rate(*, deployment_id: int, seconds: int = 60, now: datetime | None = None) -> float:

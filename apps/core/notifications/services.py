@@ -19,14 +19,16 @@ from django.utils import timezone
 
 from apps.core.notifications.channels import TRANSPORTS
 from apps.core.notifications.choices import DeliveryOutcome, DeliveryStatus
+from apps.core.notifications.hooks import delivery_failed
 from apps.core.notifications.http import SendResult
 from apps.core.notifications.message import Message
 from apps.core.notifications.models import Delivery, DeliveryAttempt, DeliveryThrottle
 from apps.core.queueing import enqueue_on_commit
 
-MAX_ATTEMPTS = 6
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 3600
+# A receiver that is down is retried for this long (one attempt an hour once the backoff reaches its cap).
+RETRY_HORIZON = timedelta(hours=24)
 DUE_BATCH = 200
 # The sweep leaves a due row this long to its own queued message, so a busy queue does not fill with copies.
 SWEEP_GRACE = timedelta(seconds=60)
@@ -40,6 +42,18 @@ OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 def backoff_seconds(attempt: int) -> int:
     """30 s after the first failure, doubling, at most an hour."""
     return min(BACKOFF_BASE_SECONDS * 2 ** max(attempt - 1, 0), BACKOFF_MAX_SECONDS)
+
+
+def _attempts_within(horizon: timedelta) -> int:
+    """How many attempts the backoff fits in `horizon`: the last one is the first made after it has passed."""
+    attempts, waited = 1, 0
+    while waited < horizon.total_seconds():
+        waited += backoff_seconds(attempts)
+        attempts += 1
+    return attempts
+
+
+MAX_ATTEMPTS = _attempts_within(RETRY_HORIZON)
 
 
 def notification_enqueue(*, channel: str, target: dict[str, Any], message: Message, source: str = "") -> Delivery:
@@ -152,6 +166,8 @@ def _record(delivery: Delivery, result: SendResult, *, duration_ms: float, throt
         return None
     if result.permanent or number >= MAX_ATTEMPTS:
         row.update(status=DeliveryStatus.FAILED, attempts=number, claimed_until=None, last_error=result.error[:2000])
+        delivery.refresh_from_db()
+        delivery_failed(delivery)
         return None
     wait = result.retry_after if result.retry_after is not None else float(backoff_seconds(number))
     if throttle_key and result.retry_after is not None:

@@ -100,7 +100,9 @@ def test_failures_back_off_and_every_attempt_is_recorded(hook_server) -> None:
             assert services.delivery_attempt(delivery_id=delivery.pk) is None
             assert abs((delivery.next_attempt_at - before).total_seconds() - waits[-1]) < 5
             _make_due(delivery)
-    assert waits == [30, 60, 120, 240, 480, None]
+    assert waits[:6] == [30, 60, 120, 240, 480, 960] and waits[-1] is None
+    # A receiver that stays down is retried for 24 h (once an hour at the end), then given up.
+    assert 24 * 3600 <= sum(waits[:-1]) < 25 * 3600 and set(waits[8:-1]) == {3600}
     assert delivery.status == DeliveryStatus.FAILED
     attempts = list(delivery.attempt_log.values_list("number", "outcome", "status_code"))
     assert attempts == [(n, DeliveryOutcome.FAILED, 500) for n in range(1, services.MAX_ATTEMPTS + 1)]

@@ -1,4 +1,6 @@
-"""Email: the message as a plain-text mail to one address, through Django's configured email backend."""
+"""Email: the message as a mail to one address (plain text, and HTML as an alternative), through Django's
+configured email backend. A message whose data holds an `idempotency_key` gets a Message-ID derived from it
+and the delivery, so a mail sent twice (a worker killed after the send) is one message to mail clients."""
 
 from __future__ import annotations
 
@@ -6,8 +8,9 @@ import smtplib
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.mail import EmailMessage, get_connection
+from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.validators import validate_email
+from django.utils.html import escape, format_html, format_html_join
 
 from apps.core.notifications.http import SendResult
 from apps.core.notifications.message import Message
@@ -26,6 +29,19 @@ def body(message: Message) -> str:
     return "\n\n".join(lines) + "\n"
 
 
+def html_body(message: Message) -> str:
+    parts = [format_html("<h2>{}</h2>", message.subject)]
+    if message.text:
+        parts.append(format_html("<p>{}</p>", message.text))
+    if message.fields:
+        rows = format_html_join("", "<tr><th align='left'>{}</th><td>{}</td></tr>", message.fields)
+        parts.append(format_html("<table>{}</table>", rows))
+    if message.link:
+        parts.append(format_html("<p><a href='{}'>Open it in the console</a></p>", message.link))
+    parts.append(f"<p>{escape('— MLOps console')}</p>")
+    return "<html><body>" + "".join(parts) + "</body></html>"
+
+
 class EmailTransport:
     """Target: `{"to": <address>}`."""
 
@@ -42,7 +58,14 @@ class EmailTransport:
         return None
 
     def send(self, *, target: dict[str, Any], message: Message, delivery_id: int) -> SendResult:
-        mail = EmailMessage(subject=message.subject[:SUBJECT_MAX], body=body(message), to=[target["to"]])
+        headers = {}
+        key = message.data.get("idempotency_key")
+        if key:
+            headers["Message-ID"] = f"<{key}.{delivery_id}@mlops-console>"
+        mail = EmailMultiAlternatives(
+            subject=message.subject[:SUBJECT_MAX], body=body(message), to=[target["to"]], headers=headers
+        )
+        mail.attach_alternative(html_body(message), "text/html")
         try:
             with get_connection() as connection:
                 connection.send_messages([mail])
