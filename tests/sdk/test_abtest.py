@@ -248,7 +248,7 @@ def test_stop_and_promote_the_winner(console: Any) -> None:
     client, script = console
     script.on("GET", "/abtests/5/", record())
     script.on("POST", "/abtests/5/stop/", {**record("stopped"), "decision": "treatment wins", "winner": 12})
-    script.on("POST", "/abtests/5/promote/", {"promotion_request": 31, "status": "pending"}, 201)
+    script.on("POST", "/abtests/5/promote/", {"promotion_request": 31, "status": "open"}, 201)
     script.on("GET", "/promotion-requests/31/", {"id": 31, "version": 12, "target_stage": "production"})
     ab_test = ABTest.get(5, client=client)
 
