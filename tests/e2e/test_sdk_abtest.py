@@ -1,26 +1,24 @@
 """The seed's A/B quick start through the SDK, end to end: `ABTest(...).run(duration_days=7)` against a live
-console starts the test on the deployment serving the control, a real model server routes keyed requests to the
-two versions and ships its events to the console, feedback labels with a planted accuracy gap are posted through
-the SDK's client, and `results()` decides for the treatment; `promote_winner()` opens the promotion request and
-`stop()` sends all traffic to the winner."""
+console (a gunicorn process of its own on the test database, tests/sdk/conftest.py) starts the test on the
+deployment serving the control, a real model server routes keyed requests to the two versions and ships its
+events to the console, feedback labels with a planted accuracy gap are posted through the SDK's client, and
+`results()` decides for the treatment; `promote_winner()` opens the promotion request and `stop()` sends all
+traffic to the winner."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from django.conf import LazySettings
 
 from apps.abtests.models import ABTest as ABTestRow
 from apps.deployments import services as deployment_services
-from apps.deployments.backends import get_backend
 from apps.deployments.models import Deployment
 from apps.registry.models import PromotionRequest
 from apps.registry.services import model_version_register
@@ -29,25 +27,13 @@ from mlops_sdk import ABTest, ValidationError
 from tests.e2e.conftest import wait_for
 from tests.e2e.test_abtests import reconcile_until_applied
 from tests.registry.registry_helpers import FEATURES, SPECIES, iris_frame, sklearn_bundle
-from tests.sdk.conftest import sdk_client
+from tests.sdk.conftest import ConsoleProcess, console_process, live_console, sdk_client  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 REQUESTS = 1_200
 CLIENT_THREADS = 4
 ACCURACY = (0.75, 0.95)  # control, treatment: the planted gap in the labels
-
-
-@pytest.fixture
-def console(live_server: Any, settings: LazySettings, tmp_path: Path) -> Iterator[Any]:
-    """The live console; the model servers the test starts ship their events to it."""
-    settings.CONSOLE_INTERNAL_URL = live_server.url
-    settings.DEPLOYMENTS_STATE_DIR = tmp_path / "deployments"
-    settings.DEPLOYMENTS_SERVER_WORKERS = 2
-    yield live_server
-    backend = get_backend("local")
-    for name in backend.names():
-        backend.delete(name)
 
 
 def predict(url: str, keys: list[str]) -> dict[str, tuple[int, str, str]]:
@@ -89,7 +75,11 @@ def predict(url: str, keys: list[str]) -> dict[str, tuple[int, str, str]]:
 
 
 def test_the_seed_ab_quick_start_decides_for_the_treatment_and_promotes_it(
-    console: Any, project: Any, owner: Any, member: Any, tmp_path: Path
+    live_console: ConsoleProcess,  # noqa: F811 (the fixture)
+    project: Any,
+    owner: Any,
+    member: Any,
+    tmp_path: Path,
 ) -> None:
     v1 = model_version_register(
         project=project,
@@ -107,7 +97,7 @@ def test_the_seed_ab_quick_start_decides_for_the_treatment_and_promotes_it(
         project=project, name="iris-classifier", actor=owner, model_version=v1
     )
     reconcile_until_applied(deployment)
-    client = sdk_client(console, member, project, backoff=0.05)
+    client = sdk_client(live_console, member, project, backoff=0.05)
 
     # The console's field messages reach the caller: a treatment equal to the control is refused, nothing starts.
     with pytest.raises(ValidationError) as refused:
