@@ -1,8 +1,9 @@
-"""The MLOps console from Python, over its REST API (no Django): pipelines, registry, deployments, monitoring
-and charts. See docs/sdk.md."""
+"""The MLOps console from Python, over its REST API (no Django): pipelines, registry, deployments, monitoring,
+A/B tests and charts. See docs/sdk.md."""
 
 from __future__ import annotations
 
+from mlops_sdk.abtest import ABTest, ABTestRecord, ABTestResults
 from mlops_sdk.client import Client
 from mlops_sdk.deployment import DeploymentStatus, ModelDeployment
 from mlops_sdk.errors import (
@@ -33,6 +34,9 @@ from mlops_sdk.plots import (
 from mlops_sdk.registry import IntegrityError, ModelRegistry
 
 __all__ = [
+    "ABTest",
+    "ABTestRecord",
+    "ABTestResults",
     "APIError",
     "AuthenticationError",
     "Client",

@@ -11,6 +11,9 @@
   width=…, height=…)` reloads the page at that viewport, draws every chart and saves a full-page
   picture in var/screenshots/.
 - `wait_for(predicate, timeout=…)` polls until something is true.
+- `worker_console`: the console as a gunicorn process of its own (tests/sdk/conftest.py) whose tasks go to
+  `celery_worker`, sharing its artifact store and model server state; for clients that must talk HTTP to a
+  real console process (the SDK, the `mlops` CLI).
 
 Everything skips, with the reason, when Redis or Chromium is missing; under CI it fails instead
 (`tests.required_services.require_service`).
@@ -34,6 +37,7 @@ from django.conf import settings as django_settings
 from django.db import connection, connections
 
 from tests.required_services import require_service
+from tests.sdk.conftest import ConsoleProcess, start_console, use_console
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -176,6 +180,19 @@ def celery_worker(
         import redis
 
         redis.Redis.from_url(broker).delete(queue)
+
+
+@pytest.fixture(scope="session")
+def worker_console_process(celery_worker: CeleryWorker) -> Iterator[ConsoleProcess]:
+    """gunicorn with the worker's environment: its database, broker, private queue, artifacts and state."""
+    console = start_console(celery_worker.env, Path(celery_worker.env["VAR_DIR"]))
+    yield console
+    console.close()
+
+
+@pytest.fixture
+def worker_console(worker_console_process: ConsoleProcess, settings: object, transactional_db: None) -> ConsoleProcess:
+    return use_console(worker_console_process, settings)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The README's quick start and the CI examples, end to end: the SDK and the `mlops` CLI talk HTTP to a live
-console (pytest-django's live server on the test database), whose tasks run on a real Celery worker process
-(tests/e2e/conftest.py), which trains, registers, and starts real model server processes."""
+console (a gunicorn process of its own on the test database, tests/sdk/conftest.py), whose tasks run on a real
+Celery worker process (tests/e2e/conftest.py), which trains, registers, and starts real model server processes."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from tests.e2e.conftest import CeleryWorker
 from tests.e2e.test_pipelines import add_version
 from tests.monitoring.conftest import deployment, log_traffic, training_version  # noqa: F401 (fixtures)
 from tests.registry.registry_helpers import iris_frame
-from tests.sdk.conftest import ROOT, sdk_client, sdk_env, token_for
+from tests.sdk.conftest import ROOT, ConsoleProcess, sdk_client, sdk_env, token_for
 from worker.deployments.local import LocalProcessBackend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -61,12 +61,16 @@ def model_servers(celery_worker: CeleryWorker) -> Iterator[LocalProcessBackend]:
 
 
 def test_the_quick_start(
-    live_server: Any, celery_worker: CeleryWorker, model_servers: LocalProcessBackend, project: Any, member: Any
+    worker_console: ConsoleProcess,
+    celery_worker: CeleryWorker,
+    model_servers: LocalProcessBackend,
+    project: Any,
+    member: Any,
 ) -> None:
     add_version(project, "iris")
     # The README's: the repository's config file, with the experiment config given to run_pipeline on top.
     config = PipelineConfig.from_file(
-        ROOT / "configs" / "full_pipeline.yaml", project=project.slug, url=live_server.url, token=token_for(member)
+        ROOT / "configs" / "full_pipeline.yaml", project=project.slug, url=worker_console.url, token=token_for(member)
     )
     config.poll_interval = 0.3
     pipeline = MLOpsPipeline(config)
@@ -147,7 +151,7 @@ def _commands(workflow: dict[str, Any], gitlab: dict[str, Any]) -> tuple[list[st
 
 
 def test_the_ci_examples_run_against_a_live_console(
-    live_server: Any, celery_worker: CeleryWorker, project: Any, member: Any, tmp_path: Path
+    worker_console: ConsoleProcess, celery_worker: CeleryWorker, project: Any, member: Any, tmp_path: Path
 ) -> None:
     workflow = yaml.safe_load((EXAMPLES / "github-actions.yml").read_text())
     gitlab = yaml.safe_load((EXAMPLES / "gitlab-ci.yml").read_text())
@@ -164,7 +168,7 @@ def test_the_ci_examples_run_against_a_live_console(
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m mlops_sdk.cli "$@"\n')
     shim.chmod(0o755)
     env = {
-        **sdk_env(live_server, member, project),
+        **sdk_env(worker_console, member, project),
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "GITHUB_STEP_SUMMARY": str(tmp_path / "step-summary.md"),
         "GITHUB_RUN_ID": "101",
@@ -192,10 +196,10 @@ def test_the_ci_examples_run_against_a_live_console(
 
 
 def test_the_cli_exit_codes(
-    live_server: Any, celery_worker: CeleryWorker, project: Any, member: Any, tmp_path: Path
+    worker_console: ConsoleProcess, celery_worker: CeleryWorker, project: Any, member: Any, tmp_path: Path
 ) -> None:
     add_version(project, "iris")
-    env = sdk_env(live_server, member, project)
+    env = sdk_env(worker_console, member, project)
 
     def mlops(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "mlops_sdk.cli", *args]
@@ -227,14 +231,14 @@ def test_the_cli_exit_codes(
 
 
 def test_check_data_drift_runs_a_report_on_the_worker(
-    live_server: Any,
+    worker_console: ConsoleProcess,
     celery_worker: CeleryWorker,
     deployment: Any,  # noqa: F811
     member: Any,
     project: Any,
 ) -> None:
     log_traffic(deployment, rows=400, drifted=True)
-    client = sdk_client(live_server, member, project)
+    client = sdk_client(worker_console, member, project)
     report = check_data_drift(deployment.pk, window="24h", client=client, poll_interval=0.3, timeout=120)
     assert report.status == "succeeded", report.reason
     assert report.dataset_drift is True and report.drift_score == 1.0 and report.n_rows == 400

@@ -1,6 +1,6 @@
-"""The SDK against a live console (a real HTTP server on the test database): registering and loading models,
-errors with the API's field messages, pagination over real pages, promotion requests, and the performance
-helper checked against scikit-learn."""
+"""The SDK against a live console (a gunicorn process of its own on the test database, tests/sdk/conftest.py):
+registering and loading models, errors with the API's field messages, pagination over real pages, promotion
+requests, and the performance helper checked against scikit-learn."""
 
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def test_errors_carry_the_field_messages(sdk: Client, bundle: Path, tmp_path: Pa
     assert "between 0 and 1" in caught.value.fields["data_config.split"][0]
 
 
-def test_a_bad_token_is_an_authentication_error(live_server: Any, project: Any) -> None:
-    client = Client(live_server.url, token="mlc_not-a-real-token", project=project.slug)
+def test_a_bad_token_is_an_authentication_error(live_console: Any, project: Any) -> None:
+    client = Client(live_console.url, token="mlc_not-a-real-token", project=project.slug)
     with pytest.raises(AuthenticationError, match="unknown or revoked") as caught:
         client.get("/projects/")
     # The console kept the id the SDK sent and answered with it: the error quotes the id of the log lines.
@@ -149,7 +149,7 @@ def test_a_promotion_request(sdk: Client, bundle: Path) -> None:
     assert caught.value.fields or caught.value.detail
 
 
-def test_check_model_performance_matches_scikit_learn(live_server: Any, project: Any, viewer: Any) -> None:
+def test_check_model_performance_matches_scikit_learn(live_console: Any, project: Any, viewer: Any) -> None:
     """Predictions logged as a model server would, labels as feedback would store them; the SDK's accuracy is
     the one scikit-learn computes on the same rows."""
     rng = np.random.default_rng(4)
@@ -189,7 +189,7 @@ def test_check_model_performance_matches_scikit_learn(live_server: Any, project:
         )
         for i, label in enumerate(truth)
     )
-    client = sdk_client(live_server, viewer, project)
+    client = sdk_client(live_console, viewer, project)
 
     check = check_model_performance(deployment_id, window="24h", accuracy_threshold=0.95, client=client)
     expected = accuracy_score(truth, predicted)
@@ -209,10 +209,10 @@ def test_check_model_performance_matches_scikit_learn(live_server: Any, project:
 
 
 def test_an_outsider_cannot_reach_the_projects_models(
-    live_server: Any, sdk: Client, bundle: Path, outsider: Any, project: Any
+    live_console: Any, sdk: Client, bundle: Path, outsider: Any, project: Any
 ) -> None:
     ModelRegistry(client=sdk).register_model(bundle, None, {"model_name": "iris-classifier"})
-    other = sdk_client(live_server, outsider, project)
+    other = sdk_client(live_console, outsider, project)
     with pytest.raises(ValidationError) as caught:
         ModelRegistry(client=other).get_model("iris-classifier", 1)
     assert caught.value.fields == {"project": ["No project with this slug among yours."]}
