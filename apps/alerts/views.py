@@ -224,7 +224,7 @@ def deployment_history(request: HttpRequest, deployment_pk: int) -> HttpResponse
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_GET
 def silence_list(request: HttpRequest) -> HttpResponse:
     filterset = SilenceFilterSet(request.GET, selectors.silences(user=request.user), request=request)
     silences, status = filter_page(filterset)
