@@ -438,7 +438,7 @@ def silence_create(
     project: Project,
     actor: AbstractBaseUser | None,
     comment: str,
-    ends_at: datetime,
+    ends_at: datetime | None,
     starts_at: datetime | None = None,
     rule: AlertRule | None = None,
     deployment: Deployment | None = None,
@@ -452,6 +452,8 @@ def silence_create(
     comment = (comment or "").strip()
     if not comment:
         raise ValidationError("Say why (the people paged later will read it).", field="comment")
+    if ends_at is None:
+        raise ValidationError("Give ends_at or hours.", field="ends_at")
     if ends_at <= starts_at:
         raise ValidationError("The end must be after the start.", field="ends_at")
     matchers = matchers or {}

@@ -24,7 +24,7 @@ from apps.core.choices import ProjectRole
 from apps.core.exceptions import ValidationError
 from apps.core.filters import filter_page
 from apps.core.models import Project
-from apps.core.permissions import has_project_role
+from apps.core.permissions import has_project_role, require_project_role
 from apps.deployments.models import Deployment
 
 PAGE_SIZE = 25
@@ -99,6 +99,8 @@ def _rule_arguments(data: dict[str, Any]) -> dict[str, Any]:
 @require_http_methods(["GET", "POST"])
 def rule_create(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
+    # An editor's form: a viewer gets 403 before any input is read (as the service would refuse it).
+    require_project_role(request.user, project, ProjectRole.EDITOR)
     initial = {}
     if request.GET.get("deployment", "").isdigit():
         initial["deployment"] = int(request.GET["deployment"])
@@ -132,6 +134,7 @@ def rule_create(request: HttpRequest, slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def rule_edit(request: HttpRequest, pk: int) -> HttpResponse:
     rule = get_object_or_404(AlertRule.objects.for_user(request.user).select_related("project", "deployment"), pk=pk)
+    require_project_role(request.user, rule.project, ProjectRole.EDITOR)
     initial = {field: getattr(rule, field) for field in services.RULE_FIELDS}
     initial.update(
         {
@@ -224,7 +227,7 @@ def deployment_history(request: HttpRequest, deployment_pk: int) -> HttpResponse
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_GET
 def silence_list(request: HttpRequest) -> HttpResponse:
     filterset = SilenceFilterSet(request.GET, selectors.silences(user=request.user), request=request)
     silences, status = filter_page(filterset)
@@ -253,6 +256,7 @@ def silence_create(request: HttpRequest) -> HttpResponse:
     project = rule.project if rule else deployment.project if deployment else None
     if project is None:
         raise ValidationError("Silence a rule or a deployment from its page.", field="rule")
+    require_project_role(request.user, project, ProjectRole.EDITOR)
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
         raise ValidationError(" ".join(errors), field=field)
@@ -293,6 +297,7 @@ def channel_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def channel_create(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project.objects.for_user(request.user), slug=slug)
+    require_project_role(request.user, project, ProjectRole.EDITOR)
     form = ChannelForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
