@@ -20,6 +20,7 @@ from apps.alerts.choices import AlertFigure
 from apps.deployments.choices import DeploymentStatus
 from apps.deployments.models import Deployment
 from apps.deployments.selectors import deployment_targets
+from apps.monitoring.drift_settings import PREDICTION
 from apps.monitoring.models import DriftReport
 from apps.telemetry import selectors as telemetry
 from worker.alerts.evaluate import Observation
@@ -28,7 +29,7 @@ WEEK = timedelta(days=7)
 # Figures whose threshold can be an offset from the live version's registered validation value (its metrics).
 VALIDATION_METRIC = {AlertFigure.ACCURACY: "accuracy", AlertFigure.ESTIMATED_ACCURACY: "accuracy"}
 # The drift figures look at the latest report that ended within the rule's window.
-DRIFT_FIGURES = frozenset({AlertFigure.DRIFT_SHARE, AlertFigure.COLUMN_DRIFT})
+DRIFT_FIGURES = frozenset({AlertFigure.DRIFT_SHARE, AlertFigure.COLUMN_DRIFT, AlertFigure.PREDICTION_DRIFT})
 TRAFFIC_FIGURES = frozenset(
     {
         AlertFigure.ERROR_RATE,
@@ -175,12 +176,29 @@ def _drift(figure: str, column: str, deployment: Deployment, window: timedelta, 
         return Observation(None, f"no drift report ended in the last {_human(window)}")
     if figure == AlertFigure.DRIFT_SHARE:
         return Observation(report.drift_share)
+    if figure == AlertFigure.PREDICTION_DRIFT:
+        return _prediction_drift(report)
     for entry in report.result.get("columns", []):
         if entry.get("column") == column:
             if entry.get("statistic") is None:
                 return Observation(None, entry.get("reason") or f"column {column!r} was not tested")
             return Observation(float(entry["statistic"]))
     return Observation(None, f"the latest drift report has no column {column!r}")
+
+
+def _prediction_drift(report: DriftReport) -> Observation:
+    """1 when the report's own test (the column's test and threshold in the deployment's drift settings) found
+    the prediction column drifted, 0 when it did not; the statistic is in `column_drift` on `prediction`."""
+    for entry in report.result.get("columns", []):
+        if entry.get("column") == PREDICTION:
+            if entry.get("drifted") is None:
+                return Observation(None, entry.get("reason") or "the prediction column was not tested")
+            return Observation(1.0 if entry["drifted"] else 0.0)
+    return Observation(
+        None,
+        "the latest drift report did not test the predictions (prediction drift is off, or its reference is "
+        "training data)",
+    )
 
 
 def _no_data_minutes(deployment: Deployment, cache: FigureCache) -> Observation:
