@@ -4,15 +4,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('alerts', '0001_initial'),
+        ("alerts", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='alertrule',
-            name='figure',
-            field=models.CharField(choices=[('error_rate', 'Error rate (5xx share)'), ('latency_p50', 'Latency p50 (ms)'), ('latency_p90', 'Latency p90 (ms)'), ('latency_p99', 'Latency p99 (ms)'), ('throughput', 'Throughput (requests/s)'), ('throughput_drop', 'Throughput drop against the same hour last week (share)'), ('accuracy', 'Accuracy (from labels)'), ('estimated_accuracy', 'Estimated accuracy (CBPE, no labels)'), ('drift_share', 'Drift share (latest drift report)'), ('column_drift', "One column's drift statistic (latest drift report)"), ('prediction_drift', 'Prediction drift (1 when the latest drift report flags it)'), ('no_data_minutes', 'Minutes without predictions'), ('replicas_not_ready', 'Model server replicas not ready')], max_length=32),
+            model_name="alertrule",
+            name="figure",
+            field=models.CharField(
+                choices=[
+                    ("error_rate", "Error rate (5xx share)"),
+                    ("latency_p50", "Latency p50 (ms)"),
+                    ("latency_p90", "Latency p90 (ms)"),
+                    ("latency_p99", "Latency p99 (ms)"),
+                    ("throughput", "Throughput (requests/s)"),
+                    ("throughput_drop", "Throughput drop against the same hour last week (share)"),
+                    ("accuracy", "Accuracy (from labels)"),
+                    ("estimated_accuracy", "Estimated accuracy (CBPE, no labels)"),
+                    ("drift_share", "Drift share (latest drift report)"),
+                    ("column_drift", "One column's drift statistic (latest drift report)"),
+                    ("prediction_drift", "Prediction drift (1 when the latest drift report flags it)"),
+                    ("no_data_minutes", "Minutes without predictions"),
+                    ("replicas_not_ready", "Model server replicas not ready"),
+                ],
+                max_length=32,
+            ),
         ),
     ]
