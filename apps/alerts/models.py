@@ -188,6 +188,9 @@ class Alert(models.Model):
     state_changed_at = models.DateTimeField(default=timezone.now)
     evaluated_at = models.DateTimeField(null=True, blank=True)
     silenced = models.BooleanField(default=False, help_text="A silence matched it at the last evaluation.")
+    figure_state = models.JSONField(
+        default=dict, blank=True, help_text="What the figure keeps between evaluations (event drops: counter readings)."
+    )
 
     objects = AlertQuerySet.as_manager()
 

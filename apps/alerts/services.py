@@ -509,10 +509,19 @@ class RoundResult:
 
 
 def _observe(
-    rule: AlertRule, deployment: Deployment, cache: figures.FigureCache
+    rule: AlertRule, alert: Alert, deployment: Deployment, cache: figures.FigureCache
 ) -> tuple[engine.Observation, float | None]:
-    """The figure and the threshold in force; a failure to compute either is an `error` observation."""
+    """The figure and the threshold in force; a failure to compute either is an `error` observation. A figure
+    that keeps state between evaluations (event drops) updates `alert.figure_state`."""
     try:
+        if rule.figure == AlertFigure.EVENT_DROPS:
+            observation, alert.figure_state = figures.event_drops(
+                deployment=deployment,
+                window=timedelta(seconds=rule.window_seconds),
+                cache=cache,
+                state=alert.figure_state,
+            )
+            return observation, rule.threshold
         threshold: float | None = rule.threshold
         if rule.threshold_from_validation:
             base, reason = figures.validation_value(figure=rule.figure, deployment=deployment, cache=cache)
@@ -551,7 +560,7 @@ def _rule_steps(
     for deployment in deployments:
         alert = alerts.pop(deployment.pk, None) or Alert(rule=rule, deployment=deployment)
         alert.deployment = deployment
-        observation, threshold = _observe(rule, deployment, cache)
+        observation, threshold = _observe(rule, alert, deployment, cache)
         condition = engine.Condition(
             comparator=rule.comparator,
             threshold=threshold if threshold is not None else 0.0,
@@ -589,6 +598,7 @@ ALERT_FIELDS = [
     "state_changed_at",
     "evaluated_at",
     "silenced",
+    "figure_state",
 ]
 
 

@@ -84,7 +84,7 @@ def write_minutes(
             for offset in range(minutes)
         ],
         update_conflicts=True,
-        unique_fields=["deployment_id", "model_version_id", "shadow", "minute"],
+        unique_fields=["deployment_id", "model_version_id", "shadow", "pinned", "minute"],
         update_fields=["requests", "errors", "latency_count", "latency_sum_ms", *BUCKET_FIELDS],
     )
 

@@ -15,6 +15,7 @@ from apps.alerts import services
 from apps.alerts.models import Alert
 from apps.monitoring.choices import ReferenceSource
 from apps.monitoring.models import DriftReference, DriftReport
+from apps.telemetry.services import IngestSource, shipping_report_record
 from worker.monitoring.drift import drift_report, prediction_columns, reference_profile
 
 pytestmark = pytest.mark.django_db
@@ -130,3 +131,49 @@ def test_prediction_drift_without_a_tested_prediction_column_is_no_data(project,
     alert.refresh_from_db()
     assert alert.state == "nodata" and alert.value is None
     assert alert.reason.startswith("the latest drift report did not test the predictions")
+
+
+def test_event_drops_count_the_increase_in_the_window_across_restarts(
+    project, owner, deployment, webhook_channel, hook_server
+) -> None:
+    rule = services.alert_rule_create(
+        project=project,
+        actor=owner,
+        deployment=deployment,
+        channels=[webhook_channel],
+        name="dropping events",
+        figure="event_drops",
+        comparator="gt",
+        threshold=0,
+        window_seconds=300,
+    )
+    source = IngestSource(deployment_id=deployment.pk, project_id=deployment.project_id)
+
+    def report(server: str, **dropped: int) -> None:
+        shipping_report_record(source=source, server=server, dropped=dropped, buffered=0)
+
+    # Drops from before the alert's first evaluation are history, not news.
+    report("web-1:100", queue_full=40, too_large=2)
+    t0 = timezone.now()
+
+    def evaluate(seconds: int) -> Alert:
+        services.alert_rules_evaluate_due(now=t0 + timedelta(seconds=seconds))
+        return Alert.objects.get(rule=rule)
+
+    alert = evaluate(0)
+    assert alert.state == "nodata" and alert.reason.startswith("first reading")
+    assert (evaluate(30).state, Alert.objects.get(rule=rule).value) == ("inactive", 0.0)
+    report("web-1:100", queue_full=45, too_large=2)
+    alert = evaluate(60)
+    assert (alert.state, alert.value, alert.reason) == ("firing", 5.0, "5 > 0")
+    # The process restarts under a new name; its counter starts from zero and every drop of it is new.
+    report("web-1:200", queue_full=3)
+    assert evaluate(90).value == 8.0
+    # Five minutes after the last drop, the window holds none: resolved.
+    alert = evaluate(90 + 300)
+    assert (alert.state, alert.value) == ("resolved", 0.0)
+    assert len(alert.figure_state["readings"]) <= 3
+    # Another deployment's servers are not counted.
+    other = IngestSource(deployment_id=deployment.pk + 1000, project_id=deployment.project_id)
+    shipping_report_record(source=other, server="web-9:1", dropped={"queue_full": 99}, buffered=0)
+    assert evaluate(420).value == 0.0
