@@ -66,6 +66,7 @@ RULE_FIELDS = (
     "enabled",
     "retrain_cooldown_seconds",
     "retrain_open_promotion",
+    "retrain_abtest_percent",
 )
 
 
@@ -210,6 +211,14 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
         cleaned["retrain_cooldown_seconds"] = _seconds(
             data["retrain_cooldown_seconds"], "retrain_cooldown_seconds", minimum=60, maximum=365 * 24 * 3600
         )
+    if "retrain_abtest_percent" in data:
+        percent = _number(data["retrain_abtest_percent"], "retrain_abtest_percent")
+        if percent != int(percent) or not 0 <= percent <= 99:
+            raise ValidationError(
+                "0 (no A/B test) or the challenger's whole percentage of the traffic, 1 to 99.",
+                field="retrain_abtest_percent",
+            )
+        cleaned["retrain_abtest_percent"] = int(percent)
     for flag in ("threshold_from_validation", "send_resolved", "enabled", "retrain_open_promotion"):
         if flag in data:
             cleaned[flag] = bool(data[flag])
