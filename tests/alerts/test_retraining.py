@@ -120,6 +120,8 @@ def test_the_challenger_the_retraining_registers_gets_an_ab_test_against_the_ver
     page.force_login(owner)
     html = page.get(rule.get_absolute_url()).content.decode()
     assert abtest.get_absolute_url() in html and "20 % of the traffic" in html
+    [listed] = page.get(f"/api/v1/alert-rules/{rule.pk}/actions/").json()
+    assert (listed["abtest"], listed["abtest_status"], listed["deployment"]) == (abtest.pk, "running", deployment.pk)
 
 
 def test_an_ab_test_that_cannot_start_stays_a_draft_with_the_reason(
