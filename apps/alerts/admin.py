@@ -68,7 +68,7 @@ class AlertNotificationAdmin(ReadOnlyAdmin):
 
 @admin.register(AlertAction)
 class AlertActionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "rule", "pipeline_run", "promotion_request", "error", "created_at"]
+    list_display = ["id", "rule", "pipeline_run", "promotion_request", "abtest", "error", "created_at"]
 
 
 @admin.register(OwnerNotice)

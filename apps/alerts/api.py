@@ -25,7 +25,15 @@ from apps.alerts.filters import (
     AlertTransitionFilterSet,
     SilenceFilterSet,
 )
-from apps.alerts.models import Alert, AlertChannel, AlertNotification, AlertRule, AlertTransition, Silence
+from apps.alerts.models import (
+    Alert,
+    AlertAction,
+    AlertChannel,
+    AlertNotification,
+    AlertRule,
+    AlertTransition,
+    Silence,
+)
 from apps.core.api import ProjectScopedViewSetMixin, ProjectSlugField
 from apps.core.exceptions import NotFound, ValidationError
 from apps.core.models import Project
@@ -174,6 +182,25 @@ class AlertNotificationSerializer(serializers.ModelSerializer):
         return DeliverySerializer(self.context["deliveries"].get(notification.pk, []), many=True).data
 
 
+class AlertActionSerializer(serializers.ModelSerializer):
+    deployment = serializers.IntegerField(source="alert.deployment_id", read_only=True, allow_null=True)
+    abtest_status = serializers.CharField(source="abtest.status", read_only=True, allow_null=True)
+
+    class Meta:
+        model = AlertAction
+        fields = [
+            "id",
+            "alert",
+            "deployment",
+            "pipeline_run",
+            "promotion_request",
+            "abtest",
+            "abtest_status",
+            "error",
+            "created_at",
+        ]
+
+
 class DefaultsSerializer(serializers.Serializer):
     deployment = serializers.IntegerField()
     channels = serializers.ListField(child=serializers.IntegerField(), required=False)
@@ -285,6 +312,12 @@ class AlertRuleViewSet(ProjectScopedViewSetMixin, viewsets.ModelViewSet):
         notifications = list(self.get_object().notifications.all()[:50])
         context = {"deliveries": selectors.notification_deliveries(notifications)}
         return Response(AlertNotificationSerializer(notifications, many=True, context=context).data)
+
+    @extend_schema(responses={200: AlertActionSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def actions(self, request: Request, pk: str | None = None) -> Response:
+        """The closed loop: the rule's last 50 retraining runs, each with its promotion request and A/B test."""
+        return Response(AlertActionSerializer(selectors.rule_actions(self.get_object())[:50], many=True).data)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get"])

@@ -15,8 +15,8 @@ class AlertsConfig(AppConfig):
         from apps.core.notifications.hooks import register_failure_handler
 
         register_failure_handler("alerts.", delivery_failed)
-        # The closed loop: a version a retraining pipeline registers may get its promotion request.
-        from apps.alerts.actions import promotion_on_registered
+        # The closed loop: a version a retraining pipeline registers may get a promotion request and an A/B test.
+        from apps.alerts.actions import challenger_on_registered
         from apps.registry.events import register_event_handler
 
-        register_event_handler("alerts.retrain_promotion", promotion_on_registered)
+        register_event_handler("alerts.retrain_challenger", challenger_on_registered)

@@ -18,8 +18,10 @@ class AlertFigure(models.TextChoices):
     ESTIMATED_ACCURACY = "estimated_accuracy", "Estimated accuracy (CBPE, no labels)"
     DRIFT_SHARE = "drift_share", "Drift share (latest drift report)"
     COLUMN_DRIFT = "column_drift", "One column's drift statistic (latest drift report)"
+    PREDICTION_DRIFT = "prediction_drift", "Prediction drift (1 when the latest drift report flags it)"
     NO_DATA_MINUTES = "no_data_minutes", "Minutes without predictions"
     REPLICAS_NOT_READY = "replicas_not_ready", "Model server replicas not ready"
+    EVENT_DROPS = "event_drops", "Events dropped by the model servers in the window"
 
 
 class AlertComparator(models.TextChoices):

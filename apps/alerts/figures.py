@@ -20,15 +20,18 @@ from apps.alerts.choices import AlertFigure
 from apps.deployments.choices import DeploymentStatus
 from apps.deployments.models import Deployment
 from apps.deployments.selectors import deployment_targets
+from apps.monitoring.drift_settings import PREDICTION
 from apps.monitoring.models import DriftReport
 from apps.telemetry import selectors as telemetry
+from apps.telemetry.models import ServerShippingReport
+from worker.alerts.counters import counters_increase
 from worker.alerts.evaluate import Observation
 
 WEEK = timedelta(days=7)
 # Figures whose threshold can be an offset from the live version's registered validation value (its metrics).
 VALIDATION_METRIC = {AlertFigure.ACCURACY: "accuracy", AlertFigure.ESTIMATED_ACCURACY: "accuracy"}
 # The drift figures look at the latest report that ended within the rule's window.
-DRIFT_FIGURES = frozenset({AlertFigure.DRIFT_SHARE, AlertFigure.COLUMN_DRIFT})
+DRIFT_FIGURES = frozenset({AlertFigure.DRIFT_SHARE, AlertFigure.COLUMN_DRIFT, AlertFigure.PREDICTION_DRIFT})
 TRAFFIC_FIGURES = frozenset(
     {
         AlertFigure.ERROR_RATE,
@@ -58,6 +61,7 @@ class FigureCache:
         stats: dict[tuple[timedelta, timedelta], set[int]] = {}
         drift: dict[timedelta, set[int]] = {}
         last: set[int] = set()
+        drops: set[int] = set()
         for rule, deployment in pairs:
             window = timedelta(seconds=rule.window_seconds)
             if rule.figure in TRAFFIC_FIGURES:
@@ -68,6 +72,8 @@ class FigureCache:
                 drift.setdefault(window, set()).add(deployment.pk)
             elif rule.figure == AlertFigure.NO_DATA_MINUTES:
                 last.add(deployment.pk)
+            elif rule.figure == AlertFigure.EVENT_DROPS:
+                drops.add(deployment.pk)
         for (window, ago), ids in stats.items():
             missing = sorted(pk for pk in ids if ("stats", pk, window, ago) not in self.values)
             if missing:
@@ -91,6 +97,20 @@ class FigureCache:
         if missing:
             found = telemetry.last_request_minutes(deployment_ids=missing)
             self.values.update({("last", pk): found[pk] for pk in missing})
+        missing = sorted(pk for pk in drops if ("drops", pk) not in self.values)
+        if missing:
+            self.values.update({("drops", pk): totals for pk, totals in _drop_totals(missing).items()})
+
+
+def _drop_totals(deployment_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Per deployment: each model server process's events dropped since it started (all reasons together)."""
+    totals: dict[int, dict[str, int]] = {pk: {} for pk in deployment_ids}
+    reports = ServerShippingReport.objects.filter(deployment_id__in=deployment_ids).values_list(
+        "deployment_id", "server", "dropped"
+    )
+    for deployment_id, server, dropped in reports:
+        totals[deployment_id][server] = sum(dropped.values())
+    return totals
 
 
 def _window_stats(deployment: Deployment, window: timedelta, cache: FigureCache, *, ago: timedelta = timedelta(0)):
@@ -175,12 +195,29 @@ def _drift(figure: str, column: str, deployment: Deployment, window: timedelta, 
         return Observation(None, f"no drift report ended in the last {_human(window)}")
     if figure == AlertFigure.DRIFT_SHARE:
         return Observation(report.drift_share)
+    if figure == AlertFigure.PREDICTION_DRIFT:
+        return _prediction_drift(report)
     for entry in report.result.get("columns", []):
         if entry.get("column") == column:
             if entry.get("statistic") is None:
                 return Observation(None, entry.get("reason") or f"column {column!r} was not tested")
             return Observation(float(entry["statistic"]))
     return Observation(None, f"the latest drift report has no column {column!r}")
+
+
+def _prediction_drift(report: DriftReport) -> Observation:
+    """1 when the report's own test (the column's test and threshold in the deployment's drift settings) found
+    the prediction column drifted, 0 when it did not; the statistic is in `column_drift` on `prediction`."""
+    for entry in report.result.get("columns", []):
+        if entry.get("column") == PREDICTION:
+            if entry.get("drifted") is None:
+                return Observation(None, entry.get("reason") or "the prediction column was not tested")
+            return Observation(1.0 if entry["drifted"] else 0.0)
+    return Observation(
+        None,
+        "the latest drift report did not test the predictions (prediction drift is off, or its reference is "
+        "training data)",
+    )
 
 
 def _no_data_minutes(deployment: Deployment, cache: FigureCache) -> Observation:
@@ -200,6 +237,20 @@ def _replicas_not_ready(deployment: Deployment) -> Observation:
     return Observation(float(max(desired - ready, 0)))
 
 
+def event_drops(
+    *, deployment: Deployment, window: timedelta, cache: FigureCache, state: dict[str, Any]
+) -> tuple[Observation, dict[str, Any]]:
+    """Events the deployment's model servers dropped in the window, from their cumulative shipping reports and
+    the readings the alert kept (`state`); returns the figure and the state to keep."""
+    totals = cache.get(("drops", deployment.pk), lambda: _drop_totals([deployment.pk])[deployment.pk])
+    increase = counters_increase(state.get("readings", []), totals, cache.now, window)
+    if increase.value is None:
+        observation = Observation(None, "first reading of the model servers' drop counters; counted from the next")
+    else:
+        observation = Observation(increase.value)
+    return observation, {"readings": increase.readings}
+
+
 def observe(*, figure: str, column: str, deployment: Deployment, window: timedelta, cache: FigureCache) -> Observation:
     """The figure's value for the deployment now (cache.now), or no value with the reason."""
     if figure in TRAFFIC_FIGURES:
@@ -212,6 +263,9 @@ def observe(*, figure: str, column: str, deployment: Deployment, window: timedel
         return _no_data_minutes(deployment, cache)
     if figure == AlertFigure.REPLICAS_NOT_READY:
         return _replicas_not_ready(deployment)
+    if figure == AlertFigure.EVENT_DROPS:
+        # Counted from readings each alert keeps (event_drops), so a moment without its alert has no value.
+        return Observation(None, "event drops are counted from the alert's own readings; no past to show")
     raise ValueError(f"unknown figure {figure!r}")
 
 

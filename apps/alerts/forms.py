@@ -41,6 +41,12 @@ class RuleForm(forms.Form):
     )
     retrain_cooldown_seconds = forms.CharField(initial="86400", label="Retraining cooldown (s)")
     retrain_open_promotion = forms.BooleanField(required=False, label="Open a promotion request for the new version")
+    retrain_abtest_percent = forms.CharField(
+        required=False,
+        initial="0",
+        label="A/B test: the new version's share of the traffic (%)",
+        help_text="0: none; 1-99: start an A/B test against the version serving the deployment.",
+    )
 
     def __init__(self, *args: Any, project: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,6 +59,10 @@ class RuleForm(forms.Form):
                 "form-check-input" if isinstance(field.widget, forms.CheckboxInput) else "form-control form-control-sm"
             )
             field.widget.attrs.setdefault("class", css)
+
+    def clean_retrain_abtest_percent(self) -> str:
+        # Left empty: no A/B test (the service checks the number and names the field).
+        return self.cleaned_data["retrain_abtest_percent"] or "0"
 
     def clean_labels(self) -> dict:
         text = self.cleaned_data["labels"] or "{}"

@@ -124,6 +124,11 @@ class AlertRule(models.Model):
     retrain_open_promotion = models.BooleanField(
         default=False, help_text="Open a promotion request to production for the version the pipeline registers."
     )
+    retrain_abtest_percent = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="0: none; 1-99: start an A/B test on the deployment giving the version the pipeline registers "
+        "this share of the traffic, against the version serving.",
+    )
     last_retrain_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -188,6 +193,9 @@ class Alert(models.Model):
     state_changed_at = models.DateTimeField(default=timezone.now)
     evaluated_at = models.DateTimeField(null=True, blank=True)
     silenced = models.BooleanField(default=False, help_text="A silence matched it at the last evaluation.")
+    figure_state = models.JSONField(
+        default=dict, blank=True, help_text="What the figure keeps between evaluations (event drops: counter readings)."
+    )
 
     objects = AlertQuerySet.as_manager()
 
@@ -319,7 +327,7 @@ class OwnerNotice(models.Model):
 
 
 class AlertAction(models.Model):
-    """A retraining pipeline a firing rule started, and the promotion request it opened."""
+    """A retraining pipeline a firing rule started, and the promotion request and A/B test it opened."""
 
     rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="actions")
     alert = models.ForeignKey(Alert, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -329,6 +337,7 @@ class AlertAction(models.Model):
     promotion_request = models.ForeignKey(
         "registry.PromotionRequest", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    abtest = models.ForeignKey("abtests.ABTest", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -57,7 +57,7 @@ def notification_deliveries(notifications: list[AlertNotification]) -> dict[int,
 
 
 def rule_actions(rule: AlertRule) -> QuerySet[AlertAction]:
-    return rule.actions.select_related("pipeline_run", "promotion_request", "alert__deployment")
+    return rule.actions.select_related("pipeline_run", "promotion_request", "abtest", "alert__deployment")
 
 
 def figure_preview(

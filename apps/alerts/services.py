@@ -66,6 +66,7 @@ RULE_FIELDS = (
     "enabled",
     "retrain_cooldown_seconds",
     "retrain_open_promotion",
+    "retrain_abtest_percent",
 )
 
 
@@ -210,6 +211,14 @@ def _clean_rule(data: dict[str, Any]) -> dict[str, Any]:
         cleaned["retrain_cooldown_seconds"] = _seconds(
             data["retrain_cooldown_seconds"], "retrain_cooldown_seconds", minimum=60, maximum=365 * 24 * 3600
         )
+    if "retrain_abtest_percent" in data:
+        percent = _number(data["retrain_abtest_percent"], "retrain_abtest_percent")
+        if percent != int(percent) or not 0 <= percent <= 99:
+            raise ValidationError(
+                "0 (no A/B test) or the challenger's whole percentage of the traffic, 1 to 99.",
+                field="retrain_abtest_percent",
+            )
+        cleaned["retrain_abtest_percent"] = int(percent)
     for flag in ("threshold_from_validation", "send_resolved", "enabled", "retrain_open_promotion"):
         if flag in data:
             cleaned[flag] = bool(data[flag])
@@ -511,10 +520,19 @@ class RoundResult:
 
 
 def _observe(
-    rule: AlertRule, deployment: Deployment, cache: figures.FigureCache
+    rule: AlertRule, alert: Alert, deployment: Deployment, cache: figures.FigureCache
 ) -> tuple[engine.Observation, float | None]:
-    """The figure and the threshold in force; a failure to compute either is an `error` observation."""
+    """The figure and the threshold in force; a failure to compute either is an `error` observation. A figure
+    that keeps state between evaluations (event drops) updates `alert.figure_state`."""
     try:
+        if rule.figure == AlertFigure.EVENT_DROPS:
+            observation, alert.figure_state = figures.event_drops(
+                deployment=deployment,
+                window=timedelta(seconds=rule.window_seconds),
+                cache=cache,
+                state=alert.figure_state,
+            )
+            return observation, rule.threshold
         threshold: float | None = rule.threshold
         if rule.threshold_from_validation:
             base, reason = figures.validation_value(figure=rule.figure, deployment=deployment, cache=cache)
@@ -553,7 +571,7 @@ def _rule_steps(
     for deployment in deployments:
         alert = alerts.pop(deployment.pk, None) or Alert(rule=rule, deployment=deployment)
         alert.deployment = deployment
-        observation, threshold = _observe(rule, deployment, cache)
+        observation, threshold = _observe(rule, alert, deployment, cache)
         condition = engine.Condition(
             comparator=rule.comparator,
             threshold=threshold if threshold is not None else 0.0,
@@ -591,6 +609,7 @@ ALERT_FIELDS = [
     "state_changed_at",
     "evaluated_at",
     "silenced",
+    "figure_state",
 ]
 
 

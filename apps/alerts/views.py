@@ -28,8 +28,13 @@ from apps.core.permissions import has_project_role, require_project_role
 from apps.deployments.models import Deployment
 
 PAGE_SIZE = 25
-# Figures the editor previews from rollups and reports; accuracy reads raw rows, too slow for 48 points.
-PREVIEWABLE = frozenset(AlertFigure.values) - {AlertFigure.ACCURACY, AlertFigure.ESTIMATED_ACCURACY}
+# Figures the editor previews from rollups and reports; accuracy reads raw rows, too slow for 48 points, and
+# event drops are counted from readings only the alert keeps.
+PREVIEWABLE = frozenset(AlertFigure.values) - {
+    AlertFigure.ACCURACY,
+    AlertFigure.ESTIMATED_ACCURACY,
+    AlertFigure.EVENT_DROPS,
+}
 
 
 def _editable_projects(request: HttpRequest) -> list[Project]:

@@ -93,3 +93,43 @@ def test_repeat_due() -> None:
     assert repeat_due(None, 3600, T0)
     assert not repeat_due(T0, 3600, T0 + timedelta(seconds=3599))
     assert repeat_due(T0, 3600, T0 + timedelta(seconds=3600))
+
+
+def test_counters_increase_over_the_window_with_new_and_restarted_processes() -> None:
+    from worker.alerts.counters import counters_increase
+
+    window = timedelta(minutes=10)
+    first = counters_increase([], {"host:1": 50}, T0, window)
+    assert first.value is None  # nothing to compare the first reading with
+    readings = first.readings
+    values = []
+    # (minutes after T0, readings of the servers): host:1 drops 10, host:2 starts with 7 already dropped,
+    # host:1's pid is reused after a restart (its counter falls to 4).
+    for minute, totals in [
+        (1, {"host:1": 50}),
+        (2, {"host:1": 60}),
+        (4, {"host:1": 60, "host:2": 7}),
+        (6, {"host:1": 4, "host:2": 7}),
+        (11, {"host:1": 4, "host:2": 7}),
+        (13, {"host:1": 4, "host:2": 9}),
+        (25, {"host:1": 4, "host:2": 9}),
+    ]:
+        increase = counters_increase(readings, totals, T0 + timedelta(minutes=minute), window)
+        readings = increase.readings
+        values.append(increase.value)
+    # minute 11: the window starts at minute 1 (50) -> host:1 restarted (4) + host:2 new (7) = 11;
+    # minute 13: window from minute 3 (host:1 60, no host:2) -> 4 + 9 = 13; minute 25: nothing changed since 13.
+    assert values == [0.0, 10.0, 17.0, 11.0, 11.0, 13.0, 0.0]
+    assert len(readings) == 1  # only the reading in force at the window's start is kept when nothing changed
+
+
+def test_counters_readings_stay_bounded_whatever_the_interval() -> None:
+    from worker.alerts.counters import SPACING_STEPS, counters_increase
+
+    window, readings = timedelta(hours=1), []
+    for second in range(0, 4 * 3600, 5):  # a change every 5 s for 4 h
+        increase = counters_increase(readings, {"p": second}, T0 + timedelta(seconds=second), window)
+        readings = increase.readings
+    assert len(readings) <= SPACING_STEPS + 2
+    # The window's start is known to within a step (36 s) and an interval (5 s): the increase errs high by that.
+    assert 3600 - 5 <= increase.value <= 3600 + 36 + 5
