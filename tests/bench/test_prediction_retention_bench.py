@@ -33,10 +33,10 @@ BASELINE_SECONDS = 10.0
 WARM_UP_SECONDS = 5.0
 
 GENERATE_DAY = """
-INSERT INTO telemetry_predictionlog (deployment_id, project_id, model_version_id, request_id, shadow, inputs,
-    outputs, probabilities, latency_ms, status, error, request_key, created_at, received_at)
-SELECT %(deployment)s, %(project)s, %(version)s, 'old-' || i, false, '{"x": [1.5], "y": [2.5]}'::jsonb,
-    '["setosa"]'::jsonb, NULL, 1.0 + i %% 50, 200, '', '',
+INSERT INTO telemetry_predictionlog (deployment_id, project_id, model_version_id, request_id, shadow, event_id,
+    pinned, inputs, outputs, probabilities, latency_ms, status, error, request_key, created_at, received_at)
+SELECT %(deployment)s, %(project)s, %(version)s, 'old-' || i, false, 'e-' || i, false,
+    '{"x": [1.5], "y": [2.5]}'::jsonb, '["setosa"]'::jsonb, NULL, 1.0 + i %% 50, 200, '', '',
     date_trunc('day', now()) - interval '31 days' + i * interval '86399 milliseconds' / 1000, now()
 FROM generate_series(1, %(rows)s) AS i
 """
