@@ -227,8 +227,9 @@ def deployment_performance(*, deployment: Deployment, window: str, now: datetime
     until = minute_floor(now or timezone.now()) + timedelta(minutes=1)
     since = until - length
     rows = {"deployment_id": deployment.pk, "project_id": deployment.project_id, "since": since, "until": until}
-    versions = telemetry.performance_by_version(**rows)
-    trend, truncated = telemetry.performance_trend(**rows, step=step)
+    limit = telemetry.PERFORMANCE_ROW_LIMIT
+    versions = telemetry.performance_by_version(**rows, limit=limit)
+    trend, truncated = telemetry.performance_trend(**rows, step=step, limit=limit)
     keys = {(row.model_version_id, row.shadow) for row in versions} | {(p.model_version_id, p.shadow) for p in trend}
     numbers = _labels(deployment, {version_id for version_id, _ in keys if version_id})
     return Performance(
