@@ -42,8 +42,8 @@ TARGET_MS = 500.0
 REPEATS = 5
 PERFORMANCE_REPEATS = 3
 LOG_COLUMNS = (
-    "deployment_id, project_id, model_version_id, request_id, shadow, inputs, outputs, probabilities, latency_ms, "
-    "status, error, request_key, created_at, received_at"
+    "deployment_id, project_id, model_version_id, request_id, shadow, event_id, pinned, inputs, outputs, "
+    "probabilities, latency_ms, status, error, request_key, created_at, received_at"
 )
 
 
@@ -80,7 +80,7 @@ def log_chunks(deployment_id: int, project_id: int, v1: int, v2: int, end_epoch:
         p_b = rng.uniform(0, 1, n)
         stamps = np.datetime_as_string((seconds * 1e6).astype("datetime64[us]"), unit="us")
         lines = [
-            f"{deployment_id}\t{project_id}\t{versions[i]}\tb{offset + i}\t{'t' if shadow[i] else 'f'}\t"
+            f"{deployment_id}\t{project_id}\t{versions[i]}\tb{offset + i}\t{'t' if shadow[i] else 'f'}\t\tf\t"
             f'{{"x": [{p_b[i]:.3f}]}}\t["{"b" if p_b[i] > 0.5 else "a"}"]\t[[{1 - p_b[i]:.3f}, {p_b[i]:.3f}]]\t'
             f"{latency[i]:.3f}\t{status[i]}\t\t\t{stamps[i]}+00\t{stamps[i]}+00"
             for i in range(n)
@@ -89,9 +89,11 @@ def log_chunks(deployment_id: int, project_id: int, v1: int, v2: int, end_epoch:
 
 
 ROLLUPS = f"""
-INSERT INTO telemetry_predictionrollup (deployment_id, project_id, model_version_id, shadow, minute, requests, errors,
+INSERT INTO telemetry_predictionrollup (deployment_id, project_id, model_version_id, shadow, pinned, minute, requests,
+    errors,
     latency_count, latency_sum_ms, {", ".join(BUCKET_FIELDS)})
-SELECT deployment_id, project_id, COALESCE(model_version_id, 0), shadow, date_trunc('minute', created_at), count(*),
+SELECT deployment_id, project_id, COALESCE(model_version_id, 0), shadow, pinned, date_trunc('minute', created_at),
+    count(*),
     count(*) FILTER (WHERE status >= 500), count(latency_ms), COALESCE(sum(latency_ms), 0),
     {
     ", ".join(
@@ -99,7 +101,7 @@ SELECT deployment_id, project_id, COALESCE(model_version_id, 0), shadow, date_tr
         for lo, hi in zip((0, *LATENCY_BUCKETS_MS[:-1]), LATENCY_BUCKETS_MS, strict=True)
     )
 }, count(*) FILTER (WHERE latency_ms > {LATENCY_BUCKETS_MS[-1]})
-FROM telemetry_predictionlog GROUP BY 1, 2, 3, 4, 5
+FROM telemetry_predictionlog GROUP BY 1, 2, 3, 4, 5, 6
 """
 
 LABELS = """
