@@ -228,8 +228,9 @@ def deployment_performance(*, deployment: Deployment, window: str, now: datetime
     since = until - length
     rows = {"deployment_id": deployment.pk, "project_id": deployment.project_id, "since": since, "until": until}
     limit = telemetry.PERFORMANCE_ROW_LIMIT
-    versions = telemetry.performance_by_version(**rows, limit=limit)
-    trend, truncated = telemetry.performance_trend(**rows, step=step, limit=limit)
+    samples = telemetry.labelled_samples(**rows, limit=limit)
+    versions = telemetry.performance_by_version(**rows, limit=limit, samples=samples)
+    trend, truncated = telemetry.performance_trend(**rows, step=step, limit=limit, samples=samples)
     keys = {(row.model_version_id, row.shadow) for row in versions} | {(p.model_version_id, p.shadow) for p in trend}
     numbers = _labels(deployment, {version_id for version_id, _ in keys if version_id})
     return Performance(

@@ -319,14 +319,16 @@ def _unlabelled_rows(rows: Any, limit: int) -> list[tuple]:
 
 
 @dataclass(frozen=True)
-class _LabelledSample:
+class LabelledSample:
+    """A version's count of labelled requests in a window and a uniform sample of them (`labelled_samples`)."""
+
     labelled: int
     rows: list[tuple]  # (created_at, outputs, probabilities, truth, kind)
 
 
-def _labelled_samples(
-    deployment_id: int, project_id: int | None, since: datetime, until: datetime, limit: int
-) -> dict[tuple[int | None, bool], _LabelledSample]:
+def labelled_samples(
+    *, deployment_id: int, project_id: int | None, since: datetime, until: datetime, limit: int = PERFORMANCE_ROW_LIMIT
+) -> dict[tuple[int | None, bool], LabelledSample]:
     """Per (model version, shadow): how many answered requests of [since, until) have a label, and a uniform
     sample of at most `limit` of them with their outputs and labels; one statement.
 
@@ -350,12 +352,18 @@ def _labelled_samples(
         f"WHERE joined.pick <= %s"
     )
     params: list[Any] = [deployment_id, *([project_id] if project_id is not None else []), since - LABEL_CLOCK_SKEW]
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Postgres underestimates how few log rows the labels reach and hashes the whole log (a sequential
+            # scan: 1.5 s at 1M rows for 30 days) instead of probing its index once per label.
+            cursor.execute("SET LOCAL enable_hashjoin = off")
+            cursor.execute("SET LOCAL enable_mergejoin = off")
+            cursor.execute("SET LOCAL jit = off")
         cursor.execute(sql, [*params, since, until, limit])
         fetched = cursor.fetchall()
-    samples: dict[tuple[int | None, bool], _LabelledSample] = {}
+    samples: dict[tuple[int | None, bool], LabelledSample] = {}
     for version_id, shadow, labelled, created_at, outputs, probabilities, truth, kind in fetched:
-        sample = samples.setdefault((version_id, bool(shadow)), _LabelledSample(int(labelled), []))
+        sample = samples.setdefault((version_id, bool(shadow)), LabelledSample(int(labelled), []))
         sample.rows.append((_as_datetime(created_at), _json(outputs), _json(probabilities), _json(truth), kind))
     return samples
 
@@ -389,6 +397,7 @@ def performance_by_version(
     reference_until: datetime | None = None,
     limit: int = PERFORMANCE_ROW_LIMIT,
     project_id: int | None = None,
+    samples: dict[tuple[int | None, bool], LabelledSample] | None = None,
 ) -> list[VersionPerformance]:
     """Realised performance per model version (live and shadow) in [since, until), from joined labels, and the
     CBPE estimate for its unlabelled predictions (classifiers), fitted on the labelled predictions of the
@@ -396,12 +405,22 @@ def performance_by_version(
 
     Bounded whatever the window's length: the counts of predictions come from the rollups and those of labelled
     ones from the labels; raw rows are read only for a uniform sample of at most `limit` labelled requests per
-    version (and of the reference window), and the most recent `limit` unlabelled ones.
+    version (and of the reference window), and the most recent `limit` unlabelled ones. `samples`, the
+    window's `labelled_samples`, spares reading them again when the caller has them (the trend shares them).
     """
     answered = _answered_counts(deployment_id, since, until)
-    samples = _labelled_samples(deployment_id, project_id, since, until, limit)
+    if samples is None:
+        samples = labelled_samples(
+            deployment_id=deployment_id, project_id=project_id, since=since, until=until, limit=limit
+        )
     references = (
-        _labelled_samples(deployment_id, project_id, reference_since, reference_until, limit)
+        labelled_samples(
+            deployment_id=deployment_id,
+            project_id=project_id,
+            since=reference_since,
+            until=reference_until,
+            limit=limit,
+        )
         if reference_since is not None and reference_until is not None
         else None
     )
@@ -409,7 +428,7 @@ def performance_by_version(
     keys = {key for key, n in answered.items() if n > 0} | set(samples)
     results = []
     for version_id, shadow in sorted(keys, key=lambda key: (key[1], key[0] is None, key[0] or 0)):
-        sample = samples.get((version_id, shadow), _LabelledSample(0, []))
+        sample = samples.get((version_id, shadow), LabelledSample(0, []))
         predictions = max(answered.get((version_id, shadow), 0), sample.labelled)
         unlabelled_rows = (
             _unlabelled_rows(window.filter(model_version_id=version_id, shadow=shadow), limit)
@@ -419,7 +438,7 @@ def performance_by_version(
         labelled = _flatten([row[1:] for row in sample.rows], True)
         unlabelled = _flatten(unlabelled_rows, False)
         if references is not None:
-            reference_rows = references.get((version_id, shadow), _LabelledSample(0, [])).rows
+            reference_rows = references.get((version_id, shadow), LabelledSample(0, [])).rows
             reference = _flatten([row[1:] for row in reference_rows], True)
         else:
             reference = labelled
@@ -668,11 +687,15 @@ def performance_trend(
     until: datetime,
     step: timedelta,
     limit: int = PERFORMANCE_ROW_LIMIT,
+    samples: dict[tuple[int | None, bool], LabelledSample] | None = None,
 ) -> tuple[list[TrendPoint], bool]:
     """Accuracy (or MAE) per (model version, live or shadow, step) of [since, until), and whether it is
     sampled: each version's labelled predictions, or a uniform sample of `limit` of them when it has more
-    (one statement, see `_labelled_samples`); each point's `n` counts the rows behind it."""
-    samples = _labelled_samples(deployment_id, project_id, since, until, limit)
+    (one statement, see `labelled_samples`); each point's `n` counts the rows behind it."""
+    if samples is None:
+        samples = labelled_samples(
+            deployment_id=deployment_id, project_id=project_id, since=since, until=until, limit=limit
+        )
     step_seconds = int(step.total_seconds())
     sums: dict[tuple[Any, bool, datetime, str], list[float]] = {}
     for (version_id, shadow), sample in samples.items():
