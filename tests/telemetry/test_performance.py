@@ -142,7 +142,7 @@ def test_the_label_free_estimate_is_near_the_realised_accuracy_of_the_unlabelled
     rows, truth = classifier_rows(rng, 6000)
     logs(project, rows)
     labels(project, {f"r{i}": [str(truth[i])] for i in range(2000)})
-    (result,) = performance_by_version(deployment_id=DEPLOYMENT, **window())
+    (result,) = performance_by_version(deployment_id=DEPLOYMENT, **window(), limit=4000)
     hidden = np.array([row["outputs"][0] for row in rows[2000:]]) == truth[2000:]
     assert result.estimate is not None and result.estimate.n_rows == 4000, result.estimate_reason
     assert result.estimate.accuracy == pytest.approx(hidden.mean(), abs=0.02)
@@ -155,6 +155,7 @@ def test_the_label_free_estimate_is_near_the_realised_accuracy_of_the_unlabelled
     (fitted_elsewhere,) = performance_by_version(
         deployment_id=DEPLOYMENT,
         **window(),
+        limit=4000,
         reference_since=now - timedelta(days=4),
         reference_until=now - timedelta(days=2),
     )
