@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from django.db import connection, transaction
-from django.db.models import Exists, FloatField, OuterRef, Subquery, Sum
+from django.db.models import Exists, FloatField, OuterRef, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -237,20 +237,6 @@ def _window_logs(deployment_id: int, project_id: int | None, since: datetime, un
     return logs.filter(project_id=project_id) if project_id is not None else logs
 
 
-def _answered(deployment_id: int, since: datetime, until: datetime, project_id: int | None = None) -> Any:
-    label = PredictionLabel.objects.filter(deployment_id=OuterRef("deployment_id"), request_id=OuterRef("request_id"))
-    return (
-        _window_logs(deployment_id, project_id, since, until)
-        .filter(status__lt=400)
-        .filter(outputs__isnull=False)
-        .annotate(
-            has_label=Exists(label),
-            truth=Subquery(label.values("truth")[:1]),
-            label_kind=Subquery(label.values("kind")[:1]),
-        )
-    )
-
-
 def _flatten(rows: list[tuple], labelled: bool) -> _Rows:
     """One entry per predicted row: the outputs (and probabilities, labels) of requests laid end to end."""
     y_pred, y_true, proba, kinds = [], [], [], set()
@@ -309,14 +295,20 @@ def _classes_of(labelled: _Rows, unlabelled: _Rows, reference: _Rows) -> tuple[l
     )
 
 
-def _unlabelled_rows(rows: Any, limit: int) -> list[tuple]:
-    """The most recent `limit` unlabelled requests: a backward walk of the version's index that stops there."""
+def _unlabelled_rows(
+    deployment_id: int, project_id: int | None, since: datetime, until: datetime, key: dict, limit: int
+) -> list[tuple]:
+    """The most recent `limit` answered unlabelled requests of one version: a backward walk of the time index
+    that stops there, with one probe of the labels' index per row (and no label columns to read)."""
+    label = PredictionLabel.objects.filter(deployment_id=OuterRef("deployment_id"), request_id=OuterRef("request_id"))
     picked = (
-        rows.filter(has_label=False)
+        _window_logs(deployment_id, project_id, since, until)
+        .filter(status__lt=400, outputs__isnull=False, **key)
+        .filter(~Exists(label))
         .order_by("-created_at")
-        .values_list("outputs", "probabilities", "truth", "label_kind")
+        .values_list("outputs", "probabilities")
     )
-    return list(picked[:limit])
+    return [(outputs, probabilities, None, None) for outputs, probabilities in picked[:limit]]
 
 
 @dataclass(frozen=True)
@@ -425,14 +417,14 @@ def performance_by_version(
         if reference_since is not None and reference_until is not None
         else None
     )
-    window = _answered(deployment_id, since, until, project_id)
     keys = {key for key, n in answered.items() if n > 0} | set(samples)
     results = []
     for version_id, shadow in sorted(keys, key=lambda key: (key[1], key[0] is None, key[0] or 0)):
         sample = samples.get((version_id, shadow), LabelledSample(0, []))
         predictions = max(answered.get((version_id, shadow), 0), sample.labelled)
+        key = {"model_version_id": version_id, "shadow": shadow}
         unlabelled_rows = (
-            _unlabelled_rows(window.filter(model_version_id=version_id, shadow=shadow), limit)
+            _unlabelled_rows(deployment_id, project_id, since, until, key, limit)
             if predictions > sample.labelled
             else []
         )
