@@ -285,7 +285,10 @@ class DeploymentPerformanceTrendApi(APIView):
     def get(self, request: Request, deployment_id: int) -> Response:
         deployment = _visible_deployment(request, deployment_id)
         performance = services.check_model_performance(
-            deployment=deployment, actor=request.user, window=request.query_params.get("window") or "24h"
+            deployment=deployment,
+            actor=request.user,
+            window=request.query_params.get("window") or "24h",
+            metrics=False,  # this answer has no per-version metrics: spare their reads and the CBPE fit
         )
         distribution = performance.distribution
         return Response(

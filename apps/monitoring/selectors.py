@@ -221,14 +221,18 @@ class Performance:
     drift: list[DriftReport]
 
 
-def deployment_performance(*, deployment: Deployment, window: str, now: datetime | None = None) -> Performance:
+def deployment_performance(
+    *, deployment: Deployment, window: str, now: datetime | None = None, metrics: bool = True
+) -> Performance:
     """The performance page's figures; raw-row reads are bounded by telemetry's PERFORMANCE_ROW_LIMIT."""
     length, step = DASHBOARD_WINDOWS[window][0], PERFORMANCE_STEPS[window]
     until = minute_floor(now or timezone.now()) + timedelta(minutes=1)
     since = until - length
     rows = {"deployment_id": deployment.pk, "project_id": deployment.project_id, "since": since, "until": until}
-    versions = telemetry.performance_by_version(**rows)
-    trend, truncated = telemetry.performance_trend(**rows, step=step)
+    limit = telemetry.PERFORMANCE_ROW_LIMIT
+    samples = telemetry.labelled_samples(**rows, limit=limit)
+    versions = telemetry.performance_by_version(**rows, limit=limit, samples=samples) if metrics else []
+    trend, truncated = telemetry.performance_trend(**rows, step=step, limit=limit, samples=samples)
     keys = {(row.model_version_id, row.shadow) for row in versions} | {(p.model_version_id, p.shadow) for p in trend}
     numbers = _labels(deployment, {version_id for version_id, _ in keys if version_id})
     return Performance(

@@ -444,15 +444,23 @@ def check_data_drift(
 
 
 def check_model_performance(
-    *, deployment: Deployment, actor: AbstractBaseUser | None, window: str = selectors.DEFAULT_DASHBOARD_WINDOW
+    *,
+    deployment: Deployment,
+    actor: AbstractBaseUser | None,
+    window: str = selectors.DEFAULT_DASHBOARD_WINDOW,
+    metrics: bool = True,
 ) -> selectors.Performance:
     """The seed's `MonitoringSystem.check_model_performance(deployment)`: realised metrics per model version from
     the labels users sent, the CBPE estimate for the unlabelled predictions, accuracy over time, the prediction
     distribution and the drift reports' columns: the object the performance page shows. Any member of the
-    project may read (outsiders: 404); `actor=None` is the system (commands, notebooks run as the operator)."""
+    project may read (outsiders: 404); `actor=None` is the system (commands, notebooks run as the operator).
+    `metrics=False` leaves out the per-version metrics and estimate (`versions` is empty), for callers that
+    draw only the charts."""
     if actor is not None:
         require_project_role(actor, deployment.project, ProjectRole.VIEWER)
-    return selectors.deployment_performance(deployment=deployment, window=selectors.dashboard_window(window))
+    return selectors.deployment_performance(
+        deployment=deployment, window=selectors.dashboard_window(window), metrics=metrics
+    )
 
 
 def drift_reports_schedule(*, now: datetime | None = None) -> int:

@@ -245,6 +245,9 @@ def _performance_row(row: Any, label: str) -> dict[str, Any]:
         "estimate_calibrated": estimate.calibrated if estimate is not None else None,
         "estimate_reason": row.estimate_reason,
         "truncated": row.truncated,
+        "labelled_sample": row.labelled_sample,
+        "unlabelled": row.predictions - row.labelled,
+        "unlabelled_sample": row.unlabelled_sample,
     }
 
 

@@ -203,7 +203,28 @@ def test_raw_reads_range_over_the_project_time_index(deployment: Any, labelled: 
     with CaptureQueriesContext(connection) as queries:
         selectors.deployment_performance(deployment=deployment, window="24h")
     reads = [query["sql"] for query in queries if 'FROM "telemetry_predictionlog"' in query["sql"]]
-    assert len(reads) >= 3
+    assert len(reads) >= 2  # the unlabelled rows and the prediction distribution
     for sql in reads:
         where = sql.split('FROM "telemetry_predictionlog" WHERE')[1]
         assert f'"telemetry_predictionlog"."project_id" = {deployment.project_id}' in where, sql
+    # The labelled sample starts from the labels (through their project's index) and reaches the log by its
+    # (deployment, request id) index.
+    samples = [query["sql"] for query in queries if "FROM telemetry_predictionlabel AS label" in query["sql"]]
+    assert len(samples) == 1  # one sample, shared by the metrics and the trend
+    for sql in samples:
+        assert f"label.project_id = {deployment.project_id}" in sql, sql
+
+
+def test_page_states_the_sample_behind_the_metrics_and_the_estimate(
+    deployment: Any, labelled: dict[str, Any], viewer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"/monitoring/deployments/{deployment.pk}/performance/"
+    assert 'data-testid="sample-note"' not in browser(viewer).get(url, {"window": "1h"}).content.decode()
+    monkeypatch.setattr(telemetry, "PERFORMANCE_ROW_LIMIT", 50)
+    body = browser(viewer).get(url, {"window": "1h"}).content.decode()
+    assert "300 of 400 predictions labelled" in body
+    assert "Metrics from a uniform sample of 50 of the 300 labelled predictions." in body
+    assert "(the latest 50 of 100 unlabelled predictions)" in body
+    assert "a uniform sample of 50 labelled predictions per version" in body
+    [version] = selectors.deployment_performance(deployment=deployment, window="1h").versions
+    assert (version.labelled, version.labelled_sample, version.realised.n_labelled) == (300, 50, 50)

@@ -35,13 +35,22 @@ def logs(project: Any, rows: list[dict], *, ago: timedelta = timedelta(minutes=3
         )
         for row in rows
     )
-    PredictionRollup.objects.get_or_create(
-        deployment_id=DEPLOYMENT,
-        project_id=project.pk,
-        model_version_id=7,
-        shadow=False,
-        minute=created.replace(second=0, microsecond=0),
-    )
+    counts: dict[tuple[int, bool], list[int]] = {}
+    for row in rows:
+        total = counts.setdefault((row.get("model_version_id", 7), row.get("shadow", False)), [0, 0])
+        total[0] += 1
+        total[1] += row.get("status", 200) >= 500
+    for (version_id, shadow), (requests, errors) in counts.items():
+        rollup, _ = PredictionRollup.objects.get_or_create(
+            deployment_id=DEPLOYMENT,
+            project_id=project.pk,
+            model_version_id=version_id,
+            shadow=shadow,
+            minute=created.replace(second=0, microsecond=0),
+        )
+        rollup.requests += requests
+        rollup.errors += errors
+        rollup.save()
 
 
 def labels(project: Any, truths: dict[str, list], kind: str = "label") -> None:
@@ -133,7 +142,7 @@ def test_the_label_free_estimate_is_near_the_realised_accuracy_of_the_unlabelled
     rows, truth = classifier_rows(rng, 6000)
     logs(project, rows)
     labels(project, {f"r{i}": [str(truth[i])] for i in range(2000)})
-    (result,) = performance_by_version(deployment_id=DEPLOYMENT, **window())
+    (result,) = performance_by_version(deployment_id=DEPLOYMENT, **window(), limit=4000)
     hidden = np.array([row["outputs"][0] for row in rows[2000:]]) == truth[2000:]
     assert result.estimate is not None and result.estimate.n_rows == 4000, result.estimate_reason
     assert result.estimate.accuracy == pytest.approx(hidden.mean(), abs=0.02)
@@ -146,6 +155,7 @@ def test_the_label_free_estimate_is_near_the_realised_accuracy_of_the_unlabelled
     (fitted_elsewhere,) = performance_by_version(
         deployment_id=DEPLOYMENT,
         **window(),
+        limit=4000,
         reference_since=now - timedelta(days=4),
         reference_until=now - timedelta(days=2),
     )
@@ -246,3 +256,21 @@ def test_api_serialises_the_estimate_and_its_confusion_matrix(project: Any, view
     estimate = version["estimate"]
     assert estimate["n_rows"] == 100 and 0 <= estimate["accuracy"] <= 1
     assert np.array(estimate["expected_confusion"]).shape == (3, 3)
+
+
+def test_a_sampled_window_scores_a_uniform_sample_and_its_metrics_equal_scikit_learn_on_it(project: Any) -> None:
+    rows, truth = classifier_rows(np.random.default_rng(8), 400)
+    logs(project, rows)
+    labels(project, {f"r{i}": [str(truth[i])] for i in range(400)})
+    (result,) = performance_by_version(deployment_id=DEPLOYMENT, **window(), limit=50)
+    assert (result.predictions, result.labelled, result.labelled_sample, result.truncated) == (400, 400, 50, True)
+    # The sample is the first 50 labelled rows in the order of the id hash (selectors.SAMPLE_HASH).
+    ids = dict(PredictionLog.objects.filter(deployment_id=DEPLOYMENT).values_list("request_id", "id"))
+    picked = sorted(range(400), key=lambda i: (ids[f"r{i}"] * 2654435761) % 4294967296)[:50]
+    y_true = [str(truth[i]) for i in picked]
+    y_pred = [rows[i]["outputs"][0] for i in picked]
+    assert result.realised.n_labelled == 50
+    assert result.realised.accuracy == pytest.approx(metrics.accuracy_score(y_true, y_pred), abs=1e-12)
+    expected_f1 = metrics.f1_score(y_true, y_pred, average="macro", zero_division=0)
+    assert result.realised.f1_macro == pytest.approx(expected_f1, abs=1e-12)
+    assert len({i // 100 for i in picked}) == 4, "the sample spreads over the rows, not the first or last ones"
