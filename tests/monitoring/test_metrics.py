@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.db.models import Sum
 from django.test import Client
 from django.utils import timezone
@@ -134,6 +135,12 @@ def test_every_metric_the_grafana_dashboard_uses_is_exposed(
     assert used <= exposed, f"not exposed: {sorted(used - exposed)}"
 
 
+def child_database_url() -> str:
+    """The test database, for a child process (DATABASE_URL names the database the tests were started with)."""
+    database = connection.settings_dict
+    return f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+
+
 def test_with_a_multiprocess_folder_each_web_worker_counts_into_it(tmp_path: Path) -> None:
     """As under gunicorn with PROMETHEUS_MULTIPROC_DIR: a web process counts its requests into the shared folder
     (its own files), where another process (here: this one) reads them; the adding up over processes is the
@@ -155,7 +162,7 @@ def test_with_a_multiprocess_folder_each_web_worker_counts_into_it(tmp_path: Pat
     )
     done = subprocess.run(
         [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "shell", "-c", script],
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "DATABASE_URL": child_database_url()},
         capture_output=True,
         text=True,
         timeout=300,
