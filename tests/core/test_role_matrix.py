@@ -796,9 +796,9 @@ READ_ONLY = {
     "core:home", "core:audit-log", "deployment-metrics", "deployment-performance-trend", "system-health", "metrics",
     "monitoring:dashboard-list", "monitoring:dashboard", "monitoring:dashboard-live", "monitoring:performance",
     "monitoring:health", "abtest-detail", "abtest-readouts", "abtests:abtest-list", "abtests:abtest-detail",
-    "alert-rule-notifications", "alert-rule-preview", "alert-list", "alert-detail", "alert-transition-list",
-    "alert-silence-detail", "alerts:rule-list", "alerts:rule-detail", "alerts:deployment-history",
-    "alerts:silence-list", "alerts:channel-list", "alerts:channel-detail",
+    "alert-rule-notifications", "alert-rule-actions", "alert-rule-preview", "alert-list", "alert-detail",
+    "alert-transition-list", "alert-silence-detail", "alerts:rule-list", "alerts:rule-detail",
+    "alerts:deployment-history", "alerts:silence-list", "alerts:channel-list", "alerts:channel-detail",
 }  # fmt: skip
 
 
