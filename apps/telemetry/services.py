@@ -141,6 +141,7 @@ MAX_DROP_REASONS = 20
 # A server sends its report with every batch (several a second under load); storing it costs three queries,
 # so each web process stores a server's report at most this often, and at once when its drops change.
 SHIPPING_REPORT_INTERVAL_SECONDS = 10.0
+REPORTS_REMEMBERED = 10_000
 _reports_written: dict[tuple[int, str], tuple[float, dict]] = {}
 
 
@@ -172,6 +173,10 @@ def shipping_report_record(*, source: IngestSource, server: Any, dropped: Any, b
     last = _reports_written.get(key)
     if last is not None and last[0] > now - SHIPPING_REPORT_INTERVAL_SECONDS and last[1] == dropped:
         return
+    if len(_reports_written) >= REPORTS_REMEMBERED:
+        # Server names carry a process id, so restarts keep adding keys: forget them all now and then (the cost
+        # is one more write per server).
+        _reports_written.clear()
     _reports_written[key] = (now, dropped)
     ServerShippingReport.objects.update_or_create(
         deployment_id=source.deployment_id,

@@ -42,3 +42,15 @@ def test_a_report_is_stored_at_most_once_per_interval_unless_its_drops_change(
     report({"buffer_full": 2}, 0)
     stored = ServerShippingReport.objects.get()
     assert stored.buffered == 0 and stored.reported_at > first.reported_at
+
+
+def test_the_memory_of_written_reports_stays_bounded(
+    api: Any, token: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each restarted server process reports under a new name; the web process does not keep them all."""
+    monkeypatch.setattr(services, "REPORTS_REMEMBERED", 3)
+    for pid in range(10):
+        body = {"events": [], "server": f"host:{pid}", "dropped": {}, "buffered": 0}
+        assert api.post(URL, body, format="json", **token).status_code == 202
+    assert len(services._reports_written) <= 3
+    assert ServerShippingReport.objects.count() == 10
