@@ -79,14 +79,11 @@ class PredictionIngestApi(APIView):
                 buffered=request.data.get("buffered", 0),
             )
         try:
-            result = services.predictions_ingest(source=source, events=events)
-            if any(item["field"] == "version_id" for item in result.rejected):
-                # The token's versions may have been cached before a version was registered: look again, and
-                # when there are new ones send the batch again (the events already stored are skipped).
-                fresh = ingest_source_for_token(bearer_token(request) or "", fresh=True)
-                if fresh is not None and fresh.version_ids != source.version_ids:
-                    again = services.predictions_ingest(source=fresh, events=events)
-                    result = services.IngestResult(result.accepted + again.accepted, again.rejected)
+            result = services.predictions_ingest(
+                source=source,
+                events=events,
+                fresh_source=lambda: ingest_source_for_token(bearer_token(request) or "", fresh=True),
+            )
         except services.IngestRetry as exc:
             raise ServiceUnavailable("The batch raced with a copy of itself; send it again.") from exc
         body: dict[str, Any] = {"accepted": result.accepted}

@@ -15,7 +15,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -103,14 +103,31 @@ class IngestResult:
     rejected: list[dict[str, Any]]
 
 
-def predictions_ingest(*, source: IngestSource, events: Any) -> IngestResult:
+def predictions_ingest(
+    *, source: IngestSource, events: Any, fresh_source: Callable[[], IngestSource | None] | None = None
+) -> IngestResult:
     """Store a batch of prediction events shipped by one deployment's model servers.
 
     Events naming another deployment (a misconfigured server) are ignored, and so are events already stored
     (a re-sent batch is not counted twice). A malformed batch or event structure refuses the whole batch
     (400 naming it); an event with an impossible timestamp or a version_id that is not one of the deployment's
     model's versions is refused alone and reported in `rejected`, and the rest of the batch is stored.
+
+    `source` may come from a cache made before a version was registered: when an event names an unknown
+    version, `fresh_source()` looks the deployment up again and, if it has new versions, the batch is stored
+    again with them (the events already stored are skipped).
     """
+    result = _ingest(source, events)
+    if fresh_source is None or not any(item["field"] == "version_id" for item in result.rejected):
+        return result
+    fresh = fresh_source()
+    if fresh is None or fresh.version_ids == source.version_ids:
+        return result
+    again = _ingest(fresh, events)
+    return IngestResult(result.accepted + again.accepted, again.rejected)
+
+
+def _ingest(source: IngestSource, events: Any) -> IngestResult:
     rows, rejected = _rows(source, events)
     if not rows:
         return IngestResult(0, rejected)
