@@ -152,6 +152,40 @@ class PredictionLabel(models.Model):
         return f"label of {self.request_id}"
 
 
+class LabelledPrediction(models.Model):
+    """One answered prediction (live or shadow) that has a label: the join of a label and its log rows, made
+    when the label is stored, so that the performance page finds a window's labelled predictions of a version
+    through an index instead of probing the log once per label.
+
+    `sample_key` is Knuth's multiplicative hash of the log row's id, a pseudo-random order fixed per row: the
+    first N of a window in that order are a uniform sample of it, the same on every request. A row is written
+    for each answered log row of the request when the label arrives (a shadow answer logged after its label
+    counts from the next label of that request), and goes with its log row at retention.
+    """
+
+    log_id = models.BigIntegerField(unique=True)
+    deployment_id = models.BigIntegerField()
+    project_id = models.BigIntegerField()
+    model_version_id = models.BigIntegerField(null=True, blank=True)
+    shadow = models.BooleanField(default=False)
+    predicted_at = models.DateTimeField(help_text="The log row's created_at.")
+    sample_key = models.BigIntegerField()
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["deployment_id", "model_version_id", "shadow", "predicted_at"], name="telemetry_labelled_time"
+            ),
+            models.Index(
+                fields=["deployment_id", "model_version_id", "shadow", "sample_key"], name="telemetry_labelled_sample"
+            ),
+            models.Index(fields=["project_id", "predicted_at"], name="telemetry_labelled_project"),
+        ]
+
+    def __str__(self) -> str:
+        return f"labelled prediction {self.log_id}"
+
+
 class ServerShippingReport(models.Model):
     """What one model server process last said about its event shipping, sent along with its event batches:
     the events it dropped so far (cumulative, by reason) and the events waiting in its buffer.

@@ -34,6 +34,7 @@ from apps.telemetry.models import (
     BUCKET_FIELDS,
     LATENCY_BUCKETS_MS,
     NO_VERSION,
+    LabelledPrediction,
     PredictionLabel,
     PredictionLog,
     PredictionRollup,
@@ -438,7 +439,10 @@ def _rollups_add(source: IngestSource, rows: Iterable[tuple]) -> None:
 
 
 def _delete_before(
-    model: type[PredictionLog | PredictionRollup | PredictionLabel], time_field: str, scope: Q, cutoff: datetime
+    model: type[PredictionLog | PredictionRollup | PredictionLabel | LabelledPrediction],
+    time_field: str,
+    scope: Q,
+    cutoff: datetime,
 ) -> int:
     """Delete the scope's rows older than `cutoff`, at most RETENTION_BATCH_ROWS per statement.
 
@@ -462,7 +466,7 @@ def predictions_retention_apply(*, now: datetime | None = None) -> dict[str, int
     """Delete raw rows and rollups older than their project's retention (projects gone: the defaults).
 
     Labels go with the raw rows: one received before the raw rows' cutoff can only label a prediction older
-    still, already deleted.
+    still, already deleted; so does the record of which predictions are labelled.
     """
     now = now or timezone.now()
     policies = list(
@@ -476,6 +480,7 @@ def predictions_retention_apply(*, now: datetime | None = None) -> dict[str, int
     for scope, log_days, rollup_days in scopes:
         deleted["log_rows"] += _delete_before(PredictionLog, "created_at", scope, now - timedelta(days=log_days))
         deleted["label_rows"] += _delete_before(PredictionLabel, "received_at", scope, now - timedelta(days=log_days))
+        _delete_before(LabelledPrediction, "predicted_at", scope, now - timedelta(days=log_days))
         deleted["rollup_rows"] += _delete_before(PredictionRollup, "minute", scope, now - timedelta(days=rollup_days))
     return deleted
 
@@ -687,6 +692,7 @@ def _labels_write(actor: Any, project: Project, source: str, accepted: list[tupl
             unique_fields=["deployment_id", "request_id"],
             update_fields=["model_version_id", "kind", "truth", "source", "received_at"],
         )
+        labelled_predictions_record({(deployment, request_id) for deployment, _, request_id, _, _ in accepted})
         audit_record_many(
             actor=actor,
             action="prediction_label.replace",
@@ -696,6 +702,41 @@ def _labels_write(actor: Any, project: Project, source: str, accepted: list[tupl
                 for label, before in changed
             ],
         )
+
+
+def sample_key(log_id: int) -> int:
+    """A log row's place in the performance page's sampling order: Knuth's multiplicative hash of its id."""
+    return (log_id * 2654435761) % 4294967296
+
+
+def labelled_predictions_record(labelled: set[tuple[int, str]]) -> None:
+    """Record every answered log row (live or shadow) of the labelled (deployment, request id) pairs as labelled;
+    rows already recorded are left alone, so a label sent again also picks up a shadow answer logged since."""
+    by_deployment: dict[int, list[str]] = {}
+    for deployment, request_id in labelled:
+        by_deployment.setdefault(deployment, []).append(request_id)
+    rows: list[LabelledPrediction] = []
+    for deployment, request_ids in by_deployment.items():
+        for start in range(0, len(request_ids), LABEL_LOOKUP_CHUNK):
+            answered = PredictionLog.objects.filter(
+                deployment_id=deployment,
+                request_id__in=request_ids[start : start + LABEL_LOOKUP_CHUNK],
+                status__lt=400,
+                outputs__isnull=False,
+            ).values_list("pk", "project_id", "model_version_id", "shadow", "created_at")
+            rows.extend(
+                LabelledPrediction(
+                    log_id=log_id,
+                    deployment_id=deployment,
+                    project_id=project_id,
+                    model_version_id=version_id,
+                    shadow=shadow,
+                    predicted_at=created_at,
+                    sample_key=sample_key(log_id),
+                )
+                for log_id, project_id, version_id, shadow, created_at in answered
+            )
+    LabelledPrediction.objects.bulk_create(rows, batch_size=SQLITE_BATCH_SIZE, ignore_conflicts=True)
 
 
 def _csv_items(upload: Any) -> list[dict[str, str]]:

@@ -203,16 +203,19 @@ def test_raw_reads_range_over_the_project_time_index(deployment: Any, labelled: 
     with CaptureQueriesContext(connection) as queries:
         selectors.deployment_performance(deployment=deployment, window="24h")
     reads = [query["sql"] for query in queries if 'FROM "telemetry_predictionlog"' in query["sql"]]
-    assert len(reads) >= 2  # the unlabelled rows and the prediction distribution
-    for sql in reads:
+    by_key = [sql for sql in reads if '"telemetry_predictionlog"."id" IN (' in sql]
+    by_window = [sql for sql in reads if sql not in by_key]
+    assert len(by_window) >= 2  # the unlabelled rows and the prediction distribution
+    for sql in by_window:
         where = sql.split('FROM "telemetry_predictionlog" WHERE')[1]
         assert f'"telemetry_predictionlog"."project_id" = {deployment.project_id}' in where, sql
-    # The labelled sample starts from the labels (through their project's index) and reaches the log by its
-    # (deployment, request id) index.
-    samples = [query["sql"] for query in queries if "FROM telemetry_predictionlabel AS label" in query["sql"]]
-    assert len(samples) == 1  # one sample, shared by the metrics and the trend
-    for sql in samples:
-        assert f"label.project_id = {deployment.project_id}" in sql, sql
+    # The labelled sample is found in the record of labelled predictions (by project and window) and only its
+    # rows are read from the log, by primary key: once, shared by the metrics and the trend.
+    assert len(by_key) == 1
+    records = [query["sql"] for query in queries if 'FROM "telemetry_labelledprediction"' in query["sql"]]
+    assert records
+    for sql in records:
+        assert f'"telemetry_labelledprediction"."project_id" = {deployment.project_id}' in sql, sql
 
 
 def test_page_states_the_sample_behind_the_metrics_and_the_estimate(

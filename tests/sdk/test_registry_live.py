@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score
 from apps.registry.models import ModelVersion as ModelVersionRow
 from apps.registry.models import PromotionRequest as PromotionRequestRow
 from apps.telemetry.models import PredictionLabel, PredictionLog, PredictionRollup
+from apps.telemetry.services import labelled_predictions_record
 from mlops_sdk import (
     AuthenticationError,
     Client,
@@ -189,6 +190,7 @@ def test_check_model_performance_matches_scikit_learn(live_console: Any, project
         )
         for i, label in enumerate(truth)
     )
+    labelled_predictions_record({(deployment_id, f"r{i}") for i in range(len(truth))})
     client = sdk_client(live_console, viewer, project)
 
     check = check_model_performance(deployment_id, window="24h", accuracy_threshold=0.95, client=client)

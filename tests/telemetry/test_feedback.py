@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.core.models import APIToken, AuditEntry
 from apps.deployments import services as deployment_services
 from apps.telemetry import services
-from apps.telemetry.models import PredictionLabel, PredictionLog
+from apps.telemetry.models import LabelledPrediction, PredictionLabel, PredictionLog
 from apps.telemetry.services import IngestSource, prediction_labels_store, predictions_ingest
 from tests.conftest import client_for
 from tests.factories import ModelVersionFactory, ProjectFactory, RegisteredModelFactory
@@ -86,6 +86,28 @@ def test_a_label_arriving_days_late_joins_its_prediction(project: Any, member: A
     assert result.stored == 1
     label = PredictionLabel.objects.get()
     assert (label.received_at - old.created_at).days == 12
+
+
+def test_each_answered_row_of_a_labelled_request_is_recorded_once(project: Any, member: Any) -> None:
+    live = log(project, "r1")
+    log(project, "failed", status=500, outputs=None, probabilities=None)
+
+    def store() -> set[tuple]:
+        prediction_labels_store(actor=member, project=project, items=[{"request_id": "r1", "label": "yes"}])
+        return set(
+            LabelledPrediction.objects.values_list(
+                "log_id", "deployment_id", "project_id", "model_version_id", "shadow", "predicted_at", "sample_key"
+            )
+        )
+
+    def knuth(row: PredictionLog) -> int:  # the sampling order: Knuth's multiplicative hash of the row id
+        return (row.pk * 2654435761) % 2**32
+
+    recorded = (live.pk, DEPLOYMENT, project.pk, 7, False, live.created_at, knuth(live))
+    assert store() == {recorded}
+    shadow = log(project, "r1", shadow=True, version_id=8)
+    assert store() == {recorded, (shadow.pk, DEPLOYMENT, project.pk, 8, True, shadow.created_at, knuth(shadow))}
+    assert LabelledPrediction.objects.count() == 2, "a label sent again records nothing twice"
 
 
 def test_unknown_ids_are_counted_and_the_first_hundred_listed(project: Any, member: Any, other_project: Any) -> None:

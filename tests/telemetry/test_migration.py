@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from apps.telemetry.models import PredictionLog
+from apps.telemetry.models import LabelledPrediction, PredictionLog
 
 BEFORE = [("deployments", "0003_event_kind_started"), ("telemetry", None)]
 
@@ -69,3 +69,33 @@ def test_migrating_forwards_keeps_the_rows_and_gives_them_their_project(executor
         deployment_id=deployment.pk, project_id=project.pk, request_id="new", status=200, created_at=created
     )
     assert PredictionLog.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_labels_stored_before_the_record_of_labelled_predictions_are_recorded() -> None:
+    executor = MigrationExecutor(connection)
+    executor.migrate([("telemetry", "0004_server_shipping_report")])
+    old = executor.loader.project_state([("telemetry", "0004_server_shipping_report")]).apps
+    log, label = old.get_model("telemetry", "PredictionLog"), old.get_model("telemetry", "PredictionLabel")
+    created = datetime(2026, 11, 28, 9, 14, tzinfo=UTC)
+    common = {"deployment_id": 3, "project_id": 2, "created_at": created}
+    live = log.objects.create(request_id="r1", model_version_id=7, status=200, outputs=["a"], **common)
+    shadow = log.objects.create(request_id="r1", model_version_id=8, shadow=True, status=200, outputs=["b"], **common)
+    log.objects.create(request_id="r1", model_version_id=9, shadow=True, event_id="e", status=500, **common)
+    log.objects.create(request_id="unlabelled", model_version_id=7, status=200, outputs=["a"], **common)
+    label.objects.create(
+        deployment_id=3, project_id=2, request_id="r1", kind="label", truth=["a"], source="api", received_at=created
+    )
+    try:
+        executor = MigrationExecutor(connection)
+        executor.migrate([("telemetry", "0005_labelled_prediction")])
+        recorded = set(
+            LabelledPrediction.objects.values_list("log_id", "model_version_id", "shadow", "predicted_at", "sample_key")
+        )
+        assert recorded == {
+            (row.pk, version, is_shadow, created, (row.pk * 2654435761) % 2**32)
+            for row, version, is_shadow in ((live, 7, False), (shadow, 8, True))
+        }, "every answered row of a labelled request, the failed one and the unlabelled one left out"
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())

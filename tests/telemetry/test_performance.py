@@ -14,7 +14,7 @@ from sklearn import metrics
 from apps.telemetry import selectors
 from apps.telemetry.models import PredictionLabel, PredictionLog, PredictionRollup
 from apps.telemetry.selectors import performance_by_version
-from apps.telemetry.services import prediction_labels_store
+from apps.telemetry.services import labelled_predictions_record, prediction_labels_store
 from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
@@ -66,6 +66,7 @@ def labels(project: Any, truths: dict[str, list], kind: str = "label") -> None:
         )
         for request_id, truth in truths.items()
     )
+    labelled_predictions_record({(DEPLOYMENT, request_id) for request_id in truths})
 
 
 def classifier_rows(rng: np.random.Generator, n: int, prefix: str = "r") -> tuple[list[dict], np.ndarray]:

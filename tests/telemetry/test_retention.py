@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.core.models import AuditEntry, Project
 from apps.telemetry import services
-from apps.telemetry.models import PredictionLabel, PredictionLog, PredictionRollup
+from apps.telemetry.models import LabelledPrediction, PredictionLabel, PredictionLog, PredictionRollup
 from apps.telemetry.tasks import predictions_retention_apply_task
 from tests.conftest import client_for
 from tests.factories import ProjectFactory
@@ -79,6 +79,17 @@ def test_labels_go_with_the_raw_rows(project: Project) -> None:
         )
     assert services.predictions_retention_apply(now=NOW)["label_rows"] == 1
     assert list(PredictionLabel.objects.values_list("request_id", flat=True)) == ["fresh"]
+
+
+def test_the_record_of_labelled_predictions_goes_with_the_raw_rows(project: Project) -> None:
+    log(project.pk, days_old=29, count=2)
+    log(project.pk, days_old=31, count=3)
+    PredictionLog.objects.update(outputs=["a"])
+    services.labelled_predictions_record(set(PredictionLog.objects.values_list("deployment_id", "request_id")))
+    assert LabelledPrediction.objects.count() == 5
+    services.predictions_retention_apply(now=NOW)
+    kept = set(LabelledPrediction.objects.values_list("log_id", flat=True))
+    assert kept == set(PredictionLog.objects.values_list("pk", flat=True)) and len(kept) == 2
 
 
 def test_deletes_go_in_bounded_batches(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,11 +17,9 @@ from apps.telemetry.selectors.logs import (
     shadow_pairs,
 )
 from apps.telemetry.selectors.performance import (
-    LABEL_CLOCK_SKEW,
     MAX_INTEGER_CLASSES,
     OUTPUT_QUANTILES,
     PERFORMANCE_ROW_LIMIT,
-    SAMPLE_HASH,
     LabelledSample,
     PredictionDistribution,
     TrendPoint,
@@ -48,14 +46,12 @@ from apps.telemetry.selectors.rollups import (
 )
 
 __all__ = [
-    "LABEL_CLOCK_SKEW",
     "LabelledSample",
     "MAX_INTEGER_CLASSES",
     "OUTPUT_QUANTILES",
     "PERFORMANCE_ROW_LIMIT",
     "PredictionDistribution",
     "QUANTILES",
-    "SAMPLE_HASH",
     "SHADOW_PAIR_LIMIT",
     "SeriesPoint",
     "TrendPoint",

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Sum
+from django.db.models import Count, Exists, OuterRef, Sum
 
-from apps.telemetry.models import PredictionLabel, PredictionLog
-from apps.telemetry.selectors.rollups import _as_datetime, _rollups, _step_floor
+from apps.telemetry.models import LabelledPrediction, PredictionLabel, PredictionLog
+from apps.telemetry.selectors.rollups import _rollups, _step_floor
 from worker.monitoring.cbpe import CALIBRATION_FOLDS, ECE_BINS, CBPEEstimate, cbpe_estimate, cbpe_fit
 from worker.monitoring.performance import (
     ClassificationPerformance,
@@ -27,12 +25,6 @@ from worker.monitoring.performance import (
 # label-free estimate: 2,000 rows put the standard error of an accuracy at most 0.011, and keep the page's
 # Python work (decoding, metrics, calibration fit) near 100 ms per version.
 PERFORMANCE_ROW_LIMIT = 2_000
-# A label arrives after the prediction it labels, so only labels received since the window began (less this
-# allowance for a model server's clock running ahead of the console's) can label the window's predictions.
-LABEL_CLOCK_SKEW = timedelta(hours=1)
-# Knuth's multiplicative hash of the row id orders the labelled rows of a version pseudo-randomly (the same
-# way on Postgres and SQLite, and the same on each request), so the first N of that order are a uniform sample.
-SAMPLE_HASH = "(log.id * 2654435761) % 4294967296"
 
 
 @dataclass(frozen=True)
@@ -167,47 +159,45 @@ def labelled_samples(
     *, deployment_id: int, project_id: int | None, since: datetime, until: datetime, limit: int = PERFORMANCE_ROW_LIMIT
 ) -> dict[tuple[int | None, bool], LabelledSample]:
     """Per (model version, shadow): how many answered requests of [since, until) have a label, and a uniform
-    sample of at most `limit` of them with their outputs and labels; one statement.
+    sample of at most `limit` of them with their outputs and labels.
 
-    It starts from the labels, not the log: only labels received since the window began can label its
-    predictions, and each finds its predictions through the log's (deployment, request id) index, so the work
-    grows with the labels of the window, never with its unlabelled predictions. The sample is the first `limit`
-    of each version's labelled rows in the order of `SAMPLE_HASH`; only those rows' outputs are read."""
-    log_table, label_table = PredictionLog._meta.db_table, PredictionLabel._meta.db_table
-    project_filter = " AND label.project_id = %s" if project_id is not None else ""
-    order = SAMPLE_HASH.replace("%", "%%")  # the driver reads a lone % as a parameter
-    sql = (
-        f"WITH joined AS (SELECT log.id, log.model_version_id, log.shadow, label.truth, label.kind, "
-        f"COUNT(*) OVER (PARTITION BY log.model_version_id, log.shadow) AS labelled, "
-        f"ROW_NUMBER() OVER (PARTITION BY log.model_version_id, log.shadow ORDER BY {order}) AS pick "
-        f"FROM {label_table} AS label JOIN {log_table} AS log "
-        f"ON log.deployment_id = label.deployment_id AND log.request_id = label.request_id "
-        f"WHERE label.deployment_id = %s{project_filter} AND label.received_at >= %s "
-        f"AND log.created_at >= %s AND log.created_at < %s AND log.status < 400 AND log.outputs IS NOT NULL) "
-        f"SELECT joined.model_version_id, joined.shadow, joined.labelled, log.created_at, log.outputs, "
-        f"log.probabilities, joined.truth, joined.kind FROM joined JOIN {log_table} AS log ON log.id = joined.id "
-        f"WHERE joined.pick <= %s"
+    Read from the record of labelled predictions (`LabelledPrediction`), never by joining the log to the labels:
+    the counts are one grouped read of the window's labelled rows, and each version's sample is the first
+    `limit` of its window in `sample_key` order (an index walk that stops there, or for a short window the
+    window's rows sorted), whose log rows and labels are then read by key. So the work grows with the labelled
+    predictions of the window at most, never with the log's size."""
+    scope = LabelledPrediction.objects.filter(
+        deployment_id=deployment_id, predicted_at__gte=since, predicted_at__lt=until
     )
-    params: list[Any] = [deployment_id, *([project_id] if project_id is not None else []), since - LABEL_CLOCK_SKEW]
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Postgres underestimates how few log rows the labels reach and hashes the whole log (a sequential
-            # scan: 1.5 s at 1M rows for 30 days) instead of probing its index once per label.
-            cursor.execute("SET LOCAL enable_hashjoin = off")
-            cursor.execute("SET LOCAL enable_mergejoin = off")
-            cursor.execute("SET LOCAL jit = off")
-        cursor.execute(sql, [*params, since, until, limit])
-        fetched = cursor.fetchall()
+    if project_id is not None:
+        scope = scope.filter(project_id=project_id)
+    counts = scope.values_list("model_version_id", "shadow").annotate(n=Count("pk")).order_by()
     samples: dict[tuple[int | None, bool], LabelledSample] = {}
-    for version_id, shadow, labelled, created_at, outputs, probabilities, truth, kind in fetched:
-        sample = samples.setdefault((version_id, bool(shadow)), LabelledSample(int(labelled), []))
-        sample.rows.append((_as_datetime(created_at), _json(outputs), _json(probabilities), _json(truth), kind))
+    for version_id, shadow, n in counts:
+        picked = scope.filter(model_version_id=version_id, shadow=shadow).order_by("sample_key")
+        log_ids = list(picked.values_list("log_id", flat=True)[:limit])
+        samples[(version_id, shadow)] = LabelledSample(n, _labelled_rows(deployment_id, log_ids))
     return samples
 
 
-def _json(value: Any) -> Any:
-    # Django has the drivers hand JSON columns over as text (JSONField decodes them); a raw cursor gets that text.
-    return json.loads(value) if isinstance(value, str | bytes) else value
+def _labelled_rows(deployment_id: int, log_ids: list[int]) -> list[tuple]:
+    """The log rows of `log_ids` with their labels: (created_at, outputs, probabilities, truth, kind) each."""
+    logs = list(
+        PredictionLog.objects.filter(pk__in=log_ids)
+        .order_by("pk")
+        .values_list("request_id", "created_at", "outputs", "probabilities")
+    )
+    truths = dict(
+        (request_id, (truth, kind))
+        for request_id, truth, kind in PredictionLabel.objects.filter(
+            deployment_id=deployment_id, request_id__in={row[0] for row in logs}
+        ).values_list("request_id", "truth", "kind")
+    )
+    return [
+        (created_at, outputs, probabilities, *truths[request_id])
+        for request_id, created_at, outputs, probabilities in logs
+        if request_id in truths
+    ]
 
 
 def _answered_counts(deployment_id: int, since: datetime, until: datetime) -> dict[tuple[int | None, bool], int]:
