@@ -7,7 +7,11 @@ accepts rows fast, outlives the rows it names, and never makes this app import t
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from django.db import models
+from django.db.models.fields.json import KeyTransform
 
 # Upper bounds (ms) of the rollups' latency histogram buckets, as Prometheus' `le` labels; one more bucket
 # takes everything slower. Fixed forever: changing them would make old and new minutes incomparable.
@@ -15,6 +19,21 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1
 BUCKET_FIELDS: tuple[str, ...] = tuple(f"bucket_{i:02d}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
 # A rollup's model_version_id for events that no version answered (the unique key cannot hold NULL).
 NO_VERSION = 0
+
+
+class LogJSONField(models.JSONField):
+    """A JSONField that decodes with orjson: the performance page and drift jobs decode thousands of logged
+    outputs and probabilities per request, and the json module's decoding was half of a 30-day performance
+    page's server time (cProfile); orjson decodes the same values several times faster. Anything orjson
+    refuses (NaN, integers beyond 64 bits) falls back to Django's own decoding."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        if isinstance(value, str | bytes) and not isinstance(expression, KeyTransform):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError:
+                pass
+        return super().from_db_value(value, expression, connection)
 
 
 class PredictionLog(models.Model):
@@ -36,9 +55,9 @@ class PredictionLog(models.Model):
     pinned = models.BooleanField(
         default=False, help_text="Sent to one version by name (/v2/models/<name>/versions/<id>/infer), not routed."
     )
-    inputs = models.JSONField(null=True, blank=True)
-    outputs = models.JSONField(null=True, blank=True)
-    probabilities = models.JSONField(null=True, blank=True)
+    inputs = LogJSONField(null=True, blank=True)
+    outputs = LogJSONField(null=True, blank=True)
+    probabilities = LogJSONField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
     status = models.PositiveSmallIntegerField()
     error = models.TextField(blank=True)
@@ -137,7 +156,7 @@ class PredictionLabel(models.Model):
     model_version_id = models.BigIntegerField(null=True, blank=True)
     request_id = models.CharField(max_length=64)
     kind = models.CharField(max_length=8, choices=Kind.choices)
-    truth = models.JSONField(help_text="One label (or value) per row of the prediction.")
+    truth = LogJSONField(help_text="One label (or value) per row of the prediction.")
     source = models.CharField(max_length=8, choices=Source.choices)
     received_at = models.DateTimeField(help_text="When this label arrived (a replacement: when the replacement did).")
 
