@@ -5,6 +5,7 @@ reason. The console is a local HTTP server that refuses large bodies or is not t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -16,10 +17,13 @@ from typing import Any
 import pytest
 
 from serving.app import new_request_id
-from serving.events import EventShipper, event
+from serving.events import BACKOFF_MAX_SECONDS, EventShipper, event
 from serving.metrics import Metrics
+from serving.spec import DEFAULT_EVENT_BUFFER_SIZE
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import Bundle, free_port, rows, start_server, version, wait_until
+
+logger = logging.getLogger(__name__)
 
 bundles = support.bundles
 
@@ -234,6 +238,11 @@ def test_a_model_server_loses_no_event_to_the_consoles_upload_limit(tmp_path: Pa
     assert sorted(console.ids()) == sorted(sent)
 
 
+# How long the console stays down under load: 5 s in the suite; the issue's figure is for 60 s
+# (EVENTS_CONSOLE_DOWN_SECONDS=60 pytest tests/serving/test_events.py -k console_is_down -s).
+CONSOLE_DOWN_SECONDS = float(os.environ.get("EVENTS_CONSOLE_DOWN_SECONDS", "5"))
+
+
 def test_no_event_is_lost_while_the_console_is_down_for_a_while(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
     """Under load with the console down, then back: while the buffer has room, every event arrives."""
     port = free_port()
@@ -249,14 +258,26 @@ def test_no_event_is_lost_while_the_console_is_down_for_a_while(tmp_path: Path, 
     console = None
     try:
         started = time.monotonic()
-        while time.monotonic() - started < 5:
+        while time.monotonic() - started < CONSOLE_DOWN_SECONDS:
             request_id = f"down-{len(sent)}"
             assert server.post("/invocations", {"dataframe_records": rows(1)}, {"X-Request-Id": request_id})[0] == 200
             sent.append(request_id)
         console = Console(limit=1 << 20, port=port)
-        # The shipper backs off while the console is away (at most 30 s between attempts; here a few seconds).
-        wait_until(lambda: set(sent) <= set(console.ids()), timeout=40)
-        assert server.metric("model_server_events_dropped_total") == 0
+        back = time.monotonic()
+
+        def accounted() -> tuple[int, float]:
+            return len(set(sent) & set(console.ids())), server.metric("model_server_events_dropped_total")
+
+        # The shipper backs off while the console is away: its next attempt comes within BACKOFF_MAX_SECONDS.
+        wait_until(lambda: sum(accounted()) >= len(sent), timeout=BACKOFF_MAX_SECONDS + 30)
+        received, dropped = accounted()
+        logger.info(
+            f"console down {CONSOLE_DOWN_SECONDS:.0f} s under load: {len(sent)} requests served, {received} events "
+            f"received within {time.monotonic() - back:.1f} s of its return, {dropped:.0f} dropped (counted)"
+        )
+        assert received + dropped == len(sent), "every event arrives or is counted as dropped"
+        if len(sent) <= DEFAULT_EVENT_BUFFER_SIZE:  # one worker's buffer alone had room for every event
+            assert dropped == 0
     finally:
         server.stop()
         if console is not None:
