@@ -98,3 +98,14 @@ def test_the_list_filters_by_project_and_names_a_bad_filter(project, owner) -> N
     bad = client.get("/webhooks/?project=nope")
     assert bad.status_code == 400 and "No project with this slug among yours." in bad.content.decode()
     assert client.get("/webhooks/?colour=red").status_code == 400
+
+
+def test_a_viewer_sees_a_plain_webhooks_url_masked_on_the_page_and_in_the_api(project, owner, viewer) -> None:
+    url = "https://hooks.example.com/incoming/T0KEN-s3cret-9f2c?sig=also-secret"
+    Webhook.objects.create(project=project, kind="webhook", url=url, created_by=owner)
+    page = _client(viewer).get("/webhooks/").content.decode()
+    listed = _client(viewer).get("/api/v1/webhooks/").json()["results"]
+    assert [row["url"] for row in listed] == ["https://hooks.example.com/••••9f2c"]
+    assert "https://hooks.example.com/••••9f2c" in page
+    for shown in (page, str(listed)):
+        assert "s3cret" not in shown and "also-secret" not in shown

@@ -100,6 +100,19 @@ def vetted_addresses(host: str, port: int) -> list[str]:
     return addresses
 
 
+def mask_url(url: str) -> str:
+    """`https://hooks.slack.com/services/T…/…/••••abcd`: enough to recognise a URL, not to use it. Slack's
+    URL is its secret, and other webhook URLs often carry one too (a token in the path or the query), so every
+    webhook URL is shown this way: its host and the last 4 characters of its path."""
+    parts = urlsplit(url)
+    segments = [segment for segment in parts.path.split("/") if segment]
+    tail = f"••••{segments[-1][-4:]}" if segments else "••••"
+    if len(segments) >= 4:
+        return f"{parts.scheme}://{parts.hostname}/{segments[0]}/{segments[1][:1]}…/…/{tail}"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/{tail}"
+
+
 def check_url(url: str, *, field: str = "url") -> None:
     """At creation: a ValidationError naming the field when the URL is not http(s) or not public."""
     try:

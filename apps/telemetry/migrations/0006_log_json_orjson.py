@@ -5,30 +5,29 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('telemetry', '0005_labelled_prediction'),
+        ("telemetry", "0005_labelled_prediction"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='predictionlabel',
-            name='truth',
-            field=apps.telemetry.models.LogJSONField(help_text='One label (or value) per row of the prediction.'),
+            model_name="predictionlabel",
+            name="truth",
+            field=apps.telemetry.models.LogJSONField(help_text="One label (or value) per row of the prediction."),
         ),
         migrations.AlterField(
-            model_name='predictionlog',
-            name='inputs',
+            model_name="predictionlog",
+            name="inputs",
             field=apps.telemetry.models.LogJSONField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='predictionlog',
-            name='outputs',
+            model_name="predictionlog",
+            name="outputs",
             field=apps.telemetry.models.LogJSONField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='predictionlog',
-            name='probabilities',
+            model_name="predictionlog",
+            name="probabilities",
             field=apps.telemetry.models.LogJSONField(blank=True, null=True),
         ),
     ]

@@ -14,9 +14,10 @@ from django.utils import timezone
 
 from apps.core.notifications import services
 from apps.core.notifications.choices import DeliveryOutcome, DeliveryStatus
+from apps.core.notifications.http import mask_url
 from apps.core.notifications.message import Message
 from apps.core.notifications.models import Delivery, DeliveryThrottle
-from apps.core.notifications.slack.transport import SlackTransport, mask_url
+from apps.core.notifications.slack.transport import SlackTransport
 
 pytestmark = pytest.mark.django_db
 
@@ -133,6 +134,7 @@ def test_the_pace_holds_across_concurrent_workers() -> None:
             "https://hooks.slack.com/services/T…/…/••••abcd",
         ),
         ("https://example.com/hook/xyz9876", "https://example.com/••••9876"),
+        ("http://127.0.0.1:8080/hooks/abcdefgh?token=secret", "http://127.0.0.1:8080/••••efgh"),
     ],
 )
 def test_the_url_is_masked(url, shown) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from slack_sdk.models.blocks import (
     ActionsBlock,
@@ -23,20 +22,10 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from apps.core.notifications.http import SendResult, check_url, post
+from apps.core.notifications.http import SendResult, check_url, mask_url, post
 from apps.core.notifications.message import Message
 
 MAX_FIELDS = 10
-
-
-def mask_url(url: str) -> str:
-    """`https://hooks.slack.com/services/T…/…/••••abcd`: enough to recognise a URL, not to use it."""
-    parts = urlsplit(url)
-    segments = [segment for segment in parts.path.split("/") if segment]
-    tail = f"••••{segments[-1][-4:]}" if segments else "••••"
-    if len(segments) >= 4:
-        return f"{parts.scheme}://{parts.hostname}/{segments[0]}/{segments[1][:1]}…/…/{tail}"
-    return f"{parts.scheme}://{parts.hostname}/{tail}"
 
 
 def _escape(text: str) -> str:

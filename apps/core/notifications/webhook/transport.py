@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from apps.core.notifications.http import SendResult, check_url, post
+from apps.core.notifications.http import SendResult, check_url, mask_url, post
 from apps.core.notifications.message import Message
 
 SIGNATURE_HEADER = "X-MLOps-Signature"
@@ -38,13 +38,13 @@ def body(message: Message) -> bytes:
 
 
 class WebhookTransport:
-    """Target: `{"url": …, "secret": …}`; the URL is shown as it is, the secret never."""
+    """Target: `{"url": …, "secret": …}`; the URL is shown masked (`mask_url`), the secret never."""
 
     def check(self, target: dict[str, Any]) -> None:
         check_url(target["url"])
 
     def shown(self, target: dict[str, Any]) -> str:
-        return target["url"]
+        return mask_url(target["url"])
 
     def throttle_key(self, target: dict[str, Any]) -> str | None:
         return None
@@ -60,4 +60,4 @@ class WebhookTransport:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(target["secret"], timestamp, payload),
         }
-        return post(target["url"], payload, headers)
+        return post(target["url"], payload, headers, shown=mask_url)
