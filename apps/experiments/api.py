@@ -248,14 +248,17 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return Response(RunSerializer(run).data)
 
     @extend_schema(parameters=[_param("name", "Only this metric.")], responses={200: RunMetricSerializer(many=True)})
-    @action(detail=True, methods=["get"], pagination_class=None)
+    @action(detail=True, methods=["get"])
     def metrics(self, request: Request, pk: str | None = None) -> Response:
-        """The metric series of the run: every (name, step, value, timestamp) point in step order."""
+        """The metric series of the run: its (name, step, value, timestamp) points in name and step order, paged
+        like every list (`page_size` up to the maximum; `next` links the rest), since a long training run logs
+        hundreds of thousands of points."""
         run = self.get_object()
         points = run.metric_points.order_by("name", "step", "id")
         if request.query_params.get("name"):
             points = points.filter(name=request.query_params["name"])
-        return Response(RunMetricSerializer(points, many=True).data)
+        page = self.paginate_queryset(points)
+        return self.get_paginated_response(RunMetricSerializer(page, many=True).data)
 
 
 # Pipeline runs

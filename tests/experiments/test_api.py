@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
+from apps.core.api_pagination import Pagination
 from apps.experiments import services
 from apps.experiments.models import Experiment, PipelineRun, Run, RunMetric
 from tests.conftest import client_for
@@ -72,7 +74,22 @@ def test_creating_runs_mlflow_style(role, expected, users, project) -> None:
         points = [{"name": "acc", "value": i / 10, "step": i} for i in range(5)]
         assert client.post(f"/api/v1/runs/{run_id}/log-metrics/", {"metrics": points}, format="json").status_code == 200
         series = client.get(f"/api/v1/runs/{run_id}/metrics/?name=acc").json()
-        assert [p["step"] for p in series] == [0, 1, 2, 3, 4]
+        assert [p["step"] for p in series["results"]] == [0, 1, 2, 3, 4]
+
+
+MAX_PAGE_SIZE = Pagination.max_page_size
+
+
+def test_a_long_metric_series_is_paged(owner, tracked_run) -> None:
+    RunMetric.objects.bulk_create(
+        RunMetric(run=tracked_run, name="loss", step=step, value=1 / (step + 1), timestamp=timezone.now())
+        for step in range(MAX_PAGE_SIZE + 20)
+    )
+    client = client_for(owner)
+    first = client.get(f"/api/v1/runs/{tracked_run.pk}/metrics/", {"name": "loss", "page_size": 100_000}).json()
+    assert first["count"] == MAX_PAGE_SIZE + 20 and len(first["results"]) == MAX_PAGE_SIZE
+    rest = client.get(first["next"]).json()
+    assert [p["step"] for p in first["results"] + rest["results"]] == list(range(MAX_PAGE_SIZE + 20))
 
 
 def test_bad_logging_input_is_a_400_naming_the_field(project, owner, tracked_run) -> None:
