@@ -212,7 +212,11 @@ def test_raw_reads_range_over_the_project_time_index(deployment: Any, labelled: 
     # The labelled sample is found in the record of labelled predictions (by project and window) and only its
     # rows are read from the log, by primary key: once, shared by the metrics and the trend.
     assert len(by_key) == 1
-    records = [query["sql"] for query in queries if 'FROM "telemetry_labelledprediction"' in query["sql"]]
+    records = [
+        query["sql"]
+        for query in queries
+        if query["sql"].split(" WHERE ")[0].endswith('FROM "telemetry_labelledprediction"')
+    ]
     assert records
     for sql in records:
         assert f'"telemetry_labelledprediction"."project_id" = {deployment.project_id}' in sql, sql

@@ -135,12 +135,12 @@ def _unlabelled_rows(
     deployment_id: int, project_id: int | None, since: datetime, until: datetime, key: dict, limit: int
 ) -> list[tuple]:
     """The most recent `limit` answered unlabelled requests of one version: a backward walk of the time index
-    that stops there, with one probe of the labels' index per row (and no label columns to read)."""
-    label = PredictionLabel.objects.filter(deployment_id=OuterRef("deployment_id"), request_id=OuterRef("request_id"))
+    that stops there, with one probe per row of the record of labelled predictions (its unique log id)."""
+    labelled = LabelledPrediction.objects.filter(log_id=OuterRef("pk"))
     picked = (
         _window_logs(deployment_id, project_id, since, until)
         .filter(status__lt=400, outputs__isnull=False, **key)
-        .filter(~Exists(label))
+        .filter(~Exists(labelled))
         .order_by("-created_at")
         .values_list("outputs", "probabilities")
     )
