@@ -480,7 +480,7 @@ def run_wrk(
         "p50": p50_us / 1000,
         "p99": p99_us / 1000,
         "errors": errors,
-        # The server's CPU per request: unlike req/s, hardly moved by other jobs taking turns on the cores.
+        # The server's CPU per request: moved far less than req/s by other jobs taking turns on the cores.
         "cpu_ms": cpu * 1000 / max(requests, 1),
     }
 
