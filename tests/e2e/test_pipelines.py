@@ -81,12 +81,10 @@ def _page_ok(page: object, live_server: object, path: str, selector: str) -> Non
 
 
 def _screenshots(page: object, name: str, selector: str) -> None:
-    """Laptop and phone width; the page is loaded again at phone width so the figures are laid out for it."""
+    """Laptop and phone width; `screenshot` loads the page again at each width, so the figures are laid out for it."""
     screenshot(page, name, width=1366, height=900)
-    page.set_viewport_size({"width": 390, "height": 844})
-    page.reload()
-    page.wait_for_selector(selector, timeout=30_000)
     screenshot(page, name, width=390, height=844)
+    page.wait_for_selector(selector, timeout=30_000)
     page.set_viewport_size({"width": 1366, "height": 900})
 
 
