@@ -49,7 +49,9 @@ model_config:
       max_depth: {type: int, low: 2, high: 5}
       learning_rate: {type: float, low: 0.05, high: 0.3, log: true}
 """
-# Trains for several seconds (5 to 20 on two cores): 300 boosting rounds of a 10-class model on digits.
+# 600 boosting rounds of a 10-class model on digits: the stage trains for 2.5 s on an idle two-core machine, 15 to
+# 30 s on a busy one. The kill below comes after the first round's metrics, about a second into the stage; with
+# 200 rounds (1.4 s idle) one run in eleven failed.
 SLOW = """
 experiment_id: slow
 data_config: {dataset: digits}
@@ -58,6 +60,7 @@ model_config: {algorithm: xgboost, n_estimators: 600, max_depth: 6, task: classi
 # The documented bound: takeover after 10 s of silence, plus the redelivery (visibility timeout here),
 # plus the retried training itself.
 RECOVERY_BOUND_SECONDS = 150
+VISIBILITY_TIMEOUT_SECONDS = 5
 
 
 def add_version(project: object, name: str) -> DatasetVersion:
@@ -79,12 +82,10 @@ def _page_ok(page: object, live_server: object, path: str, selector: str) -> Non
 
 
 def _screenshots(page: object, name: str, selector: str) -> None:
-    """Laptop and phone width; the page is loaded again at phone width so the figures are laid out for it."""
+    """Laptop and phone width; `screenshot` loads the page again at each width, so the figures are laid out for it."""
     screenshot(page, name, width=1366, height=900)
-    page.set_viewport_size({"width": 390, "height": 844})
-    page.reload()
-    page.wait_for_selector(selector, timeout=30_000)
     screenshot(page, name, width=390, height=844)
+    page.wait_for_selector(selector, timeout=30_000)
     page.set_viewport_size({"width": 1366, "height": 900})
 
 
@@ -209,7 +210,7 @@ def _pool_child(worker: subprocess.Popen) -> psutil.Process:
 def test_a_worker_killed_mid_training_leaves_no_run_stuck(
     transactional_db: None, start_worker: Callable[..., subprocess.Popen], project: object, member: object
 ) -> None:
-    first = start_worker(CELERY_VISIBILITY_TIMEOUT="5")
+    first = start_worker(CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT_SECONDS))
     add_version(project, "digits")
     pipeline_run = services.pipeline_run_create(project=project, actor=member, config_text=SLOW)
     stage = wait_for(lambda: _train_running(pipeline_run), timeout=90, what="the train stage to start")
@@ -225,7 +226,12 @@ def test_a_worker_killed_mid_training_leaves_no_run_stuck(
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     killed_at = time.monotonic()
-    start_worker(CELERY_VISIBILITY_TIMEOUT="5")
+    # A worker sweeps Redis for unacknowledged messages past their visibility timeout when it starts, then only
+    # every 100 s (kombu: a 10 s timer that scans on every 10th tick). The killed worker took the message last
+    # before the kill (its main process takes back a message its pool child lost), so a replacement started a
+    # timeout after the kill takes it back at once; the takeover waits for a heartbeat 10 s old in any case.
+    time.sleep(VISIBILITY_TIMEOUT_SECONDS)
+    start_worker(CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT_SECONDS))
 
     wait_for(lambda: _finished(pipeline_run), timeout=RECOVERY_BOUND_SECONDS, what="the pipeline to end")
     stage.refresh_from_db()

@@ -330,7 +330,7 @@ def kill_and_wait_dead(backend: LocalProcessBackend, name: str) -> None:
 
 def test_a_crashing_replica_is_restarted_with_backoff_and_shows_its_crash_loop(tmp_path: Path, bundles: dict) -> None:
     backend = LocalProcessBackend(
-        state_dir=tmp_path / "state", ready_timeout=60, restart_backoff=2, restart_backoff_max=4
+        state_dir=tmp_path / "state", ready_timeout=60, restart_backoff=1, restart_backoff_max=2
     )
     spec = DeploymentSpec(deployment_id=10, name="loop", versions=(version(1, bundles["a"], 100),))
     try:
@@ -338,8 +338,8 @@ def test_a_crashing_replica_is_restarted_with_backoff_and_shows_its_crash_loop(t
         # The first crash is restarted at once.
         kill_and_wait_dead(backend, "loop")
         assert backend.apply(spec).replicas[0].restarts == 1
-        # Each further crash waits longer: 2 s, then 4 s (the cap).
-        for restarts, delay in [(1, 2), (2, 4), (3, 4)]:
+        # Each further crash waits longer: 1 s, then 2 s (the cap).
+        for restarts, delay in [(1, 1), (2, 2), (3, 2)]:
             kill_and_wait_dead(backend, "loop")
             with pytest.raises(BackendError, match=f"replica 0 is in a crash loop \\({restarts} restarts\\)"):
                 backend.apply(spec)
