@@ -43,7 +43,10 @@ test: install
 	$(TEST_ENV) $(PY) -W "ignore:Got an error checking a consistent migration history" \
 		manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v0
-	$(TEST_ENV) $(VENV)/bin/pytest
+	@# Two processes (pytest-xdist, a file per process at a time). The end-to-end tests run after the others, in
+	@# a second run: their session-scoped Celery worker turns eager tasks off until the session ends.
+	$(TEST_ENV) $(VENV)/bin/pytest -n 2 --dist loadfile -m "not e2e"
+	$(TEST_ENV) $(VENV)/bin/pytest -n 2 --dist loadfile -m e2e
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

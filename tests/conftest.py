@@ -6,18 +6,39 @@
 - Every test gets its own ARTIFACT_ROOT, so stored files never leak between tests.
 - `owner`, `member` (editor), `approver`, `viewer` and `outsider` share one project, so every
   permission check can be tested against each of them.
+- `make test` runs the suite in two pytest-xdist processes (the fast tests, then the end-to-end ones), each
+  with a Postgres test database and a Redis database of its own.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from django.conf import settings as django_settings
 from rest_framework.test import APIClient
 
 from apps.core.choices import ProjectRole
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_database_of_this_process(worker_id: str) -> None:
+    """Under pytest-xdist, each test process uses the next Redis database after the configured one (gw0: +1,
+    gw1: +2): tests that run a real Celery worker on the default queue, or count its depth, would otherwise
+    take each other's messages. The model servers and workers a test starts inherit it from the environment."""
+    url = django_settings.CELERY_BROKER_URL
+    parts = urlsplit(url)
+    if worker_id == "master" or parts.scheme != "redis":
+        return
+    from mlops_console.celery import app
+
+    database = int(parts.path.strip("/") or 0) + 1 + int(worker_id.removeprefix("gw"))
+    own = urlunsplit(parts._replace(path=f"/{database}"))
+    os.environ["CELERY_BROKER_URL"] = django_settings.CELERY_BROKER_URL = app.conf.broker_url = own
 
 
 @pytest.fixture(autouse=True)
