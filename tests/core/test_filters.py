@@ -174,7 +174,8 @@ def _seed_deployments(owner: Any, project: Any, other: Any, **_: Any) -> tuple[s
 
 def _seed_webhooks(owner: Any, project: Any, other: Any, **_: Any) -> tuple[str, dict]:
     for p, name in ((project, KEEP), (other, DROP)):
-        Webhook.objects.create(project=p, url=f"https://hooks.example.com/{name}", created_by=owner)
+        # The URL is shown masked; the owner sees the HMAC secret, so it carries the marker.
+        Webhook.objects.create(project=p, url=f"https://hooks.example.com/{name}", secret=name, created_by=owner)
     return f"project={project.slug}", {}
 
 
