@@ -4,13 +4,15 @@ Run: `make bench`, or without Django:
     pytest -p no:django --confcutdir=tests/bench tests/bench/test_serving_bench.py -s
 or as a script: `python tests/bench/test_serving_bench.py`.
 
-MLflow lives only in a separate virtualenv (never in requirements.txt). Create it once with
-    python3 -m venv /work/bench-venv && /work/bench-venv/bin/pip install mlflow scikit-learn==1.9.1 xgboost==3.2.0
-(or point BENCH_MLFLOW_VENV elsewhere). Without it, only our server is measured and the table says why.
+MLflow lives only in a separate virtualenv (never in requirements.txt): BENCH_MLFLOW_VENV, default
+var/bench/mlflow-venv in the repository (ignored by git). Create it once with
+    python3 -m venv var/bench/mlflow-venv && var/bench/mlflow-venv/bin/pip install \
+        mlflow scikit-learn==1.9.1 xgboost==3.2.0
+Without it, only our server is measured and the table says why.
 
 MLServer (what KServe runs for scikit-learn and XGBoost on the V2 protocol) is the second peer, also only in a
-virtualenv of its own (BENCH_MLSERVER_VENV, default /work/bench-mlserver-venv), created once with
-    python3 -m venv /work/bench-mlserver-venv && /work/bench-mlserver-venv/bin/pip install \
+virtualenv of its own (BENCH_MLSERVER_VENV, default var/bench/mlserver-venv), created once with
+    python3 -m venv var/bench/mlserver-venv && var/bench/mlserver-venv/bin/pip install \
         mlserver mlserver-xgboost mlserver-sklearn scikit-learn==1.9.1 xgboost==3.2.0 uvloop==0.21.0
 (MLServer 1.7.1's inference workers do not start with uvloop 0.22 or later: "There is no current event loop").
 It serves the same XGBoost booster (as an XGBClassifier file, so that it answers predict_proba) and the same
@@ -67,8 +69,8 @@ from serving.signature import infer_signature  # noqa: E402
 
 pytestmark = pytest.mark.bench
 
-MLFLOW_VENV = Path(os.environ.get("BENCH_MLFLOW_VENV", "/work/bench-venv"))
-MLSERVER_VENV = Path(os.environ.get("BENCH_MLSERVER_VENV", "/work/bench-mlserver-venv"))
+MLFLOW_VENV = Path(os.environ.get("BENCH_MLFLOW_VENV", ROOT / "var" / "bench" / "mlflow-venv"))
+MLSERVER_VENV = Path(os.environ.get("BENCH_MLSERVER_VENV", ROOT / "var" / "bench" / "mlserver-venv"))
 # MLServer's settings.json beyond its ports. Its defaults log every request (debug), pass every response through
 # a gzip middleware (below its 500-byte minimum size here anyway) and a Prometheus middleware: all off, its
 # fastest. Its HTTP front is one process; `parallel_workers` moves predictions to that many processes. Neither
