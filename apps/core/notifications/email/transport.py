@@ -10,7 +10,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.validators import validate_email
-from django.utils.html import escape, format_html, format_html_join
+from django.utils.html import format_html, format_html_join
 
 from apps.core.notifications.http import SendResult
 from apps.core.notifications.message import Message
@@ -38,7 +38,7 @@ def html_body(message: Message) -> str:
         parts.append(format_html("<table>{}</table>", rows))
     if message.link:
         parts.append(format_html("<p><a href='{}'>Open it in the console</a></p>", message.link))
-    parts.append(f"<p>{escape('— MLOps console')}</p>")
+    parts.append("<p>— MLOps console</p>")
     return "<html><body>" + "".join(parts) + "</body></html>"
 
 
