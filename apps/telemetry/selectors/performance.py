@@ -187,12 +187,10 @@ def _labelled_rows(deployment_id: int, log_ids: list[int]) -> list[tuple]:
         .order_by("pk")
         .values_list("request_id", "created_at", "outputs", "probabilities")
     )
-    truths = dict(
-        (request_id, (truth, kind))
-        for request_id, truth, kind in PredictionLabel.objects.filter(
-            deployment_id=deployment_id, request_id__in={row[0] for row in logs}
-        ).values_list("request_id", "truth", "kind")
-    )
+    labels = PredictionLabel.objects.filter(deployment_id=deployment_id, request_id__in={row[0] for row in logs})
+    truths = {
+        request_id: (truth, kind) for request_id, truth, kind in labels.values_list("request_id", "truth", "kind")
+    }
     return [
         (created_at, outputs, probabilities, *truths[request_id])
         for request_id, created_at, outputs, probabilities in logs
