@@ -4,10 +4,10 @@ The master process never loads a model (forking after numpy/xgboost start their 
 and a master that stays small restarts workers quickly). Each worker reads the spec file and loads every
 model before it accepts a connection, so a worker that answers is ready.
 
-Requests are served by `ModelServerWorker`, gunicorn's sync worker (one connection at a time, closed after
-its response) minus the wait for each client to close its end, and with a front that reads each request in
-full before the worker gives it its time: a client that sends its request slowly (or never finishes it) waits
-among the other unfinished ones instead of holding the worker (see the class).
+Requests are served by `ModelServerWorker`, gunicorn's sync worker (one request at a time) with a front that
+reads each request in full before the worker gives it its time: a client that sends its request slowly (or
+never finishes it) waits among the other unfinished ones instead of holding the worker. Connections are kept
+alive between requests, and each response goes out in one send (see the class).
 
 Graceful reload (SIGHUP to the master) is gunicorn's, with two changes made by `ModelServerArbiter`:
 - the new spec is first loaded in full by a separate check process; when it fails, the master logs why
@@ -43,6 +43,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.http import wsgi
 from gunicorn.workers.sync import SyncWorker
 
 logger = logging.getLogger(__name__)
@@ -56,17 +57,27 @@ READY_POLL_SECONDS = 0.05
 LINGER_SECONDS = 2.0
 MAX_LINGERING = 256
 # How long a client may take to send its whole request before it is answered 408 and closed (the default of
-# --read-timeout); how many such
-# unfinished requests one worker holds (more wait in the listen backlog); how much of a body is read before
-# the request is served (the rest of a larger body is read by the application, each read bounded by the
-# timeout); connections accepted per round, so that serving and accepting take turns.
+# --read-timeout); how many such unfinished requests one worker holds (more wait in the listen backlog); how
+# much of a body is read before the request is served (the rest of a larger body is read by the application,
+# each read bounded by the timeout).
 READ_TIMEOUT_SECONDS = 30.0
 MAX_PENDING = 512
 PREREAD_BYTES = 1 << 20
-ACCEPT_BATCH = 64
 # A stopping worker still reads the requests it accepted for this long (they are normally whole within
 # milliseconds; a slow client is not waited for through the whole graceful timeout).
 DRAIN_SECONDS = 5.0
+# Kept-alive connections a worker holds at most, waiting for their next request (the rest of MAX_PENDING
+# stays for new connections); past it a response says `Connection: close`. A stopping worker closes a kept
+# connection once it has been idle this long: a client that is sending its next request right after a
+# response gets it served (with `Connection: close`) instead of finding the connection gone.
+MAX_KEPT = 256
+DRAIN_IDLE_SECONDS = 1.0
+# After accepting, a worker waits this long per connection it holds (up to the maximum) before it accepts
+# again: a kept connection stays with the worker that accepted it, and every idle worker is woken for a new
+# one, so the worker holding fewer takes it. Without the wait, the worker that happened to run first took all
+# 16 connections of a benchmark run, or of 16 clients connecting at once, and the other sat idle.
+ACCEPT_PAUSE_PER_CONNECTION = 0.0001
+ACCEPT_PAUSE_MAX = 0.005
 # Headers longer than this are handed to gunicorn's parser as they are (it refuses them with its own 400).
 _HEADER_LIMIT = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
@@ -179,40 +190,93 @@ def request_complete(data: bytes, body_limit: int | None = None) -> bool:
     return (body_limit is not None and length > body_limit) or len(data) - end - 4 >= min(length, PREREAD_BYTES)
 
 
-class _PrereadSocket(socket.socket):
-    """A connection whose first bytes the worker's front already read: `recv` returns those first."""
+def request_length(data: bytes) -> int | None:
+    """The length in bytes of the request `data` starts with (headers and body), when its headers say it.
 
-    def __init__(self, connection: socket.socket, prefix: bytes) -> None:
+    None for a chunked body (its end is found only by parsing it) and for headers that are not whole.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = data[:end].lower()
+    if b"\r\ntransfer-encoding:" in head:
+        return None
+    match = _CONTENT_LENGTH.search(head)
+    return end + 4 + (int(match.group(1)) if match else 0)
+
+
+class _PrereadSocket(socket.socket):
+    """A connection whose first bytes the worker's front already read: `recv` returns those first.
+
+    With the request's length known, reads stop at its end (the connection then reads as closed), so that the
+    parser never takes the next request's bytes; `leftover` holds those the front read already (a client that
+    pipelines requests) and `whole_request_read` says whether every byte of this one left the kernel's buffer.
+    """
+
+    def __init__(self, connection: socket.socket, data: bytes, length: int | None) -> None:
         super().__init__(connection.family, connection.type, connection.proto, fileno=connection.detach())
-        self._prefix = memoryview(prefix)
+        self._prefix = memoryview(data if length is None else data[:length])
+        self.leftover = b"" if length is None else data[length:]
+        self._unread = None if length is None else max(0, length - len(data))
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if self._prefix:
             chunk, self._prefix = self._prefix[:size], self._prefix[size:]
             return bytes(chunk)
-        return super().recv(size, flags)
+        if self._unread is None:
+            return super().recv(size, flags)
+        if not self._unread:
+            return b""
+        chunk = super().recv(min(size, self._unread), flags)
+        self._unread -= len(chunk)
+        return chunk
+
+    def whole_request_read(self) -> bool:
+        return self._unread == 0
 
 
 class _Unfinished:
-    """A connection whose request is still arriving."""
+    """A connection whose request is still arriving (or, once kept alive, has not started to)."""
 
-    __slots__ = ("connection", "address", "listener", "data", "deadline")
+    __slots__ = ("connection", "address", "listener", "data", "deadline", "kept", "idle_since")
 
     def __init__(self, connection: socket.socket, address: Any, listener: Any, data: bytes) -> None:
         self.connection, self.address, self.listener, self.data = connection, address, listener, data
         self.deadline = 0.0
+        self.kept = False
+        self.idle_since = 0.0
 
 
 class ModelServerWorker(SyncWorker):
-    """gunicorn's sync worker, without blocking until each client closes its end of the connection.
+    """gunicorn's sync worker (one request at a time), with a front that reads requests without blocking,
+    connections kept alive, and each response written in one send.
 
-    After a response gunicorn half-closes the connection (the client sees its end at once), then blocks
-    reading until the client closes too, for up to 2 s (RFC 9112 section 9.6: closing with unread client
-    bytes would send a reset that can destroy the response before the client reads it). One worker serves
-    one connection at a time, so that wait adds a client round trip to every request, and a client that
-    keeps its end open stalls the worker for 2 s. Here the finished connection is half-closed the same
-    way, then kept open and read without blocking before each new connection is served, and closed once
-    its client has closed (or after LINGER_SECONDS): nothing is ever closed with the client's bytes unread.
+    The front. gunicorn's sync worker reads a request with blocking reads once it accepted the connection, so a
+    client that sends a byte at a time (or stops half way) holds the worker until the arbiter kills it: two such
+    clients stop a two-worker server. Here a connection is accepted and read without blocking; a request that
+    arrived whole (nearly all of them: one read) is served at once, an unfinished one waits in a selector with
+    the others, each read as its bytes come, until it is whole (then served) or its read timeout is up (then
+    answered 408 and closed). The worker never waits on one client.
+
+    Keep-alive. gunicorn's sync worker closes every connection after its response, so each request also paid for
+    a TCP connect, an accept and a close. Here a connection whose request was read to its end (its length known
+    from Content-Length) goes back to the selector after the response, to wait for its next request among the
+    unfinished ones (up to the `keepalive` setting idle, then closed). It is closed instead (`Connection: close`)
+    when the client asks, when the request's end is unknown (a chunked body) or was not read (a refused body),
+    past MAX_KEPT, and when the worker is stopping; a stopping worker also closes its idle kept connections once
+    each has been idle DRAIN_IDLE_SECONDS. Since a kept connection stays with one worker, workers take new ones
+    one at a time, the worker holding more waiting longer before its next (ACCEPT_PAUSE_PER_CONNECTION).
+
+    One send. gunicorn writes the headers and the body of a response in two sends: two segments, and two wakeups
+    of the client. The application's response (one body chunk, with its Content-Length) goes out in one.
+
+    Closing. After its last response gunicorn half-closes a connection, then blocks reading until the client
+    closes too, for up to 2 s (RFC 9112 section 9.6: closing with unread client bytes would send a reset that can
+    destroy the response before the client reads it); a client that keeps its end open would stall the worker.
+    Here the connection is half-closed the same way, then kept open and read without blocking before each new
+    request is served, and closed once its client has closed (or after LINGER_SECONDS).
+
+    This worker runs only `serving.app.ModelServer`, with no access log and no request hooks.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -220,15 +284,11 @@ class ModelServerWorker(SyncWorker):
         self._lingering: deque[tuple[float, socket.socket]] = deque()
         self._selector: selectors.BaseSelector | None = None
         self._unfinished: dict[int, _Unfinished] = {}
+        # Kept connections whose next request had arrived whole with the previous one (pipelined).
+        self._ready: list[_Unfinished] = []
         self._accepting = False
+        self._accept_at = 0.0
         self._body_limit: int | None = None
-
-    # The front. gunicorn's sync worker reads a request with blocking reads once it accepted the connection,
-    # so a client that sends a byte at a time (or stops half way) holds the worker until the arbiter kills it:
-    # two such clients stop a two-worker server. Here a connection is accepted and read without blocking; a
-    # request that arrived whole (nearly all of them: one read) is served at once, an unfinished one waits in
-    # a selector with the others, each read as its bytes come, until it is whole (then served) or its
-    # read timeout is up (then answered 408 and closed). The worker never waits on one client.
 
     def run(self) -> None:
         for listener in self.sockets:
@@ -237,43 +297,53 @@ class ModelServerWorker(SyncWorker):
         self._selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
         spec = getattr(self.wsgi, "spec", None)
         self._body_limit = getattr(spec, "max_body_bytes", None)
-        self._listen(True)
         drain_until: float | None = None
         while True:
+            self._listen(
+                self.alive and len(self._unfinished) < MAX_PENDING and time.monotonic() >= self._accept_at
+            )  # when full, new connections wait in the listen backlog
             if not self.alive:
                 # Stopping (a reload, SIGTERM): accept no more, finish what was accepted within the grace period.
                 if drain_until is None:
                     drain_until = time.monotonic() + min(self.cfg.graceful_timeout, DRAIN_SECONDS)
-                    self._listen(False)
-                if not self._unfinished or time.monotonic() >= drain_until:
+                self._close_idle_kept()
+                if not (self._unfinished or self._ready) or time.monotonic() >= drain_until:
                     break
             self.notify()
-            whole: list[_Unfinished] = []
-            for key, _ in self._selector.select(self._select_timeout()):
+            whole, self._ready = self._ready, []
+            listeners = []
+            for key, _ in self._selector.select(0.0 if whole else self._select_timeout()):
                 if key.data == "pipe":
                     try:
                         os.read(self.PIPE[0], 1)
                     except BlockingIOError:
                         pass
                 elif key.data is None:
-                    self._accept_from(key.fileobj, whole)
+                    listeners.append(key.fileobj)
                 else:
                     self._read(key.data, whole)
+            if listeners:
+                self._accept_from(listeners[0], whole)
+                held = len(self._unfinished) + len(whole)
+                self._accept_at = time.monotonic() + min(ACCEPT_PAUSE_MAX, held * ACCEPT_PAUSE_PER_CONNECTION)
             self._expire()
             for request in whole:
                 self._serve(request)
             if not self.is_parent_alive():
                 break
-        for request in list(self._unfinished.values()):
+        for request in [*self._unfinished.values(), *self._ready]:
             self._forget(request)
             request.connection.close()
 
     def _select_timeout(self) -> float:
-        # At least once a second: the arbiter needs the heartbeat (notify) and deadlines need checking.
-        if not self._unfinished:
-            return 1.0
-        nearest = min(request.deadline for request in self._unfinished.values())
-        return max(0.0, min(1.0, nearest - time.monotonic()))
+        # At least once a second: the arbiter needs the heartbeat (notify) and deadlines need checking; a
+        # stopping worker checks its idle kept connections more often.
+        ceiling = 1.0 if self.alive else 0.1
+        if self.alive and not self._accepting:
+            ceiling = min(ceiling, self._accept_at - time.monotonic())
+        if self._unfinished:
+            ceiling = min(ceiling, min(request.deadline for request in self._unfinished.values()) - time.monotonic())
+        return max(0.0, ceiling)
 
     def _listen(self, on: bool) -> None:
         if on == self._accepting or self._selector is None:
@@ -286,21 +356,20 @@ class ModelServerWorker(SyncWorker):
         self._accepting = on
 
     def _accept_from(self, listener: Any, whole: list[_Unfinished]) -> None:
-        for _ in range(ACCEPT_BATCH):
-            if len(self._unfinished) >= MAX_PENDING:
-                self._listen(False)  # back on once some finish; until then connections wait in the backlog
-                return
-            try:
-                connection, address = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            connection.setblocking(False)
-            util.close_on_exec(connection)
-            request = _Unfinished(connection, address, listener, b"")
-            request.deadline = time.monotonic() + self.app.read_timeout
-            if self._read(request, whole, registered=False):
-                self._unfinished[connection.fileno()] = request
-                self._selector.register(connection, selectors.EVENT_READ, request)
+        try:
+            connection, address = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        connection.setblocking(False)
+        util.close_on_exec(connection)
+        request = _Unfinished(connection, address, listener, b"")
+        request.deadline = time.monotonic() + self.app.read_timeout
+        if self._read(request, whole, registered=False):
+            self._register(request)
+
+    def _register(self, request: _Unfinished) -> None:
+        self._unfinished[request.connection.fileno()] = request
+        self._selector.register(request.connection, selectors.EVENT_READ, request)
 
     def _read(self, request: _Unfinished, whole: list[_Unfinished], registered: bool = True) -> bool:
         """Read what has arrived; True while the request is still unfinished."""
@@ -310,11 +379,14 @@ class ModelServerWorker(SyncWorker):
             return True
         except OSError:
             chunk = b""
-        if not chunk:  # the client went away before its request was whole
+        if not chunk:  # the client went away before its request was whole (or closed its kept connection)
             if registered:
                 self._forget(request)
             request.connection.close()
             return False
+        if not request.data and request.kept:
+            # A kept connection's next request has the read timeout from its first byte, like a new one's.
+            request.deadline = time.monotonic() + self.app.read_timeout
         request.data += chunk
         if not request_complete(request.data, self._body_limit):
             return True
@@ -324,23 +396,29 @@ class ModelServerWorker(SyncWorker):
         return False
 
     def _forget(self, request: _Unfinished) -> None:
-        self._unfinished.pop(request.connection.fileno(), None)
+        if self._unfinished.pop(request.connection.fileno(), None) is None:
+            return
         self._selector.unregister(request.connection)
-        if self.alive and len(self._unfinished) < MAX_PENDING:
-            self._listen(True)
 
     def _expire(self) -> None:
         now = time.monotonic()
         for request in [r for r in self._unfinished.values() if r.deadline <= now]:
             self._forget(request)
-            try:
-                request.connection.send(_TIMEOUT_ANSWER)
-            except OSError:
-                pass
+            if request.data or not request.kept:  # an idle kept connection just ends, like its keep-alive time
+                try:
+                    request.connection.send(_TIMEOUT_ANSWER)
+                except OSError:
+                    pass
+            request.connection.close()
+
+    def _close_idle_kept(self) -> None:
+        idle_before = time.monotonic() - DRAIN_IDLE_SECONDS
+        for request in [r for r in self._unfinished.values() if r.kept and not r.data and r.idle_since <= idle_before]:
+            self._forget(request)
             request.connection.close()
 
     def _serve(self, request: _Unfinished) -> None:
-        client = _PrereadSocket(request.connection, request.data)
+        client = _PrereadSocket(request.connection, request.data, request_length(request.data))
         # The rest of a body larger than PREREAD_BYTES is read blocking, but never waits on a client for long.
         client.settimeout(self.app.read_timeout)
         self.handle(request.listener, client, request.address)
@@ -349,11 +427,36 @@ class ModelServerWorker(SyncWorker):
         self._close_finished()
         super().handle(listener, client, addr)
 
-    def handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> None:
-        super().handle_request(listener, req, client, addr)
+    def handle_request(self, listener: Any, req: Any, client: _PrereadSocket, addr: Any) -> None:
+        response, environ = wsgi.create(req, client, addr, listener.getsockname(), self.cfg)
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        body = self.wsgi(environ, response.start_response)
+        try:
+            data = b"".join(body)
+            if response.response_length is None:
+                response.headers.append(("Content-Length", str(len(data))))
+                response.response_length, response.chunked = len(data), False
+            keep = self.alive and client.whole_request_read() and len(self._unfinished) < MAX_KEPT
+            if not keep:
+                response.force_close()  # the Connection header says it; gunicorn's request rules apply too
+            keep = not response.should_close()
+            head = [*response.default_headers(), *(f"{name}: {value}\r\n" for name, value in response.headers), "\r\n"]
+            client.sendall("".join(head).encode("latin-1") + (b"" if req.method == "HEAD" else data))
+            response.headers_sent = True
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
         # The response is sent: take the connection over. gunicorn's close then finds a detached socket
         # and does nothing; on any error before this point its own (blocking) close still runs.
+        leftover = client.leftover
         connection = socket.socket(fileno=client.detach())
+        if keep:
+            self._keep(_Unfinished(connection, addr, listener, leftover))
+            return
         try:
             connection.shutdown(socket.SHUT_WR)
         except OSError:
@@ -363,6 +466,17 @@ class ModelServerWorker(SyncWorker):
         self._lingering.append((time.monotonic() + LINGER_SECONDS, connection))
         if len(self._lingering) > MAX_LINGERING:
             self._lingering.popleft()[1].close()
+
+    def _keep(self, request: _Unfinished) -> None:
+        request.connection.setblocking(False)
+        request.kept = True
+        request.idle_since = time.monotonic()
+        if request.data and request_complete(request.data, self._body_limit):
+            self._ready.append(request)
+            return
+        timeout = self.app.read_timeout if request.data else self.cfg.keepalive
+        request.deadline = request.idle_since + timeout
+        self._register(request)
 
     def _close_finished(self) -> None:
         now = time.monotonic()
@@ -478,8 +592,8 @@ def gunicorn_options(
     return {
         "bind": [f"fd://{descriptor}" for descriptor in descriptors],
         "workers": workers,
-        # Sync workers (one request at a time, no keep-alive) are the fastest for CPU-bound predictions and
-        # drop no kept-alive connection during a reload; threads only help when models release the GIL.
+        # Sync workers (one request at a time) are the fastest for CPU-bound predictions; threads only help
+        # when models release the GIL. `keepalive` is how long a kept connection may stay idle (both classes).
         "worker_class": "gthread" if threads > 1 else "serving.server.ModelServerWorker",
         "threads": threads,
         "timeout": timeout,

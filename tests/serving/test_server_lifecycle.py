@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,18 +16,20 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from serving.app import TrafficSplit
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
-from serving.server import PREREAD_BYTES, RELOAD_DONE, RELOAD_REFUSED, request_complete
+from serving.server import PREREAD_BYTES, RELOAD_DONE, RELOAD_REFUSED, request_complete, request_length
 from serving.spec import SpecError, parse_spec
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import (
     REPO_ROOT,
     Bundle,
     EventSink,
+    ServerProcess,
     free_port,
     rows,
     start_server,
@@ -182,13 +186,35 @@ def _read_response(sock: socket.socket) -> bytes:
     return data
 
 
-def test_a_client_that_keeps_its_end_open_does_not_stall_the_worker(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
-    server = start_server(tmp_path / "linger", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
-    body = json.dumps({"dataframe_records": [GOOD]}).encode()
-    request = (
-        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+def _post_bytes(body: bytes, *, close: bool) -> bytes:
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{connection}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+def _responses(sock: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """`count` responses read off a kept-alive connection: each one's head and body (by its Content-Length)."""
+    data, answers = b"", []
+    while len(answers) < count:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = data[:end]
+            length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+            if len(data) >= end + 4 + length:
+                answers.append((head, data[end + 4 : end + 4 + length]))
+                data = data[end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {len(answers)} of {count} responses"
+        data += chunk
+    return answers
+
+
+def test_a_client_that_keeps_its_end_open_does_not_stall_the_worker(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    server = start_server(tmp_path / "linger", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    request = _post_bytes(json.dumps({"dataframe_records": [GOOD]}).encode(), close=True)
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as first:
             first.sendall(request)
@@ -210,15 +236,129 @@ def test_a_client_that_keeps_its_end_open_does_not_stall_the_worker(tmp_path: Pa
     assert "Traceback" not in server.log()
 
 
+def test_a_connection_is_kept_alive_for_the_next_requests_even_pipelined(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    """One worker, one connection: requests sent one after the other, then three in a single send, each get their
+    own answer in order; the connection stays open until the client's `Connection: close`."""
+    server = start_server(tmp_path / "keep", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    ids = [f"keep-{i}" for i in range(6)]
+    bodies = [json.dumps({"dataframe_records": [GOOD] * (i + 1)}).encode() for i in range(6)]
+    requests = [
+        _post_bytes(body, close=False).replace(b"Host: x\r\n", f"Host: x\r\nX-Request-Id: {rid}\r\n".encode())
+        for body, rid in zip(bodies, ids, strict=True)
+    ]
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            answers = []
+            for request in requests[:3]:
+                sock.sendall(request)
+                answers += _responses(sock, 1)
+            sock.sendall(b"".join(requests[3:]))
+            answers += _responses(sock, 3)
+            assert [re.search(rb"(?i)x-request-id: (\S+)", head).group(1).decode() for head, _ in answers] == ids
+            assert all(b"\r\nConnection: keep-alive" in head for head, _ in answers)
+            assert [len(json.loads(body)["predictions"]) for _, body in answers] == [1, 2, 3, 4, 5, 6]
+            sock.sendall(_post_bytes(bodies[0], close=True))
+            ((head, _),) = _responses(sock, 1)
+            assert b"\r\nConnection: close" in head
+            assert sock.recv(1) == b""  # and the server ends the connection
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def _connections_per_worker(server: ServerProcess) -> list[int]:
+    """How many established client connections each worker process holds."""
+    counts = []
+    for pid in server.worker_pids():
+        held = psutil.Process(pid).net_connections(kind="tcp")
+        counts.append(sum(1 for c in held if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port))
+    return counts
+
+
+def test_kept_connections_are_shared_between_the_workers(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+    """A kept connection stays with the worker that accepted it: 16 clients connecting at once must not all land
+    on one of two workers (taking every waiting connection at once did that in a benchmark run)."""
+    server = start_server(tmp_path / "share", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]), workers=2)
+    request = _post_bytes(json.dumps({"dataframe_records": [GOOD]}).encode(), close=False)
+    clients = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(16)]
+    try:
+        for client in clients:
+            client.sendall(request)
+        for client in clients:
+            assert len(_responses(client, 1)) == 1
+        counts = _connections_per_worker(server)
+        assert sum(counts) == 16 and min(counts) >= 3, counts
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        # A body above the limit is refused at its headers, unread: its bytes cannot be told from a next request.
+        (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n" + b"x" * 1000, b"413"),
+        # A chunked body's end is found only by parsing it.
+        (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"400",
+        ),
+        (b"GET /ping HTTP/1.0\r\n\r\n", b"200"),
+    ],
+    ids=["unread-body", "chunked", "http-1.0"],
+)
+def test_a_connection_whose_next_request_cannot_be_found_is_closed(
+    tmp_path: Path, bundles: dict[str, Bundle], request_bytes: bytes, status: bytes
+) -> None:
+    server = start_server(tmp_path / "close", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request_bytes)
+            answer = _read_response(sock)  # returns once the server has closed its end
+        assert answer.split(b" ")[1] == status and b"\r\nConnection: close" in answer
+    finally:
+        server.stop()
+
+
+def test_an_idle_kept_connection_is_closed_after_the_keepalive_time_without_an_answer(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    server = start_server(tmp_path / "idle", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(_post_bytes(json.dumps({"dataframe_records": [GOOD]}).encode(), close=False))
+            assert len(_responses(sock, 1)) == 1
+            started = time.monotonic()
+            assert _read_response(sock) == b""  # no 408 for a request that never began
+            assert 4 < time.monotonic() - started < 10  # gunicorn's `keepalive`: 5 s
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("data", "length"),
+    [
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\nGET", 31),
+        (b"POST / HTTP/1.1\r\ncontent-length:3\r\n\r\nabcPOST", 40),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n", 63),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", None),
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\n", None),
+    ],
+)
+def test_the_front_knows_where_a_request_ends(data: bytes, length: int | None) -> None:
+    assert request_length(data) == length
+
+
 def test_slow_clients_do_not_stall_the_server(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
     """50 connections send their headers and 1 byte of a 1,000-byte body, then nothing (issue 13, item 6): the
     two sync workers must go on serving every other client at once, and still answer the slow ones that finish."""
     server = start_server(tmp_path / "slow", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]), workers=2)
     body = json.dumps({"dataframe_records": [GOOD]}).encode()
-    head = (
-        f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = _post_bytes(body, close=True)[: -len(body)]
     slow: list[socket.socket] = []
     try:
         for _ in range(50):
@@ -326,7 +466,10 @@ def test_events_are_flushed_on_graceful_shutdown(tmp_path: Path, bundles: dict[s
 # ------------------------------------------------------------------------------------------ graceful reload
 
 
-def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
+@pytest.mark.parametrize("kept_alive", [False, True], ids=["connection-per-request", "kept-alive"])
+def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bundle], kept_alive: bool) -> None:
+    """Clients that open a connection per request, or keep theirs (http.client reconnects after a response that
+    says `Connection: close`, and fails a request on a connection the server dropped), lose nothing."""
     spec = minimal_spec(versions=[version("v1", bundles["rf_a"], 100)])
     server = start_server(tmp_path / "reload", spec, workers=2)
     failures: list[str] = []
@@ -334,16 +477,27 @@ def test_graceful_reload_fails_no_request(tmp_path: Path, bundles: dict[str, Bun
     stop = threading.Event()
     body = json.dumps({"dataframe_records": [GOOD]}).encode()
 
+    def kept_alive_request(connection: http.client.HTTPConnection) -> tuple[int, dict, bytes]:
+        connection.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
     def load() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         while not stop.is_set():
             try:
-                status, headers, answer = server.request("POST", "/invocations", raw=body)
+                if kept_alive:
+                    status, headers, answer = kept_alive_request(connection)
+                else:
+                    status, headers, answer = server.request("POST", "/invocations", raw=body)
                 if status != 200:
                     failures.append(f"{status}: {answer}")
                 else:
                     seen[headers["x-model-version"]] += 1
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 failures.append(repr(exc))
+                connection.close()
+        connection.close()
 
     threads = [threading.Thread(target=load) for _ in range(2)]
     try:

@@ -299,7 +299,8 @@ def start_server(directory: Path, spec: dict, *, workers: int = 1, options: tupl
     port = free_port()
     pid_file = directory / "server.pid"
     log_path = directory / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # The server's run folder (with a ready marker per worker) lands in `directory`.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(directory)}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "serving", "--spec", str(spec_path), "--port", str(port)]
@@ -316,7 +317,8 @@ def start_server(directory: Path, spec: dict, *, workers: int = 1, options: tupl
             raise AssertionError(f"the server exited with {process.returncode}:\n{server.log()}")
         try:
             status, _, _ = server.get("/v2/health/ready")
-            if status == 200 and pid_file.exists():
+            # Every worker, not just the first: a test of how workers share connections needs them all.
+            if status == 200 and pid_file.exists() and len(list(directory.glob("model-server-*/ready/*"))) >= workers:
                 return server
         except (OSError, http.client.HTTPException):
             pass
