@@ -60,8 +60,9 @@ BITS_MAX_LEAVES = 64
 BITS_MAX_BYTES = 16 << 20
 # Measured per-call costs (numpy 2.4, x86-64, one thread), to choose between the walk and the bit tables:
 # the walk takes ~3 ns per (tree, row, level) after ~11 us + 1.4 us per level; the tables take
-# ~0.3 + 0.11 * (mask bytes) ns per (tree, row, feature) after ~8 us, and slow down beyond that once the
-# gathered masks outgrow the cache. The tables serve a call up to the row count where they stop being cheaper.
+# ~0.3 + 0.11 * (mask bytes) ns per (tree, row, feature) after ~8 us (XGBoost boosters of 5 to 50 features,
+# depth 3 to 6, 100 to 300 trees; where the two are close this errs towards the walk). The tables serve a call
+# up to the row count where they stop being cheaper.
 _WALK_PAIR_LEVEL_NS, _WALK_CALL_US, _WALK_LEVEL_US = 3.0, 11.0, 1.4
 _BITS_PAIR_FEATURE_NS, _BITS_BYTE_NS, _BITS_CALL_US = 0.3, 0.11, 8.0
 # Above this many bytes of masks a call, one gather for all features then an AND over them is slower than a
