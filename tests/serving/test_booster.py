@@ -181,3 +181,54 @@ def test_compiled_trees_that_differ_from_the_booster_are_not_used(
     assert predictor.compiled_model is None
     margin = booster.inplace_predict(frame.head(4).to_numpy(), predict_type="margin").astype(np.float64)
     np.testing.assert_array_equal(predictor.predict_proba(frame.head(4))[:, 1], 1.0 / (1.0 + np.exp(-margin)))
+
+
+# ------------------------------------------------------------------------------------------- leaf bit tables
+
+
+def _assert_bit_tables_serve(trees: TreeEnsemble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch the compiled trees serve finds its leaves through the bit tables, never the walk."""
+    assert trees.leaf_bits is not None and trees.bits_max_rows >= trees.max_rows
+
+    def no_walk(x: np.ndarray) -> np.ndarray:
+        raise AssertionError("the walk was used")
+
+    monkeypatch.setattr(trees, "_walk", no_walk)
+
+
+@pytest.mark.parametrize("name", ["binary", "binary_lossguide", "softprob", "squared_error"])
+def test_shallow_boosters_find_leaves_through_bit_tables(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    params, label = BOOSTERS[name]
+    booster = _train(params, label, rounds=60)
+    trees = _compiled(booster)
+    # On split conditions, one float32 step either side, around them, NaN (positive and negative), -0.0.
+    probes = trees.probe_rows(1000, seed=5)
+    probes[::7, 2] = -0.0
+    probes[1::11, 4] = -np.nan
+    walked = {len(rows): trees._walk(trees.prepare(rows)) for rows in (probes, probes[: trees.max_rows])}
+    _assert_bit_tables_serve(trees, monkeypatch)
+    for rows in (probes, probes[: trees.max_rows], probes[:8], probes[:1], probes[-1:]):
+        prepared = trees.prepare(rows)
+        leaves = trees.leaf_bits.leaves(prepared)
+        assert leaves.shape == (trees.n_trees, len(rows))
+        if len(rows) in walked:
+            np.testing.assert_array_equal(leaves, walked[len(rows)])
+        if len(rows) <= trees.max_rows:
+            np.testing.assert_array_equal(trees.predict(prepared), booster.inplace_predict(rows, predict_type="margin"))
+
+
+def test_the_benchmarks_booster_finds_leaves_through_bit_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 200 trees of depth 6 on 10 features, as tests/bench/test_serving_bench.py serves.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 10))
+    label = (x[:, 0] + x[:, 1] * x[:, 2] - x[:, 3] > 0).astype(int)
+    params = {"objective": "binary:logistic", "max_depth": 6, "nthread": 1}
+    booster = xgb.train(params, xgb.DMatrix(x, label=label), num_boost_round=200)
+    trees = _compiled(booster)
+    assert trees.leaf_bits is not None and trees.leaf_bits.nbytes < 4 << 20
+    probes = trees.probe_rows(trees.max_rows, seed=1)
+    _assert_bit_tables_serve(trees, monkeypatch)
+    for rows in (probes, probes[:1], x[:32]):
+        np.testing.assert_array_equal(
+            trees.predict(trees.prepare(rows)), booster.inplace_predict(rows, predict_type="margin")
+        )

@@ -22,6 +22,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeRegressor
 
+import serving.forest
 import serving.loader
 from serving.app import new_request_id
 from serving.bundle import save_bundle
@@ -302,3 +303,104 @@ def test_generated_request_ids_are_version_4_uuids() -> None:
         parsed = uuid.UUID(request_id)
         assert str(parsed) == request_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
     assert {request_id[19] for request_id in ids} == set("89ab")
+
+
+# ------------------------------------------------------------------------------------------- leaf bit tables
+
+
+def _ten_features(seed: int, rows: int = 800, missing: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 10))
+    x[:, 3] = rng.integers(-3, 4, size=rows)  # many values exactly on split thresholds
+    y = (x[:, 0] + x[:, 1] * x[:, 2] - 0.5 * x[:, 3] > 0).astype(int)
+    x[rng.random(x.shape) < missing] = np.nan
+    return x, y
+
+
+def _assert_bits_equal_walk_and_sklearn(estimator: Any, probes: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaves from the bit tables equal the walk's, and predictions sklearn's, without the walk being used."""
+    trees = _compiled(estimator)
+    assert trees.leaf_bits is not None and trees.bits_max_rows >= trees.max_rows
+    batches = [probes, probes[: trees.max_rows], probes[:8], probes[:1], probes[-1:]]
+    walked = [trees._walk(trees.prepare(rows)) for rows in batches]
+
+    def no_walk(x: np.ndarray) -> np.ndarray:
+        raise AssertionError("the walk was used")
+
+    monkeypatch.setattr(trees, "_walk", no_walk)
+    for rows, expected in zip(batches, walked, strict=True):
+        prepared = trees.prepare(rows)
+        np.testing.assert_array_equal(trees.leaf_bits.leaves(prepared), expected)
+        if len(rows) <= trees.max_rows:
+            np.testing.assert_array_equal(trees.predict(prepared), estimator.predict(rows))
+            if trees.classifier:
+                np.testing.assert_array_equal(trees.predict_proba(prepared), estimator.predict_proba(rows))
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0),
+        GradientBoostingRegressor(n_estimators=60, max_depth=5, random_state=0),
+        GradientBoostingClassifier(n_estimators=30, max_depth=2, learning_rate=0.5, random_state=0),
+    ],
+    ids=["gbm-depth-3", "gbm-regressor-depth-5", "gbm-stumps-two-levels"],
+)
+def test_shallow_boosting_finds_leaves_through_bit_tables(estimator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _ten_features(0)
+    estimator.fit(x, y if hasattr(estimator, "predict_proba") else x[:, 0] - x[:, 3])
+    trees = _compiled(estimator)
+    # On the thresholds, one float32 step either side, around them; -0.0 beside 0.0.
+    probes = trees.probe_rows(600, seed=2)
+    probes[::5, 3] = -0.0
+    probes[1::5, 3] = 0.0
+    _assert_bits_equal_walk_and_sklearn(estimator, probes, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: DecisionTreeClassifier(max_depth=5, random_state=0), lambda: RandomForestRegressor(20, max_depth=4)],
+    ids=["tree-depth-5", "forest-depth-4"],
+)
+def test_shallow_trees_send_missing_values_through_bit_tables(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _ten_features(0, missing=0.15)
+    # Missing values in f9 mean class 1: sklearn splits missing from present there, at an infinite threshold.
+    y[np.isnan(x[:, 9])] = 1
+    estimator = make()
+    estimator.fit(x, y if hasattr(estimator, "predict_proba") else y + np.nan_to_num(x[:, 1]))
+    trees = _compiled(estimator)
+    probes = trees.probe_rows(600, seed=2)
+    probes[::9] = np.nan
+    probes[::13, 9] = -np.nan
+    if isinstance(estimator, DecisionTreeClassifier):
+        assert np.isinf(estimator.tree_.threshold).any()
+    _assert_bits_equal_walk_and_sklearn(estimator, probes, monkeypatch)
+
+
+def test_a_threshold_at_zero_parts_minus_zero_and_tiny_values_like_sklearn() -> None:
+    x = np.array([[-1.0], [1.0], [-1.0], [1.0]])
+    tree = DecisionTreeRegressor().fit(x, [0.0, 1.0, 0.0, 1.0])
+    assert tree.tree_.threshold[0] == 0.0
+    tiny = float(np.nextafter(np.float32(0), np.float32(1)))
+    probes = np.array([[-0.0], [0.0], [tiny], [-tiny], [1e-39], [-1e-39], [3e38], [-3e38]])
+    trees = _compiled(tree)
+    prepared = trees.prepare(probes)
+    assert trees.leaf_bits is not None
+    np.testing.assert_array_equal(trees.leaf_bits.leaves(prepared), trees._walk(prepared))
+    np.testing.assert_array_equal(trees.predict(prepared), tree.predict(probes))
+
+
+def test_deep_or_oversized_ensembles_keep_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _ten_features(0)
+    assert _compiled(RandomForestClassifier(10, random_state=0).fit(x, y)).leaf_bits is None
+    boosting = GradientBoostingClassifier(n_estimators=20, random_state=0).fit(x, y)
+    assert _compiled(boosting).leaf_bits is not None
+    with monkeypatch.context() as patched:
+        patched.setattr(serving.forest, "BITS_MAX_BYTES", 1000)
+        trees = _compiled(boosting)
+    assert trees.leaf_bits is None and trees.bits_max_rows == 0
+    np.testing.assert_array_equal(trees.predict_proba(trees.prepare(x[:5])), boosting.predict_proba(x[:5]))
+    # Many features for few levels: the walk serves all but the smallest batches.
+    wide = np.hstack([x] * 8)
+    many = _compiled(GradientBoostingClassifier(n_estimators=20, max_depth=2, random_state=0).fit(wide, y))
+    assert many.leaf_bits is not None and many.bits_max_rows < many.max_rows
