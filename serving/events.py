@@ -41,6 +41,8 @@ _POST_ENVELOPE = b'{"events":['
 REPORT_MAX_BYTES = 512
 _POST_OVERHEAD = len(_POST_ENVELOPE) + 2 + REPORT_MAX_BYTES
 FLUSH_INTERVAL_SECONDS = 1.0
+# How long the shipper encodes events before it offers the worker's GIL to the request thread.
+ENCODE_SLICE_SECONDS = 0.0005
 POST_TIMEOUT_SECONDS = 5.0
 BACKOFF_START_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
@@ -265,11 +267,14 @@ class EventShipper:
         """Each event with its JSON; an event that cannot be encoded, or that no post could carry, is dropped."""
         limit = self._max_post_bytes - _POST_OVERHEAD
         items = []
+        offer_at = time.perf_counter() + ENCODE_SLICE_SECONDS
         for event, size in batch:
             # One encoder call per event, not one for the batch: a C call holds the worker's GIL until it
-            # returns, and encoding 500 events at once would stall the request thread for that long. Between
-            # events the GIL is offered to the request thread: otherwise it waits for the switch interval
-            # (5 ms) each time it needs the GIL while a batch is being encoded.
+            # returns, and encoding 500 events at once would stall the request thread for that long. After each
+            # slice of encoding the GIL is offered to the request thread: otherwise it waits for the switch
+            # interval (5 ms) whenever it needs the GIL while a batch is being encoded. Offering it after every
+            # event instead cost more than the rest of the event's shipping (0.09 ms a 1-row event: a sleep and
+            # two thread switches each time).
             try:
                 data = _encode(self._event_json(event))
             except (TypeError, ValueError) as exc:
@@ -277,7 +282,9 @@ class EventShipper:
                 self._drop("unencodable", 1)
                 continue
             finally:
-                time.sleep(0)
+                if time.perf_counter() >= offer_at:
+                    time.sleep(0)
+                    offer_at = time.perf_counter() + ENCODE_SLICE_SECONDS
             if len(data) > limit:
                 logger.error("a prediction event of %d bytes exceeds the post limit %d; dropping it", len(data), limit)
                 self._drop("too_large_single_event", 1)

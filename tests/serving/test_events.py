@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from serving.app import new_request_id
-from serving.events import BACKOFF_MAX_SECONDS, EventShipper, event
+from serving.events import BACKOFF_MAX_SECONDS, ENCODE_SLICE_SECONDS, EventShipper, event
 from serving.metrics import Metrics
 from serving.spec import DEFAULT_EVENT_BUFFER_SIZE
 from tests.serving import test_server_support as support
@@ -283,3 +283,25 @@ def test_no_event_is_lost_while_the_console_is_down_for_a_while(tmp_path: Path, 
         if console is not None:
             console.stop()
     assert len(sent) > 100
+
+
+def test_the_shipper_offers_the_gil_once_per_slice_of_encoding_not_once_per_event(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request thread gets the worker's GIL between slices of a batch's encoding; a sleep after every event
+    (two thread switches each) cost more than the rest of an event's shipping."""
+    shipper = shipper_for(console.url, Metrics())
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+    try:
+        monkeypatch.setattr("serving.events.time.sleep", lambda seconds: sleeps.append(seconds) or real_sleep(seconds))
+        started = time.perf_counter()
+        encoded = shipper._encoded([make_event(f"slice-{i}", 100) for i in range(500)])
+        took = time.perf_counter() - started
+        monkeypatch.undo()
+    finally:
+        shipper.close(1.0)
+    assert len(encoded) == 500
+    # Once per ENCODE_SLICE_SECONDS of encoding, and never for a batch encoded within one slice.
+    assert len(sleeps) <= took / ENCODE_SLICE_SECONDS + 1, (len(sleeps), took)
+    assert all(seconds == 0 for seconds in sleeps)
