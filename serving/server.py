@@ -288,6 +288,7 @@ class ModelServerWorker(SyncWorker):
         self._ready: list[_Unfinished] = []
         self._accepting = False
         self._accept_at = 0.0
+        self._date_second, self._date_text = 0, ""
         self._body_limit: int | None = None
 
     def run(self) -> None:
@@ -439,11 +440,20 @@ class ModelServerWorker(SyncWorker):
             if response.response_length is None:
                 response.headers.append(("Content-Length", str(len(data))))
                 response.response_length, response.chunked = len(data), False
-            keep = self.alive and client.whole_request_read() and len(self._unfinished) < MAX_KEPT
-            if not keep:
-                response.force_close()  # the Connection header says it; gunicorn's request rules apply too
-            keep = not response.should_close()
-            head = [*response.default_headers(), *(f"{name}: {value}\r\n" for name, value in response.headers), "\r\n"]
+            # req.should_close: the client's `Connection: close`, or HTTP/1.0 without keep-alive.
+            keep = (
+                self.alive
+                and client.whole_request_read()
+                and len(self._unfinished) < MAX_KEPT
+                and not req.should_close()
+            )
+            connection = "keep-alive" if keep else "close"
+            head = [
+                f"HTTP/{req.version[0]}.{req.version[1]} {response.status}\r\nServer: {response.version}\r\n"
+                f"Date: {self._date()}\r\nConnection: {connection}\r\n",
+                *(f"{name}: {value}\r\n" for name, value in response.headers),
+                "\r\n",
+            ]
             client.sendall("".join(head).encode("latin-1") + (b"" if req.method == "HEAD" else data))
             response.headers_sent = True
         finally:
@@ -466,6 +476,13 @@ class ModelServerWorker(SyncWorker):
         self._lingering.append((time.monotonic() + LINGER_SECONDS, connection))
         if len(self._lingering) > MAX_LINGERING:
             self._lingering.popleft()[1].close()
+
+    def _date(self) -> str:
+        # gunicorn formats the Date header anew for every response (2 % of a 32-row request); it changes once a second.
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second, self._date_text = now, util.http_date(now)
+        return self._date_text
 
     def _keep(self, request: _Unfinished) -> None:
         request.connection.setblocking(False)

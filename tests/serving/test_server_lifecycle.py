@@ -257,7 +257,7 @@ def test_a_connection_is_kept_alive_for_the_next_requests_even_pipelined(
             sock.sendall(b"".join(requests[3:]))
             answers += _responses(sock, 3)
             assert [re.search(rb"(?i)x-request-id: (\S+)", head).group(1).decode() for head, _ in answers] == ids
-            assert all(b"\r\nConnection: keep-alive" in head for head, _ in answers)
+            assert all(b"\r\nConnection: keep-alive" in head and b"\r\nDate: " in head for head, _ in answers)
             assert [len(json.loads(body)["predictions"]) for _, body in answers] == [1, 2, 3, 4, 5, 6]
             sock.sendall(_post_bytes(bodies[0], close=True))
             ((head, _),) = _responses(sock, 1)
