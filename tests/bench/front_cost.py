@@ -1,11 +1,13 @@
-"""What the sync worker's slow-client front costs in throughput: our server with it and without it, same run.
+"""What our worker (its slow-client front, keep-alive and one send per response) changes in throughput: our
+server with it and with gunicorn's own sync worker in its place, same run.
 
 Run: `python tests/bench/front_cost.py` (wrk installed; BENCH_SECONDS per cell, BENCH_ROUNDS rounds).
 
-"Without" is `python -m serving` whose workers run gunicorn's own sync accept loop (a blocking read of each
-request once accepted, as before the front existed) instead of the front; everything else is the same worker.
-Both servers serve the XGBoost model of the serving benchmark, with prediction logging on, and each cell
-measures them back to back, in alternating order from one round to the next.
+"Without" is `python -m serving` whose workers are gunicorn's `SyncWorker` (a blocking read of each request once
+accepted, `Connection: close` after each response, headers and body in two sends), as before the front existed;
+the application, its models and its prediction log are the same. Both servers serve the XGBoost model of the
+serving benchmark, with prediction logging on, and each cell measures them back to back, in alternating order
+from one round to the next.
 """
 
 from __future__ import annotations
@@ -25,15 +27,11 @@ import test_serving_bench as bench  # noqa: E402
 
 LAUNCH_WITHOUT_FRONT = """
 import sys
-from gunicorn.workers.sync import SyncWorker
 import serving.server
 from serving.__main__ import main
 
-class WorkerWithoutFront(serving.server.ModelServerWorker):
-    run = SyncWorker.run
-
 options = serving.server.gunicorn_options
-serving.server.gunicorn_options = lambda **kwargs: {**options(**kwargs), "worker_class": WorkerWithoutFront}
+serving.server.gunicorn_options = lambda **kwargs: {**options(**kwargs), "worker_class": "sync"}
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -91,7 +89,8 @@ def main() -> None:
             cpu_with = statistics.median(cpu[(rows, connections, "with")])
             cpu_without = statistics.median(cpu[(rows, connections, "without")])
             print(
-                f"rows {rows:>2} conn {connections:>2}: with the front {with_front:>6.0f}, without {without:>6.0f} "
+                f"rows {rows:>2} conn {connections:>2}: our worker {with_front:>6.0f}, gunicorn's SyncWorker "
+                f"{without:>6.0f} "
                 f"req/s ({(with_front / without - 1) * 100:+.1f}%); CPU per request {cpu_with:.3f} against "
                 f"{cpu_without:.3f} ms ({(cpu_with / cpu_without - 1) * 100:+.1f}%)"
             )
