@@ -340,8 +340,9 @@ class ModelServerWorker(SyncWorker):
         # At least once a second: the arbiter needs the heartbeat (notify) and deadlines need checking; a
         # stopping worker checks its idle kept connections more often.
         ceiling = 1.0 if self.alive else 0.1
-        if self.alive and not self._accepting:
-            ceiling = min(ceiling, self._accept_at - time.monotonic())
+        pause = self._accept_at - time.monotonic()
+        if self.alive and pause > 0:  # accepting again after the pause (not when it stopped for being full)
+            ceiling = min(ceiling, pause)
         if self._unfinished:
             ceiling = min(ceiling, min(request.deadline for request in self._unfinished.values()) - time.monotonic())
         return max(0.0, ceiling)
@@ -439,7 +440,6 @@ class ModelServerWorker(SyncWorker):
             data = b"".join(body)
             if response.response_length is None:
                 response.headers.append(("Content-Length", str(len(data))))
-                response.response_length, response.chunked = len(data), False
             # req.should_close: the client's `Connection: close`, or HTTP/1.0 without keep-alive.
             keep = (
                 self.alive

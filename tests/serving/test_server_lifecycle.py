@@ -22,7 +22,7 @@ import pytest
 from serving.app import TrafficSplit
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
-from serving.server import PREREAD_BYTES, RELOAD_DONE, RELOAD_REFUSED, request_complete, request_length
+from serving.server import MAX_PENDING, PREREAD_BYTES, RELOAD_DONE, RELOAD_REFUSED, request_complete, request_length
 from serving.spec import SpecError, parse_spec
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import (
@@ -386,6 +386,30 @@ def test_slow_clients_do_not_stall_the_server(tmp_path: Path, bundles: dict[str,
             connection.close()
         server.stop()
     assert "Traceback" not in server.log()
+
+
+def test_a_worker_holding_as_many_unfinished_requests_as_it_can_waits_without_spinning(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    """Past MAX_PENDING unfinished requests a worker stops accepting (the rest wait in the listen backlog); it must
+    then sleep until one finishes or times out, not poll in a loop."""
+    server = start_server(tmp_path / "full", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+    stuck: list[socket.socket] = []
+    try:
+        for _ in range(MAX_PENDING + 20):
+            connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            connection.sendall(head)
+            stuck.append(connection)
+        (worker,) = (psutil.Process(pid) for pid in server.worker_pids())
+        wait_until(lambda: _connections_per_worker(server)[0] >= MAX_PENDING)
+        before = sum(worker.cpu_times()[:2])
+        time.sleep(2)
+        assert sum(worker.cpu_times()[:2]) - before < 0.5  # a spinning worker burns the whole 2 s
+    finally:
+        for connection in stuck:
+            connection.close()
+        server.stop()
 
 
 def test_a_request_that_never_finishes_is_answered_408_after_the_read_timeout(
