@@ -26,6 +26,7 @@ that could not load (which would make gunicorn halt the whole server: a worker t
 from __future__ import annotations
 
 import gc
+import io
 import logging
 import os
 import re
@@ -38,9 +39,9 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from gunicorn import util
+from gunicorn import SERVER, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.http import wsgi
@@ -81,6 +82,13 @@ ACCEPT_PAUSE_MAX = 0.005
 # Headers longer than this are handed to gunicorn's parser as they are (it refuses them with its own 400).
 _HEADER_LIMIT = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)")
+# The requests the front parses itself (`simple_request`): GET or POST of an origin-form target with no
+# percent-encoding and no fragment, in HTTP/1.1, with header names that are tokens without "_" and values of
+# visible ASCII, spaces and tabs. Anything else goes to gunicorn's parser.
+_SIMPLE_LINE = re.compile(rb"(GET|POST) (/[^\x00-\x20\x7f-\xff%#]*) HTTP/1\.1")
+_SIMPLE_FIELD = re.compile(rb"([!#$%&'*+.^`|~0-9A-Za-z-]+):[ \t]*([\t -~]*)")
+# Headers whose handling (framing, expectations, protocol changes) is left to gunicorn's parser.
+_NOT_SIMPLE = frozenset({"HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_UPGRADE", "HTTP_TE"})
 _TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 RELOAD_REFUSED = "Not reloading"
 RELOAD_DONE = "Reloaded"
@@ -205,6 +213,54 @@ def request_length(data: bytes) -> int | None:
     return end + 4 + (int(match.group(1)) if match else 0)
 
 
+class SimpleRequest(NamedTuple):
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # as WSGI environ keys: HTTP_*, CONTENT_TYPE, CONTENT_LENGTH
+    body_start: int
+    end: int  # where the request ends in the bytes read (a pipelined next request may follow)
+
+
+def simple_request(data: bytes, limits: Any) -> SimpleRequest | None:
+    """The request `data` starts with, when it is whole and simple enough to serve without gunicorn's parser.
+
+    gunicorn's parser took ~70 µs a request (with its environ), ~13 % of a 32-row XGBoost prediction's whole
+    cost in the worker; this takes ~5 µs. It accepts only a strict subset of HTTP/1.1 (see `_SIMPLE_LINE` and
+    `_SIMPLE_FIELD`): no repeated header, no `Transfer-Encoding`, `Expect` or `Upgrade`, `Connection` only as
+    `keep-alive`, a `Content-Length` of digits (required for a POST), within gunicorn's limits (`limits`: its
+    config), body all read. Everything else, malformed requests included, is None: gunicorn's parser serves or
+    refuses it as before.
+    """
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    lines = data[:head_end].split(b"\r\n")
+    line = _SIMPLE_LINE.fullmatch(lines[0])
+    if line is None or len(lines[0]) > limits.limit_request_line or len(lines) > limits.limit_request_fields:
+        return None
+    headers: dict[str, str] = {}
+    for raw in lines[1:]:
+        field = _SIMPLE_FIELD.fullmatch(raw)
+        if field is None or len(raw) > limits.limit_request_field_size:
+            return None
+        name = field[1].upper().replace(b"-", b"_").decode()
+        key = name if name in ("CONTENT_LENGTH", "CONTENT_TYPE") else "HTTP_" + name
+        value = field[2].rstrip(b" \t").decode()
+        if key in headers or key in _NOT_SIMPLE or (key == "HTTP_CONNECTION" and value.lower() != "keep-alive"):
+            return None
+        headers[key] = value
+    method = line[1].decode()
+    length = headers.get("CONTENT_LENGTH")
+    if (length is None and method == "POST") or (length is not None and not length.isdigit()):
+        return None
+    end = head_end + 4 + int(length or 0)
+    if len(data) < end:
+        return None
+    path, _, query = line[2].decode().partition("?")
+    return SimpleRequest(method, path, query, headers, head_end + 4, end)
+
+
 class _PrereadSocket(socket.socket):
     """A connection whose first bytes the worker's front already read: `recv` returns those first.
 
@@ -290,6 +346,9 @@ class ModelServerWorker(SyncWorker):
         self._accept_at = 0.0
         self._date_second, self._date_text = 0, ""
         self._body_limit: int | None = None
+        # What every request's WSGI environ holds on the simple path (see `_serve_simple`).
+        self._environ: dict[str, Any] = {}
+        self._listener_environ: dict[Any, dict[str, str]] = {}
 
     def run(self) -> None:
         for listener in self.sockets:
@@ -298,6 +357,10 @@ class ModelServerWorker(SyncWorker):
         self._selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
         spec = getattr(self.wsgi, "spec", None)
         self._body_limit = getattr(spec, "max_body_bytes", None)
+        self._environ = {**wsgi.base_environ(self.cfg), "SCRIPT_NAME": "", "SERVER_PROTOCOL": "HTTP/1.1"}
+        for listener in self.sockets:
+            host, port = listener.getsockname()[:2]
+            self._listener_environ[listener] = {"SERVER_NAME": host, "SERVER_PORT": str(port)}
         drain_until: float | None = None
         while True:
             self._listen(
@@ -420,6 +483,10 @@ class ModelServerWorker(SyncWorker):
             request.connection.close()
 
     def _serve(self, request: _Unfinished) -> None:
+        simple = None if self.cfg.is_ssl else simple_request(request.data, self.cfg)
+        if simple is not None:
+            self._serve_simple(request, simple)
+            return
         client = _PrereadSocket(request.connection, request.data, request_length(request.data))
         # The rest of a body larger than PREREAD_BYTES is read blocking, but never waits on a client for long.
         client.settimeout(self.app.read_timeout)
@@ -466,7 +533,78 @@ class ModelServerWorker(SyncWorker):
         connection = socket.socket(fileno=client.detach())
         if keep:
             self._keep(_Unfinished(connection, addr, listener, leftover))
+        else:
+            self._linger(connection)
+
+    def _serve_simple(self, request: _Unfinished, simple: SimpleRequest) -> None:
+        """`handle` for a request `simple_request` parsed: the same exchange without gunicorn's parser, its
+        environ (this one holds what PEP 3333 requires and what `ModelServer` reads) or its response object."""
+        self._close_finished()
+        connection, data = request.connection, request.data
+        environ = {
+            **self._environ,
+            **simple.headers,
+            "REQUEST_METHOD": simple.method,
+            "PATH_INFO": simple.path,
+            "QUERY_STRING": simple.query,
+            "RAW_URI": f"{simple.path}?{simple.query}" if simple.query else simple.path,
+            **self._listener_environ[request.listener],
+            "REMOTE_ADDR": request.address[0],
+            "REMOTE_PORT": str(request.address[1]),
+            "wsgi.input": io.BytesIO(data[simple.body_start : simple.end]),
+        }
+        started: list = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            started[:] = [status, headers]
+            return connection.sendall  # WSGI's write(): ModelServer never calls it
+
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        try:
+            body = self.wsgi(environ, start_response)
+            try:
+                payload = b"".join(body)
+                status, headers = started
+                keep = self.alive and len(self._unfinished) < MAX_KEPT
+                head = [
+                    f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {self._date()}\r\n"
+                    f"Connection: {'keep-alive' if keep else 'close'}\r\n",
+                    *(f"{name}: {value}\r\n" for name, value in headers),  # Content-Length among them
+                    "\r\n",
+                ]
+                self._send(connection, "".join(head).encode("latin-1") + payload)
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+        except OSError:  # the client went away, or did not read its answer within the read timeout
+            connection.close()
             return
+        except Exception as exc:  # as gunicorn's handle: a 500, logged, and the connection closed
+            self.handle_error(None, connection, request.address, exc)
+            connection.close()
+            return
+        if keep:
+            request.data = data[simple.end :]
+            self._keep(request)
+        else:
+            self._linger(connection)
+
+    def _send(self, connection: socket.socket, data: bytes) -> None:
+        # The connection is non-blocking: a response larger than the socket's buffer is finished blocking, each
+        # wait bounded by the read timeout.
+        try:
+            sent = connection.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            connection.settimeout(self.app.read_timeout)
+            connection.sendall(memoryview(data)[sent:])
+
+    def _linger(self, connection: socket.socket) -> None:
         try:
             connection.shutdown(socket.SHUT_WR)
         except OSError:

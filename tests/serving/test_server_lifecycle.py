@@ -18,11 +18,21 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from gunicorn.config import Config
 
 from serving.app import TrafficSplit
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
-from serving.server import MAX_PENDING, PREREAD_BYTES, RELOAD_DONE, RELOAD_REFUSED, request_complete, request_length
+from serving.server import (
+    MAX_PENDING,
+    PREREAD_BYTES,
+    RELOAD_DONE,
+    RELOAD_REFUSED,
+    SimpleRequest,
+    request_complete,
+    request_length,
+    simple_request,
+)
 from serving.spec import SpecError, parse_spec
 from tests.serving import test_server_support as support
 from tests.serving.test_server_support import (
@@ -353,6 +363,133 @@ def test_an_idle_kept_connection_is_closed_after_the_keepalive_time_without_an_a
 )
 def test_the_front_knows_where_a_request_ends(data: bytes, length: int | None) -> None:
     assert request_length(data) == length
+
+
+@pytest.mark.parametrize(
+    ("data", "parsed"),
+    [
+        (
+            b"POST /invocations HTTP/1.1\r\nHost: x:1\r\ncontent-type: application/json\r\n"
+            b"Content-Length: 2\r\nX-Request-Id:  r-1 \t\r\nConnection: Keep-Alive\r\n\r\n{}GET /ping",
+            SimpleRequest(
+                "POST",
+                "/invocations",
+                "",
+                {
+                    "HTTP_HOST": "x:1",
+                    "CONTENT_TYPE": "application/json",
+                    "CONTENT_LENGTH": "2",
+                    "HTTP_X_REQUEST_ID": "r-1",
+                    "HTTP_CONNECTION": "Keep-Alive",
+                },
+                138,
+                140,
+            ),
+        ),
+        (
+            b"GET /v2/models/m/ready?verbose=1&x HTTP/1.1\r\n\r\n",
+            SimpleRequest("GET", "/v2/models/m/ready", "verbose=1&x", {}, 47, 47),
+        ),
+    ],
+    ids=["post-with-next-request", "get-with-query"],
+)
+def test_the_front_parses_simple_requests_itself(data: bytes, parsed: SimpleRequest) -> None:
+    assert simple_request(data, Config()) == parsed
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"POST /invocations HTTP/1.1\r\nContent-Length: 5\r\n\r\n{}",  # the body is not all here
+        b"POST /invocations HTTP/1.1\r\nContent-Length: 2\r\n",  # nor the headers
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\n\r\n",  # a POST without a length
+        b"POST /invocations HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}",
+        b"POST /invocations HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /invocations HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"GET /ping HTTP/1.0\r\n\r\n",
+        b"PUT /ping HTTP/1.1\r\n\r\n",
+        b"GET http://x/ping HTTP/1.1\r\n\r\n",
+        b"GET /pi%6Eg HTTP/1.1\r\n\r\n",
+        b"GET /ping#top HTTP/1.1\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nX_Forwarded_For: 1.2.3.4\r\n\r\n",  # "_" in a name: gunicorn drops it
+        b"GET /ping HTTP/1.1\r\nX-Note: caf\xc3\xa9\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nX-Note: a\r\n folded\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nX-Note : a\r\n\r\n",
+        b"GET /ping HTTP/1.1\nHost: x\n\n",
+        b"GET /" + b"p" * 5000 + b" HTTP/1.1\r\n\r\n",  # past gunicorn's limit_request_line
+        b"GET /ping HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",  # past limit_request_fields
+    ],
+)
+def test_anything_but_a_simple_request_is_left_to_gunicorns_parser(data: bytes) -> None:
+    assert simple_request(data, Config()) is None
+
+
+def test_requests_parsed_by_the_front_or_by_gunicorn_get_the_same_answers(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    """The same prediction asked on one kept connection in forms each parser takes, and a request gunicorn
+    refuses in between: the same answer each time, and the connection still serves after the refusal's close."""
+    server = start_server(tmp_path / "parsers", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    body = json.dumps({"dataframe_records": rows(4)}).encode()
+    forms = {
+        "simple": _post_bytes(body, close=False),
+        "query": _post_bytes(body, close=False).replace(b"/invocations", b"/invocations?source=test"),
+        "percent-encoded": _post_bytes(body, close=False).replace(b"/invocations", b"/invocation%73"),
+        "underscore header": _post_bytes(body, close=False).replace(b"Host: x\r\n", b"Host: x\r\nX_Note: 1\r\n"),
+        "http/1.0 keep-alive": _post_bytes(body, close=False).replace(
+            b"HTTP/1.1\r\n", b"HTTP/1.0\r\nConnection: keep-alive\r\n"
+        ),
+    }
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            answers = {}
+            for name, request in forms.items():
+                sock.sendall(request)
+                ((head, answer),) = _responses(sock, 1)
+                assert head.split(b" ")[1] == b"200", (name, head)
+                answers[name] = json.loads(answer)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                _post_bytes(body, close=False).replace(b"Content-Length:", b"Content-Length: 1\r\nContent-Length:")
+            )
+            refused = _read_response(sock)
+    finally:
+        server.stop()
+    assert refused.split(b" ")[1] == b"400" and b"\r\nConnection: close" in refused
+    predictions = {name: (answer["predictions"], answer["probabilities"]) for name, answer in answers.items()}
+    assert len(set(map(repr, predictions.values()))) == 1, predictions
+    assert "Traceback" not in server.log()
+
+
+def test_answers_larger_than_the_socket_buffers_reach_a_client_that_reads_them_late(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    """The worker's connections are non-blocking: an answer the kernel cannot take whole (the client reads
+    nothing for a while, its window is small, and 24 answers of ~220 kB exceed the largest send buffer the
+    kernel gives, 4 MB) is finished blocking, within the read timeout, and the connection is kept."""
+    server = start_server(tmp_path / "large", minimal_spec(versions=[version("a", bundles["rf_a"], 100)]))
+    request = _post_bytes(json.dumps({"dataframe_records": rows(5000)}).encode(), close=False)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window stays small
+        sock.settimeout(20)
+        with sock:
+            sock.connect(("127.0.0.1", server.port))
+            # Sent from a thread: the server stops reading requests while its answers wait to be read.
+            sender = threading.Thread(target=sock.sendall, args=(request * 24,))
+            sender.start()
+            time.sleep(1.5)
+            answers = _responses(sock, 24)
+            sender.join()
+    finally:
+        server.stop()
+    assert sum(len(body) for _, body in answers) > 5_000_000
+    assert all(b"\r\nConnection: keep-alive" in head for head, _ in answers)
+    assert [len(json.loads(body)["predictions"]) for _, body in answers] == [5000] * 24
+    assert "Traceback" not in server.log()
 
 
 def test_slow_clients_do_not_stall_the_server(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
