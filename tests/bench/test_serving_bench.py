@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +83,11 @@ MLSERVER_CONFIGS = json.loads(
     os.environ.get("BENCH_MLSERVER_CONFIGS", '[{"parallel_workers": 0}, {"parallel_workers": 2}]')
 )
 WORKERS = 2
+# MLflow's two uvicorn workers share its socket, and which one accepts a burst of new connections is a race: in
+# most runs one worker takes all 16 and MLflow works on one core, in some they split 8/8 and it is 2.5-3x
+# faster. Its cells at more than one connection are measured this many times and the fastest is kept (its
+# best, as MLServer's best config is kept), with how its workers shared the connections each time.
+MLFLOW_ATTEMPTS = int(os.environ.get("BENCH_MLFLOW_ATTEMPTS", "3"))
 FEATURES = 10
 WARMUP_SECONDS = 1.0
 MEASURE_SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
@@ -490,6 +496,39 @@ def run_wrk(
     }
 
 
+def connections_per_process(root: int, port: int) -> list[int]:
+    """How many established connections to `port` each process of the server `root` holds, most first."""
+    counts = []
+    try:
+        processes = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    except psutil.Error:
+        return []
+    for process in processes:
+        try:
+            held = sum(1 for c in process.net_connections("tcp") if c.status == "ESTABLISHED" and c.laddr.port == port)
+        except psutil.Error:
+            continue
+        if held:
+            counts.append(held)
+    return sorted(counts, reverse=True)
+
+
+def measure_with_split(port: int, body_path: Path, connections: int, path: str, session: int) -> dict:
+    """`measure`, with how the server's processes shared the connections half way through the measured run."""
+    split: list[int] = []
+    # run_wrk warms up with one wrk run, then measures with another (new connections): sampled in the second.
+    sampler = threading.Timer(
+        WARMUP_SECONDS + 0.2 + MEASURE_SECONDS / 2, lambda: split.extend(connections_per_process(session, port))
+    )
+    sampler.start()
+    try:
+        measured = measure(port, body_path, connections, path, session=session)
+    finally:
+        sampler.cancel()
+        sampler.join()
+    return {**measured, "split": split}
+
+
 def http_request(port: int, body: bytes, path: str = "/invocations", headers: dict[str, str] | None = None) -> bytes:
     fields = {"Host": f"127.0.0.1:{port}", "Content-Type": JSON, **(headers or {}), "Content-Length": str(len(body))}
     head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
@@ -699,7 +738,15 @@ def run_benchmark() -> tuple[list[dict], list[dict]]:
                 for connections in CONCURRENCY:
                     for server_name, process, port, path in cell_servers:
                         body = f"payload-{rows}.json" if path == "/invocations" else f"v2-peer-{rows}.json"
-                        measured = measure(port, directory / body, connections, path, session=process.pid)
+                        attempts = MLFLOW_ATTEMPTS if server_name == "mlflow" and connections > 1 else 1
+                        tries = [
+                            measure_with_split(port, directory / body, connections, path, process.pid)
+                            for _ in range(attempts)
+                        ]
+                        measured = {
+                            **max(tries, key=lambda measured: measured["rps"]),
+                            "attempts": [(measured["rps"], measured["split"]) for measured in tries],
+                        }
                         results.append(
                             {
                                 "model": name,
@@ -792,6 +839,11 @@ def print_table(
             f"{ratio(cell['ours_v2'], cell['mlserver'])} | {ours['raw_ms']:>6.2f} | {load:>5.2f}"
             + (f" | mlserver config {cell['mlserver']['server'][len('mlserver') :]}" if cell["mlserver"] else "")
         )
+    print("connections per server process, at more than one connection (MLflow: each attempt, the fastest kept):")
+    for r in results:
+        if r["connections"] > 1 and r["server"] in ("ours", "mlflow"):
+            attempts = ", ".join(f"{rps:.0f} req/s {split}" for rps, split in r["attempts"])
+            print(f"  {r['model']:<18} {r['rows']:>4} rows {r['server']:<7} {attempts}")
     failed = [r for r in results if r["errors"]]
     for r in failed:
         print(f"errors: {r['server']} {r['model']} {r['rows']} rows {r['connections']} connections: {r['errors']}")
