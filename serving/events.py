@@ -132,7 +132,9 @@ class EventShipper:
         self._flush_interval = flush_interval
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._stopping = False
+        # Set by `close`. A backoff waits on it rather than on `_wake`, which every event sets once a batch is
+        # buffered (as it always is while the console is away).
+        self._stopped = threading.Event()
         self._deadline = 0.0
         self._timeout = POST_TIMEOUT_SECONDS
         self._connection: http.client.HTTPConnection | None = None
@@ -219,6 +221,21 @@ class EventShipper:
             "buffered": len(self._buffer),
         }
 
+    def _connected(self) -> bool:
+        """Whether a connection to the console is open, opening one if needed (with a warning when it cannot)."""
+        if self._connection is not None and self._connection.sock is not None:
+            return True
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        self._connection = cls(self._host, self._port, timeout=self._timeout)
+        try:
+            self._connection.connect()
+        except OSError as exc:
+            self._connection.close()
+            self._connection = None
+            logger.warning("shipping prediction events failed: %s", exc)
+            return False
+        return True
+
     def _post(self, body: bytes) -> tuple[int, bytes]:
         """POST once, reusing the connection; returns the HTTP status (0 for a network failure) and the answer."""
         for attempt in range(2):
@@ -298,6 +315,10 @@ class EventShipper:
         A post the console refuses is split in halves, each sent again: what the console takes is stored, and
         only an event it refuses on its own is dropped (as `too_large_single_event` for a 413, else `rejected`).
         """
+        # Connecting first: with the console away, encoding a batch only to fail to send it cost the worker a
+        # core at every attempt.
+        if not self._connected():
+            return batch
         pending = deque(_chunks(self._encoded(batch), self._max_post_bytes))
         while pending:
             chunk = pending.popleft()
@@ -319,10 +340,13 @@ class EventShipper:
 
     def _run(self) -> None:
         backoff = 0.0
-        while not self._stopping:
-            self._wake.wait(backoff or self._flush_interval)
+        while not self._stopped.is_set():
+            if backoff:
+                self._stopped.wait(backoff)
+            else:
+                self._wake.wait(self._flush_interval)
             self._wake.clear()
-            while not self._stopping:
+            while not self._stopped.is_set():
                 batch = self._take()
                 if not batch:
                     backoff = 0.0
@@ -361,7 +385,7 @@ class EventShipper:
     def close(self, timeout: float = SHUTDOWN_FLUSH_SECONDS) -> None:
         """Stop the thread after it ships what it can within `timeout`; the rest is counted as dropped."""
         self._deadline = time.monotonic() + timeout
-        self._stopping = True
+        self._stopped.set()
         self._wake.set()
         self._thread.join(timeout + 0.5)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from typing import Any
 
 import pytest
 
+import serving.events as events_module
 from serving.app import new_request_id
-from serving.events import BACKOFF_MAX_SECONDS, ENCODE_SLICE_SECONDS, EventShipper, event
+from serving.events import BACKOFF_MAX_SECONDS, BATCH_SIZE, ENCODE_SLICE_SECONDS, EventShipper, event
 from serving.metrics import Metrics
 from serving.spec import DEFAULT_EVENT_BUFFER_SIZE
 from tests.serving import test_server_support as support
@@ -305,3 +307,44 @@ def test_the_shipper_offers_the_gil_once_per_slice_of_encoding_not_once_per_even
     # Once per ENCODE_SLICE_SECONDS of encoding, and never for a batch encoded within one slice.
     assert len(sleeps) <= took / ENCODE_SLICE_SECONDS + 1, (len(sleeps), took)
     assert all(seconds == 0 for seconds in sleeps)
+
+
+def test_the_shipper_neither_encodes_nor_hurries_while_the_console_refuses_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the console away, events keep the buffer over a batch (which wakes the shipper at every event): the
+    shipper still backs off, and it encodes nothing it cannot send. Encoding whole batches for posts that could
+    not be sent, attempt after attempt, cost the worker a core. Once the console is back every event arrives,
+    each encoded once."""
+    encodes: list[int] = []
+    connects: list[int] = []
+    real_encode, real_connect = events_module._encode, socket.create_connection
+    monkeypatch.setattr("serving.events._encode", lambda data: encodes.append(1) or real_encode(data))
+    monkeypatch.setattr(
+        "http.client.socket.create_connection", lambda *a, **k: connects.append(1) or real_connect(*a, **k)
+    )
+    port = free_port()
+    metrics = Metrics()
+    shipper = shipper_for(f"http://127.0.0.1:{port}/api/ingest/events", metrics)
+    sent: list[str] = []
+    console = None
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
+            for _ in range(10):
+                sent.append(f"refused-{len(sent)}")
+                shipper.record(*make_event(sent[-1], 100))
+            time.sleep(0.01)
+        assert len(sent) > BATCH_SIZE
+        assert encodes == []
+        # Attempts after 0.1 s (the flush interval), then 0.5 s and 1 s of backoff: a few, not one per event.
+        assert 1 <= len(connects) <= 4, len(connects)
+        console = Console(limit=1 << 20, port=port)
+        wait_until(lambda: len(console.received) == len(sent), timeout=BACKOFF_MAX_SECONDS)
+    finally:
+        shipper.close()
+        if console is not None:
+            console.stop()
+    assert sorted(console.ids()) == sorted(sent)
+    assert len(encodes) == len(sent)
+    assert dropped(metrics) == {}
