@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import http.client
+import io
 import json
 import os
 import re
@@ -20,7 +22,7 @@ import psutil
 import pytest
 from gunicorn.config import Config
 
-from serving.app import TrafficSplit
+from serving.app import TrafficSplit, create_app
 from serving.events import EventShipper, event
 from serving.metrics import Metrics
 from serving.server import (
@@ -31,6 +33,7 @@ from serving.server import (
     SimpleRequest,
     request_complete,
     request_length,
+    settle_collector,
     simple_request,
 )
 from serving.spec import SpecError, parse_spec
@@ -490,6 +493,49 @@ def test_answers_larger_than_the_socket_buffers_reach_a_client_that_reads_them_l
     assert all(b"\r\nConnection: keep-alive" in head for head, _ in answers)
     assert [len(json.loads(body)["predictions"]) for _, body in answers] == [5000] * 24
     assert "Traceback" not in server.log()
+
+
+def test_the_collector_stays_off_the_request_path_and_still_collects_cycles(
+    tmp_path: Path, bundles: dict[str, Bundle]
+) -> None:
+    """A worker's app, in this process, with its console away (events stay buffered, as between shipments):
+    300 predictions run no collection; cyclic garbage is still collected."""
+    spec_path = tmp_path / "spec.json"
+    console = f"http://127.0.0.1:{free_port()}/ingest"
+    write_spec(spec_path, minimal_spec(versions=[version("a", bundles["rf_a"], 100)], console_url=console))
+    app = create_app(spec_path)
+    body = json.dumps({"dataframe_records": rows(32)}).encode()
+    generations: list[int] = []
+
+    def collected(phase: str, info: dict) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    thresholds = gc.get_threshold()
+    gc.callbacks.append(collected)
+    try:
+        settle_collector()
+        for _ in range(300):
+            environ = {
+                "REQUEST_METHOD": "POST",
+                "PATH_INFO": "/invocations",
+                "CONTENT_LENGTH": str(len(body)),
+                "wsgi.input": io.BytesIO(body),
+            }
+            answer = app(environ, lambda status, headers, exc_info=None: None)
+            assert b'"model_version":"a"' in b"".join(answer)
+            answer.close()
+        assert app.shipper.depth() == 300  # the events wait in the buffer, as they do between shipments
+        assert generations == []
+        for _ in range(60_000):
+            cycle: list = []
+            cycle.append(cycle)
+        assert generations
+    finally:
+        gc.callbacks.remove(collected)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        app.close(timeout=0.1)
 
 
 def test_slow_clients_do_not_stall_the_server(tmp_path: Path, bundles: dict[str, Bundle]) -> None:
