@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 import psutil
 import pytest
@@ -193,9 +192,10 @@ class _Sink(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (the name http.server dispatches to)
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        # orjson: the sink shares the cores with the servers measured, and json.loads took ~9 % of one at 1,500
-        # 32-row events a second (a real console ingests on its own host).
-        _Sink.events += len(orjson.loads(body)["events"])
+        # Counted, not parsed: the sink shares the cores with the servers measured (a real console ingests on a
+        # host of its own), and parsing took ~9 % of a core with json at 1,500 32-row events a second. Every event
+        # has one "event_id" key, and no string value can hold that quoted key unescaped.
+        _Sink.events += body.count(b'"event_id":')
         self.send_response(202)
         self.send_header("Content-Length", "0")
         self.end_headers()
