@@ -891,12 +891,20 @@ def test_serving_benchmark() -> None:
     assert xgb_1["p50"] < 3.0
     assert xgb_1["p50"] <= xgb_1["raw_ms"] + 1.5
     assert by_key[("xgboost_200", "ours", 1, 16)]["rps"] >= 650
-    if ("xgboost_200", "mlflow", 1, 16) in by_key:
-        assert by_key[("xgboost_200", "ours", 1, 16)]["rps"] >= 10 * by_key[("xgboost_200", "mlflow", 1, 16)]["rps"]
-        assert (
-            by_key[("random_forest_100", "ours", 1, 16)]["rps"]
-            >= 3 * by_key[("random_forest_100", "mlflow", 1, 16)]["rps"]
-        )
+    # The targets of issue 13 in every cell: 10x MLflow's req/s (at its best of MLFLOW_ATTEMPTS), 4x MLServer's
+    # (its faster config), each on its own protocol.
+    short = []
+    for (model, server, rows, connections), ours in by_key.items():
+        if server != "ours":
+            continue
+        mlflow = by_key.get((model, "mlflow", rows, connections))
+        if mlflow and ours["rps"] < 10 * mlflow["rps"]:
+            short.append(f"{model} {rows} rows {connections} conn: {ours['rps'] / mlflow['rps']:.1f}x MLflow")
+        mlserver = best_mlserver(results, model, rows, connections)
+        ours_v2 = by_key.get((model, "ours_v2", rows, connections))
+        if mlserver and ours_v2 and ours_v2["rps"] < 4 * mlserver["rps"]:
+            short.append(f"{model} {rows} rows {connections} conn: {ours_v2['rps'] / mlserver['rps']:.1f}x MLServer")
+    assert not short, short
 
 
 if __name__ == "__main__":
