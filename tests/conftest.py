@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +158,25 @@ def ready_dataset_version(dataset: object, owner: object, make_dataset_version: 
 def fast_password_hashing(settings: object) -> None:
     """Tests make many users; the production hasher's deliberate slowness (0.3 s a user) buys nothing here."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_model_server_outlives_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Model servers run in sessions of their own (they outlive a console on purpose), so one a test or a
+    test's Celery worker leaves behind would keep running after the suite: every model server whose command
+    line names a file of this run's temporary folder is killed when the run ends, and the run fails."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    import psutil
+
+    leaked = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "serving" in command and any(base in part for part in command):
+            leaked.append(" ".join(command))
+            with contextlib.suppress(psutil.Error):  # it may have just exited
+                process.kill()
+    assert not leaked, f"model servers outlived the test run: {leaked}"
 
 
 @pytest.fixture(autouse=True)

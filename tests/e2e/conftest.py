@@ -180,6 +180,12 @@ def celery_worker(
         import redis
 
         redis.Redis.from_url(broker).delete(queue)
+        # With eager tasks off, a deployment a test creates is also reconciled by this worker, which starts its
+        # model servers in its own state folder (whichever reconcile takes the lease first serves). Model
+        # servers outlive the worker on purpose, so the session stops them.
+        from worker.deployments.local import LocalProcessBackend
+
+        LocalProcessBackend(state_dir=var_dir / "deployments").stop_all()
 
 
 @pytest.fixture(scope="session")
