@@ -3,7 +3,8 @@
 - `celery_worker`: a real `celery -A mlops_console worker --pool solo` process on the Redis broker,
   reading the test database. Only committed rows are visible to it, so tests that use it need
   `transactional_db` or `live_server`. Tasks queued by the test process go to a queue private to
-  this test session, so a stray worker elsewhere cannot take them.
+  this test session, so a stray worker elsewhere cannot take them. A test that asks for no worker runs
+  its tasks in its own process, whether or not an earlier test started the worker.
 - `artifact_root`: one artifact store for the session, shared by the test process and the worker.
 - `browser`, `page`, `js_errors`: headless Chromium through Playwright; every console error and
   uncaught exception on the page is collected in `js_errors`, which a test asserts is empty.
@@ -186,6 +187,26 @@ def celery_worker(
         from worker.deployments.local import LocalProcessBackend
 
         LocalProcessBackend(state_dir=var_dir / "deployments").stop_all()
+
+
+@pytest.fixture(autouse=True)
+def tasks_in_process_without_a_worker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that asks for no worker (`celery_worker`, `worker_console`) runs the tasks it queues in its own
+    process, as it does when no test of the session started the worker. Once one has, eager tasks are off until
+    the session ends, and a later test's queued reconcile would go to the worker, which keeps model servers in a
+    state folder of its own: it raced the test's own reconciles (two servers for one deployment, one of them
+    exiting on the taken port)."""
+    if "celery_worker" in request.fixturenames:
+        yield
+        return
+    from mlops_console.celery import app
+
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = eager
 
 
 @pytest.fixture(scope="session")

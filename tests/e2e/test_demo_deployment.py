@@ -22,7 +22,6 @@ from apps.deployments.backends import get_backend
 from apps.deployments.models import Deployment
 from apps.deployments.services.reconcile import RECONCILE_LEASE_SECONDS
 from apps.registry.services import model_version_register
-from mlops_console.celery import app as celery_app
 from tests.factories import UserFactory
 from tests.registry.registry_helpers import sklearn_bundle
 
@@ -50,18 +49,12 @@ def test_the_demo_command_waits_for_a_workers_reconcile(project: Any, state_dir:
     )
     # A worker's reconcile in progress, from the command's side: the worker holds the lease for a while (a model
     # server boot), then lets go. A real reconcile here can finish before the command starts; this cannot. The
-    # lease is taken before the commit, so the reconcile that deployment_create queues finds it busy too. It runs
-    # here, eagerly: the session's real Celery worker (other e2e modules start one) could take it only after the
-    # lease is let go, busy with an earlier test's task, and race the command with servers of its own.
-    eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    try:
-        with transaction.atomic():
-            deployment = services.deployment_create(project=project, name="iris", actor=admin, model_version=version)
-            lease = Deployment.objects.filter(pk=deployment.pk)
-            assert lease.update(reconcile_lease_until=timezone.now() + timedelta(seconds=RECONCILE_LEASE_SECONDS)) == 1
-    finally:
-        celery_app.conf.task_always_eager = eager
+    # lease is taken before the commit, so the reconcile that deployment_create queues (run in this process, see
+    # tests/e2e/conftest.py) finds it busy too.
+    with transaction.atomic():
+        deployment = services.deployment_create(project=project, name="iris", actor=admin, model_version=version)
+        lease = Deployment.objects.filter(pk=deployment.pk)
+        assert lease.update(reconcile_lease_until=timezone.now() + timedelta(seconds=RECONCILE_LEASE_SECONDS)) == 1
     assert lease.get().url is None, "nothing serves yet"
 
     def worker() -> None:
