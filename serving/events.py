@@ -249,9 +249,12 @@ class EventShipper:
             except (OSError, http.client.HTTPException) as exc:
                 self._connection.close()
                 self._connection = None
-                # A kept-alive connection the console closed fails once; a second failure is real.
-                if attempt == 1:
+                # A kept-alive connection the console closed in the meantime is reset at once: the post is sent
+                # again on a new one. Any other failure (a console that does not answer within the timeout) is
+                # real: sending again would wait as long once more and post the same events twice.
+                if attempt == 1 or not isinstance(exc, ConnectionResetError | BrokenPipeError):
                     logger.warning("shipping prediction events failed: %s", exc)
+                    break
         return 0, b""
 
     def _count_rejected(self, answer: bytes) -> int:

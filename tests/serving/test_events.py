@@ -348,3 +348,43 @@ def test_the_shipper_neither_encodes_nor_hurries_while_the_console_refuses_conne
     assert sorted(console.ids()) == sorted(sent)
     assert len(encodes) == len(sent)
     assert dropped(metrics) == {}
+
+
+def test_a_console_that_does_not_answer_gets_each_post_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A console that reads a post and never answers: the post fails at the timeout, sent once. Trying again on a
+    new connection (right for a kept connection the console closed) would wait as long again and post the same
+    events twice."""
+    monkeypatch.setattr(events_module, "POST_TIMEOUT_SECONDS", 0.3)
+    listener = socket.create_server(("127.0.0.1", 0))
+    posts: list[bytes] = []
+    held: list[socket.socket] = []
+
+    def hang() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the listener closed: the test is over
+                return
+            held.append(connection)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))[15:])
+            while len(body) < length:
+                body += connection.recv(65536)
+            posts.append(body)
+
+    threading.Thread(target=hang, daemon=True).start()
+    shipper = shipper_for(f"http://127.0.0.1:{listener.getsockname()[1]}/ingest", Metrics())
+    try:
+        started = time.monotonic()
+        assert shipper._post(b'{"events":[]}') == (0, b"")
+        assert time.monotonic() - started > 0.25  # it waited for an answer until the timeout
+        time.sleep(0.3)  # a second post would have arrived by now
+        assert posts == [b'{"events":[]}']
+    finally:
+        shipper.close(timeout=0.1)
+        listener.close()
+        for connection in held:
+            connection.close()
