@@ -239,9 +239,8 @@ class EventShipper:
     def _post(self, body: bytes) -> tuple[int, bytes]:
         """POST once, reusing the connection; returns the HTTP status (0 for a network failure) and the answer."""
         for attempt in range(2):
-            if self._connection is None:
-                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                self._connection = cls(self._host, self._port, timeout=self._timeout)
+            if not self._connected():
+                break
             try:
                 self._connection.request("POST", self._path, body=body, headers=self._headers)
                 response = self._connection.getresponse()
