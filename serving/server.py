@@ -500,10 +500,7 @@ class ModelServerWorker(SyncWorker):
 
     def handle_request(self, listener: Any, req: Any, client: _PrereadSocket, addr: Any) -> None:
         response, environ = wsgi.create(req, client, addr, listener.getsockname(), self.cfg)
-        self.nr += 1
-        if self.nr >= self.max_requests:
-            self.log.info("Autorestarting worker after current request.")
-            self.alive = False
+        self._count_request()
         body = self.wsgi(environ, response.start_response)
         try:
             data = b"".join(body)
@@ -516,14 +513,8 @@ class ModelServerWorker(SyncWorker):
                 and len(self._unfinished) < MAX_KEPT
                 and not req.should_close()
             )
-            connection = "keep-alive" if keep else "close"
-            head = [
-                f"HTTP/{req.version[0]}.{req.version[1]} {response.status}\r\nServer: {response.version}\r\n"
-                f"Date: {self._date()}\r\nConnection: {connection}\r\n",
-                *(f"{name}: {value}\r\n" for name, value in response.headers),
-                "\r\n",
-            ]
-            client.sendall("".join(head).encode("latin-1") + (b"" if req.method == "HEAD" else data))
+            head = self._head(f"{req.version[0]}.{req.version[1]}", response.status, response.headers, keep)
+            client.sendall(head + (b"" if req.method == "HEAD" else data))
             response.headers_sent = True
         finally:
             close = getattr(body, "close", None)
@@ -561,23 +552,14 @@ class ModelServerWorker(SyncWorker):
             started[:] = [status, headers]
             return connection.sendall  # WSGI's write(): ModelServer never calls it
 
-        self.nr += 1
-        if self.nr >= self.max_requests:
-            self.log.info("Autorestarting worker after current request.")
-            self.alive = False
+        self._count_request()
         try:
             body = self.wsgi(environ, start_response)
             try:
                 payload = b"".join(body)
-                status, headers = started
+                status, headers = started  # ModelServer's headers hold the Content-Length
                 keep = self.alive and len(self._unfinished) < MAX_KEPT
-                head = [
-                    f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nDate: {self._date()}\r\n"
-                    f"Connection: {'keep-alive' if keep else 'close'}\r\n",
-                    *(f"{name}: {value}\r\n" for name, value in headers),  # Content-Length among them
-                    "\r\n",
-                ]
-                self._send(connection, "".join(head).encode("latin-1") + payload)
+                self._send(connection, self._head("1.1", status, headers, keep) + payload)
             finally:
                 close = getattr(body, "close", None)
                 if close is not None:
@@ -594,6 +576,21 @@ class ModelServerWorker(SyncWorker):
             self._keep(request)
         else:
             self._linger(connection)
+
+    def _count_request(self) -> None:
+        self.nr += 1
+        if self.nr >= self.max_requests:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+
+    def _head(self, version: str, status: str, headers: list[tuple[str, str]], keep: bool) -> bytes:
+        lines = [
+            f"HTTP/{version} {status}\r\nServer: {SERVER}\r\nDate: {self._date()}\r\n"
+            f"Connection: {'keep-alive' if keep else 'close'}\r\n",
+            *(f"{name}: {value}\r\n" for name, value in headers),
+            "\r\n",
+        ]
+        return "".join(lines).encode("latin-1")
 
     def _send(self, connection: socket.socket, data: bytes) -> None:
         # The connection is non-blocking: a response larger than the socket's buffer is finished blocking, each
